@@ -1,0 +1,157 @@
+//! The tape: operations record their inputs on the output tensor when an input requires a
+//! gradient; `backward` walks the recorded graph in reverse topological order.
+
+use crate::tensor::TensorId;
+use crate::{Error, Result, Tensor};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+
+/// A differentiable operation: `forward` computes the output, `backward` receives the
+/// output's gradient and *accumulates* into the inputs' gradients (never overwrites).
+///
+/// Implementing this trait is how a new op joins autograd; [`apply`] runs it.
+pub trait Operation: Send + Sync + 'static {
+    /// A name for error messages and debugging.
+    fn name(&self) -> &str;
+    /// Computes the output from the inputs (called with recording off).
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor>;
+    /// Adds each input's gradient to `grads`, given `grad` (the gradient of `output`).
+    /// Runs with recording off, so it may use any tensor op.
+    fn backward(&self, inputs: &[Tensor], output: &Tensor, grad: &Tensor, grads: &mut Gradients) -> Result<()>;
+}
+
+/// How a tensor was computed: the op and its inputs.
+pub(crate) struct Node {
+    pub(crate) op: Box<dyn Operation>,
+    pub(crate) inputs: Vec<Tensor>,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// True unless inside [`no_grad`].
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` without recording operations (evaluation, optimizer updates).
+///
+/// ```
+/// use tensorforge::{Tensor, no_grad};
+/// let w = Tensor::ones((2,), tensorforge::DType::F32, tensorforge::Device::Cpu).unwrap().requires_grad();
+/// let y = no_grad(|| w.exp()).unwrap();
+/// assert!(!y.tracks_grad());
+/// ```
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// Runs `op` on `inputs` and, when recording and some input tracks gradients, records it.
+pub fn apply(op: impl Operation, inputs: &[&Tensor]) -> Result<Tensor> {
+    let out = no_grad(|| op.forward(inputs))?;
+    if is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
+        let node = Node { op: Box::new(op), inputs: inputs.iter().map(|t| (*t).clone()).collect() };
+        return Ok(out.with_node(node));
+    }
+    Ok(out)
+}
+
+/// Gradients being accumulated during one backward pass, by tensor.
+#[derive(Default)]
+pub struct Gradients {
+    map: HashMap<TensorId, Tensor>,
+}
+
+impl Gradients {
+    /// Adds `g` to the gradient of `t` (ignored when `t` tracks no gradient). `g` must
+    /// have `t`'s shape.
+    pub fn accumulate(&mut self, t: &Tensor, g: Tensor) -> Result<()> {
+        if !t.tracks_grad() {
+            return Ok(());
+        }
+        if g.shape() != t.shape() {
+            return Err(Error::Autograd(format!(
+                "gradient of shape {:?} for a tensor of shape {:?}",
+                g.shape(),
+                t.shape()
+            )));
+        }
+        let g = if g.dtype() != t.dtype() { g.to_dtype(t.dtype())? } else { g };
+        let sum = match self.map.remove(&t.id()) {
+            Some(prev) => prev.add(&g)?,
+            None => g,
+        };
+        self.map.insert(t.id(), sum);
+        Ok(())
+    }
+    fn take(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.map.remove(&t.id())
+    }
+}
+
+/// The tensors reachable from `root` through recorded nodes, inputs before outputs.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative DFS: (tensor, children pushed?) so deep graphs (long RNNs) don't overflow.
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        t.with_node_ref(|n| {
+            if let Some(n) = n {
+                for i in &n.inputs {
+                    if i.tracks_grad() && !seen.contains(&i.id()) {
+                        stack.push((i.clone(), false));
+                    }
+                }
+            }
+        });
+    }
+    order
+}
+
+/// Back-propagates from `root` (which must hold one element), adding into the `.grad()` of
+/// every leaf variable. The recorded graph is freed as it is consumed, so a training loop's
+/// memory stays flat; a second `backward` through the same graph is an error.
+pub(crate) fn backward(root: &Tensor) -> Result<()> {
+    if root.elem_count() != 1 {
+        return Err(Error::Autograd(format!("backward needs a single-element tensor, got shape {:?}", root.shape())));
+    }
+    if !root.tracks_grad() {
+        return Err(Error::Autograd("backward on a tensor that tracks no gradient".into()));
+    }
+    no_grad(|| {
+        let order = topological_order(root);
+        let mut grads = Gradients::default();
+        grads.map.insert(root.id(), root.ones_like()?);
+        for t in order.iter().rev() {
+            let Some(g) = grads.take(t) else { continue };
+            match t.take_node() {
+                Some(node) => node.op.backward(&node.inputs, t, &g, &mut grads)?,
+                None if t.is_variable() => t.accumulate_grad(g)?,
+                None => {
+                    return Err(Error::Autograd(
+                        "the graph was already freed by an earlier backward (compute the loss again)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+}

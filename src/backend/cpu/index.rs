@@ -1,0 +1,202 @@
+//! Indexing kernels: index_select, gather, and their adjoints scatter_add and index_add.
+
+use super::{CpuStorage, map};
+use crate::{Error, Layout, Result, Shape, WithDType};
+use half::{bf16, f16};
+
+/// Addition in each element type (f16/bf16 through f32, integers wrapping).
+trait AddElem: WithDType {
+    fn add(self, o: Self) -> Self;
+}
+impl AddElem for f32 {
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+}
+impl AddElem for f64 {
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+}
+impl AddElem for f16 {
+    fn add(self, o: Self) -> Self {
+        f16::from_f32(self.to_f32() + o.to_f32())
+    }
+}
+impl AddElem for bf16 {
+    fn add(self, o: Self) -> Self {
+        bf16::from_f32(self.to_f32() + o.to_f32())
+    }
+}
+impl AddElem for i64 {
+    fn add(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+}
+impl AddElem for u8 {
+    fn add(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+}
+
+/// The ids as a contiguous vector, each checked to be in `0..size`.
+fn checked_ids(ids: &CpuStorage, l: &Layout, size: usize, op: &'static str) -> Result<Vec<usize>> {
+    let CpuStorage::I64(v) = ids else {
+        return Err(Error::UnsupportedDType { op, dtype: ids.dtype() });
+    };
+    let ids = map(v, l, |x| x);
+    ids.iter()
+        .map(|&i| {
+            if i >= 0 && (i as usize) < size {
+                Ok(i as usize)
+            } else {
+                Err(Error::IndexOutOfRange { op, index: i, size })
+            }
+        })
+        .collect()
+}
+
+/// `l` with its axis `axis` resized to `len` and given stride 0: `offset_of` on it yields the
+/// base offset of a position with the axis index left out.
+fn base_layout(l: &Layout, shape: &Shape, axis: usize) -> Layout {
+    let mut strides = l.strides().to_vec();
+    strides[axis] = 0;
+    Layout::new(shape.clone(), strides, l.offset())
+}
+
+fn inner_count(shape: &Shape, axis: usize) -> usize {
+    shape.dims()[axis + 1..].iter().product()
+}
+
+macro_rules! dispatch_same {
+    ($a:expr, $b:expr, $op:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (CpuStorage::F32($x), CpuStorage::F32($y)) => CpuStorage::F32($body),
+            (CpuStorage::F64($x), CpuStorage::F64($y)) => CpuStorage::F64($body),
+            (CpuStorage::F16($x), CpuStorage::F16($y)) => CpuStorage::F16($body),
+            (CpuStorage::BF16($x), CpuStorage::BF16($y)) => CpuStorage::BF16($body),
+            (CpuStorage::I64($x), CpuStorage::I64($y)) => CpuStorage::I64($body),
+            (CpuStorage::U8($x), CpuStorage::U8($y)) => CpuStorage::U8($body),
+            (a, b) => return Err(Error::DTypeMismatch { op: $op, lhs: a.dtype(), rhs: b.dtype() }),
+        }
+    };
+}
+
+pub fn index_select(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, axis: usize) -> Result<CpuStorage> {
+    let ids = checked_ids(ids, il, l.dims()[axis], "index_select")?;
+    let mut dims = l.dims().to_vec();
+    dims[axis] = ids.len();
+    let shape = Shape::from(dims);
+    fn go<T: WithDType>(v: &[T], l: &Layout, ids: &[usize], shape: &Shape, axis: usize) -> Vec<T> {
+        let inner = inner_count(shape, axis);
+        if axis == 0 && l.is_contiguous() {
+            // Row gather (embedding lookup): one slice copy per id.
+            let mut out = Vec::with_capacity(shape.elem_count());
+            for &i in ids {
+                let s = l.offset() + i * inner;
+                out.extend_from_slice(&v[s..s + inner]);
+            }
+            return out;
+        }
+        let base = base_layout(l, shape, axis);
+        let st = l.strides()[axis];
+        let n = ids.len();
+        (0..shape.elem_count()).map(|p| v[base.offset_of(p) + ids[(p / inner) % n] * st]).collect()
+    }
+    Ok(super::with_vec!(s, v => T_into(go(v, l, &ids, &shape, axis))))
+}
+
+/// Wraps a typed vector back into storage (type inferred from the vector).
+#[allow(non_snake_case)]
+fn T_into<T: WithDType>(v: Vec<T>) -> CpuStorage {
+    T::into_cpu_storage(v)
+}
+
+pub fn gather(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, axis: usize) -> Result<CpuStorage> {
+    for d in 0..l.rank() {
+        if d != axis && il.dims()[d] > l.dims()[d] {
+            return Err(Error::ShapeMismatch { op: "gather", lhs: l.shape().clone(), rhs: il.shape().clone() });
+        }
+    }
+    let ids = checked_ids(ids, il, l.dims()[axis], "gather")?;
+    let base = base_layout(l, il.shape(), axis);
+    let st = l.strides()[axis];
+    fn go<T: WithDType>(v: &[T], base: &Layout, st: usize, ids: &[usize]) -> Vec<T> {
+        ids.iter().enumerate().map(|(p, &i)| v[base.offset_of(p) + i * st]).collect()
+    }
+    Ok(super::with_vec!(s, v => T_into(go(v, &base, st, &ids))))
+}
+
+pub fn scatter_add(
+    s: &CpuStorage,
+    l: &Layout,
+    ids: &CpuStorage,
+    il: &Layout,
+    src: &CpuStorage,
+    sl: &Layout,
+    axis: usize,
+) -> Result<CpuStorage> {
+    if il.dims() != sl.dims() {
+        return Err(Error::ShapeMismatch { op: "scatter_add", lhs: il.shape().clone(), rhs: sl.shape().clone() });
+    }
+    for d in 0..l.rank() {
+        if d != axis && il.dims()[d] > l.dims()[d] {
+            return Err(Error::ShapeMismatch { op: "scatter_add", lhs: l.shape().clone(), rhs: il.shape().clone() });
+        }
+    }
+    let ids = checked_ids(ids, il, l.dims()[axis], "scatter_add")?;
+    let out_l = Layout::contiguous(l.shape().clone());
+    let base = base_layout(&out_l, il.shape(), axis);
+    let st = out_l.strides()[axis];
+    fn go<T: AddElem>(v: &[T], l: &Layout, src: &[T], sl: &Layout, base: &Layout, st: usize, ids: &[usize]) -> Vec<T> {
+        let mut out = map(v, l, |x| x);
+        let src = map(src, sl, |x| x);
+        for (p, (&i, &x)) in ids.iter().zip(&src).enumerate() {
+            let o = base.offset_of(p) + i * st;
+            out[o] = out[o].add(x);
+        }
+        out
+    }
+    Ok(dispatch_same!(s, src, "scatter_add", |v, w| go(v, l, w, sl, &base, st, &ids)))
+}
+
+pub fn index_add(
+    s: &CpuStorage,
+    l: &Layout,
+    ids: &CpuStorage,
+    il: &Layout,
+    src: &CpuStorage,
+    sl: &Layout,
+    axis: usize,
+) -> Result<CpuStorage> {
+    let ids = checked_ids(ids, il, l.dims()[axis], "index_add")?;
+    let mut expect = l.dims().to_vec();
+    expect[axis] = ids.len();
+    if sl.dims() != expect.as_slice() {
+        return Err(Error::ShapeMismatch { op: "index_add", lhs: Shape::from(expect), rhs: sl.shape().clone() });
+    }
+    let out_l = Layout::contiguous(l.shape().clone());
+    let base = base_layout(&out_l, sl.shape(), axis);
+    let st = out_l.strides()[axis];
+    let inner = inner_count(sl.shape(), axis);
+    fn go<T: AddElem>(
+        v: &[T],
+        l: &Layout,
+        src: &[T],
+        sl: &Layout,
+        base: &Layout,
+        st: usize,
+        inner: usize,
+        ids: &[usize],
+    ) -> Vec<T> {
+        let mut out = map(v, l, |x| x);
+        let src = map(src, sl, |x| x);
+        let n = ids.len();
+        for (p, &x) in src.iter().enumerate() {
+            let o = base.offset_of(p) + ids[(p / inner) % n] * st;
+            out[o] = out[o].add(x);
+        }
+        out
+    }
+    Ok(dispatch_same!(s, src, "index_add", |v, w| go(v, l, w, sl, &base, st, inner, &ids)))
+}

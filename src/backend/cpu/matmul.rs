@@ -1,0 +1,59 @@
+//! Batched matrix products over strided views, on top of the packed GEMM in `gemm.rs`.
+
+use super::float::CpuFloat;
+use super::gemm::{GemmElem, MatRef, gemm};
+use super::{CpuStorage, PAR_THRESHOLD};
+use crate::{Error, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
+fn batch_view(l: &Layout) -> (Layout, usize, usize) {
+    let r = l.rank();
+    let batch = Layout::new(Shape::from(&l.dims()[..r - 2]), l.strides()[..r - 2].to_vec(), l.offset());
+    (batch, l.strides()[r - 2], l.strides()[r - 1])
+}
+
+fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let r = la.rank();
+    let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
+    let (ba, ars, acs) = batch_view(la);
+    let (bb, brs, bcs) = batch_view(lb);
+    let batches = ba.elem_count();
+    let mut out = vec![T::default(); batches * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let one = |(i, c): (usize, &mut [T]), parallel: bool| {
+        let ma = MatRef { data: a, offset: ba.offset_of(i), row_stride: ars, col_stride: acs };
+        let mb = MatRef { data: b, offset: bb.offset_of(i), row_stride: brs, col_stride: bcs };
+        gemm(m, n, k, ma, mb, c, parallel);
+    };
+    // Many small products: one thread per product. Few large ones: threads inside GEMM.
+    if batches > 1 && m * n * k < (1 << 21) && batches * m * n * k >= PAR_THRESHOLD {
+        out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
+    }
+    out
+}
+
+/// f16/bf16: widen both operands to f32 (contiguous), multiply, narrow the result.
+fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let wa: Vec<f32> = super::map(a, la, |x: T| x.to_acc());
+    let wb: Vec<f32> = super::map(b, lb, |x: T| x.to_acc());
+    let out = batched(&wa, &Layout::contiguous(la.shape().clone()), &wb, &Layout::contiguous(lb.shape().clone()));
+    out.into_iter().map(T::from_acc).collect()
+}
+
+pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
+    Ok(match (a, b) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb)),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb)),
+        (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(widened(x, la, y, lb)),
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) => CpuStorage::BF16(widened(x, la, y, lb)),
+        (x, y) if x.dtype() != y.dtype() => {
+            return Err(Error::DTypeMismatch { op: "matmul", lhs: x.dtype(), rhs: y.dtype() });
+        }
+        (x, _) => return Err(Error::UnsupportedDType { op: "matmul", dtype: x.dtype() }),
+    })
+}

@@ -1,0 +1,351 @@
+//! The CPU backend: SIMD (run-time detected) + rayon kernels, one file per family.
+
+mod elementwise;
+pub mod float;
+pub mod gemm;
+mod index;
+mod matmul;
+mod optim;
+pub mod random;
+mod reduce;
+pub mod simd;
+
+use crate::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Host memory of one dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    I64(Vec<i64>),
+    U8(Vec<u8>),
+}
+
+/// Runs `$body` with `$v` bound to the typed vector of any variant.
+macro_rules! with_vec {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            $crate::backend::cpu::CpuStorage::F32($v) => $body,
+            $crate::backend::cpu::CpuStorage::F64($v) => $body,
+            $crate::backend::cpu::CpuStorage::F16($v) => $body,
+            $crate::backend::cpu::CpuStorage::BF16($v) => $body,
+            $crate::backend::cpu::CpuStorage::I64($v) => $body,
+            $crate::backend::cpu::CpuStorage::U8($v) => $body,
+        }
+    };
+}
+pub(crate) use with_vec;
+
+/// Runs `$body` with `$v` bound to the typed vector of a float variant, or returns
+/// `UnsupportedDType` for `$op`.
+macro_rules! with_float_vec {
+    ($s:expr, $op:expr, $v:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F32($v) => $body,
+            CpuStorage::F64($v) => $body,
+            CpuStorage::F16($v) => $body,
+            CpuStorage::BF16($v) => $body,
+            other => {
+                return Err(crate::Error::UnsupportedDType { op: $op, dtype: other.dtype() });
+            }
+        }
+    };
+}
+pub(crate) use with_float_vec;
+
+impl CpuStorage {
+    /// The dtype of the buffer.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::I64(_) => DType::I64,
+            CpuStorage::U8(_) => DType::U8,
+        }
+    }
+    /// Borrows the buffer as `&[T]`, or a dtype error.
+    pub fn as_slice<T: WithDType>(&self) -> Result<&[T]> {
+        T::cpu_slice(self).ok_or(Error::DTypeMismatch { op: "as_slice", lhs: self.dtype(), rhs: T::DTYPE })
+    }
+    /// Elements `a..b` in a new buffer.
+    pub fn slice(&self, a: usize, b: usize) -> CpuStorage {
+        with_vec!(self, v => WithDType::into_cpu_storage(v[a..b].to_vec()))
+    }
+    /// A buffer of `n` copies of `v` converted to `dtype`.
+    pub fn full(n: usize, dtype: DType, v: f64) -> CpuStorage {
+        fn fill<T: WithDType>(n: usize, v: f64) -> CpuStorage {
+            T::into_cpu_storage(vec![T::from_f64(v); n])
+        }
+        match dtype {
+            DType::F32 => fill::<f32>(n, v),
+            DType::F64 => fill::<f64>(n, v),
+            DType::F16 => fill::<f16>(n, v),
+            DType::BF16 => fill::<bf16>(n, v),
+            DType::I64 => fill::<i64>(n, v),
+            DType::U8 => fill::<u8>(n, v),
+        }
+    }
+}
+
+/// Below this many elements a kernel runs on the calling thread: rayon's fork/join costs
+/// more than the work.
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
+
+/// Allocates an output buffer and fills it through `fill`, which must write every slot.
+/// Skips zero-initialization: one pass over memory instead of two.
+pub(crate) fn fill_new<U>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
+    let mut out: Vec<U> = Vec::with_capacity(n);
+    fill(&mut out.spare_capacity_mut()[..n]);
+    // SAFETY: every caller's `fill` writes all `n` slots (the map/zip loops cover the whole
+    // output range), so the first `n` elements are initialized.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `f` applied to every element viewed by `l`, in row-major order.
+pub(crate) fn map<T, U, F>(src: &[T], l: &Layout, f: F) -> Vec<U>
+where
+    T: Copy + Send + Sync,
+    U: Send + Sync,
+    F: Fn(T) -> U + Sync + Send,
+{
+    let n = l.elem_count();
+    fill_new(n, |out| {
+        if let Some((a, b)) = l.contiguous_range() {
+            let src = &src[a..b];
+            if n >= PAR_THRESHOLD {
+                out.par_chunks_mut(PAR_THRESHOLD / 4)
+                    .zip(src.par_chunks(PAR_THRESHOLD / 4))
+                    .for_each(|(o, s)| simd::map_slice(s, o, &f));
+            } else {
+                simd::map_slice(src, out, &f);
+            }
+            return;
+        }
+        let inner = l.dims().last().copied().unwrap_or(1).max(1);
+        let inner_stride = l.strides().last().copied().unwrap_or(0);
+        let row = |(r, o): (usize, &mut [MaybeUninit<U>])| {
+            let start = l.offset_of(r * inner);
+            if inner_stride == 1 {
+                simd::map_slice(&src[start..start + inner], o, &f);
+            } else {
+                for (j, d) in o.iter_mut().enumerate() {
+                    d.write(f(src[start + j * inner_stride]));
+                }
+            }
+        };
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(inner).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(inner).enumerate().for_each(row);
+        }
+    })
+}
+
+/// `f(a, b)` over two views of one shape, in row-major order.
+pub(crate) fn zip<A, B, U, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) -> Vec<U>
+where
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    U: Send + Sync,
+    F: Fn(A, B) -> U + Sync + Send,
+{
+    let n = la.elem_count();
+    debug_assert_eq!(la.dims(), lb.dims());
+    fill_new(n, |out| {
+        if let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_range(), lb.contiguous_range()) {
+            let (a, b) = (&a[a0..a1], &b[b0..b1]);
+            if n >= PAR_THRESHOLD {
+                let c = PAR_THRESHOLD / 4;
+                out.par_chunks_mut(c)
+                    .zip(a.par_chunks(c).zip(b.par_chunks(c)))
+                    .for_each(|(o, (x, y))| simd::zip_slice(x, y, o, &f));
+            } else {
+                simd::zip_slice(a, b, out, &f);
+            }
+            return;
+        }
+        let r = la.rank();
+        let inner = la.dims().last().copied().unwrap_or(1).max(1);
+        let (sa, sb) = if r == 0 { (0, 0) } else { (la.strides()[r - 1], lb.strides()[r - 1]) };
+        let row = |(i, o): (usize, &mut [MaybeUninit<U>])| {
+            let (pa, pb) = (la.offset_of(i * inner), lb.offset_of(i * inner));
+            match (sa, sb) {
+                (1, 1) => simd::zip_slice(&a[pa..pa + inner], &b[pb..pb + inner], o, &f),
+                (1, 0) => {
+                    let y = b[pb];
+                    simd::map_slice(&a[pa..pa + inner], o, &|x| f(x, y));
+                }
+                (0, 1) => {
+                    let x = a[pa];
+                    simd::map_slice(&b[pb..pb + inner], o, &|y| f(x, y));
+                }
+                _ => {
+                    for (j, d) in o.iter_mut().enumerate() {
+                        d.write(f(a[pa + j * sa], b[pb + j * sb]));
+                    }
+                }
+            }
+        };
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(inner).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(inner).enumerate().for_each(row);
+        }
+    })
+}
+
+/// Converts between any two dtypes through f64 (exact for every value of the narrower
+/// types; i64 beyond 2^53 rounds).
+fn convert<T: WithDType, U: WithDType>(src: &[T], l: &Layout) -> Vec<U> {
+    map(src, l, |x| U::from_f64(x.to_f64()))
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        CpuStorage::dtype(self)
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn len(&self) -> usize {
+        with_vec!(self, v => v.len())
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn to_cpu(&self) -> Result<CpuStorage> {
+        Ok(self.clone())
+    }
+
+    fn cast(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            // A plain strided copy: exact for every value (i64 included).
+            return Ok(with_vec!(self, v => WithDType::into_cpu_storage(map(v, layout, |x| x))));
+        }
+        Ok(with_vec!(self, v => match dtype {
+            DType::F32 => CpuStorage::F32(convert(v, layout)),
+            DType::F64 => CpuStorage::F64(convert(v, layout)),
+            DType::F16 => CpuStorage::F16(convert(v, layout)),
+            DType::BF16 => CpuStorage::BF16(convert(v, layout)),
+            DType::I64 => CpuStorage::I64(convert(v, layout)),
+            DType::U8 => CpuStorage::U8(convert(v, layout)),
+        }))
+    }
+
+    fn copy_strided(&self, src_layout: &Layout, dst: &mut Self, dst_layout: &Layout) -> Result<()> {
+        elementwise::copy_strided(self, src_layout, dst, dst_layout)
+    }
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self> {
+        elementwise::unary(self, layout, op)
+    }
+    fn scalar(&self, layout: &Layout, op: ScalarOp) -> Result<Self> {
+        elementwise::scalar(self, layout, op)
+    }
+    fn binary(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: BinaryOp) -> Result<Self> {
+        elementwise::binary(self, layout, rhs, rhs_layout, op)
+    }
+    fn cmp(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self> {
+        elementwise::cmp(self, layout, rhs, rhs_layout, op)
+    }
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self> {
+        elementwise::where_cond(self, layout, on_true, true_layout, on_false, false_layout)
+    }
+    fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Self> {
+        reduce::reduce(self, layout, op, axes)
+    }
+    fn softmax(&self, layout: &Layout, axis: usize, log: bool) -> Result<Self> {
+        reduce::softmax(self, layout, axis, log)
+    }
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+        matmul::matmul(self, layout, rhs, rhs_layout)
+    }
+    fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self> {
+        index::index_select(self, layout, ids, ids_layout, axis)
+    }
+    fn gather(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self> {
+        index::gather(self, layout, ids, ids_layout, axis)
+    }
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        axis: usize,
+    ) -> Result<Self> {
+        index::scatter_add(self, layout, ids, ids_layout, src, src_layout, axis)
+    }
+    fn index_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        axis: usize,
+    ) -> Result<Self> {
+        index::index_add(self, layout, ids, ids_layout, src, src_layout, axis)
+    }
+    fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
+        optim::optim_step(self, grad, state, rule)
+    }
+}
+
+/// The host as a [`BackendDevice`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuDevice;
+
+impl BackendDevice for CpuDevice {
+    type Storage = CpuStorage;
+    fn location(&self) -> Device {
+        Device::Cpu
+    }
+    fn full(&self, shape: &Shape, dtype: DType, value: f64) -> Result<CpuStorage> {
+        Ok(CpuStorage::full(shape.elem_count(), dtype, value))
+    }
+    fn rand_uniform(
+        &self,
+        shape: &Shape,
+        dtype: DType,
+        seed: u64,
+        offset: u64,
+        lo: f64,
+        hi: f64,
+    ) -> Result<CpuStorage> {
+        random::uniform(shape.elem_count(), dtype, seed, offset, lo, hi)
+    }
+    fn rand_normal(
+        &self,
+        shape: &Shape,
+        dtype: DType,
+        seed: u64,
+        offset: u64,
+        mean: f64,
+        std: f64,
+    ) -> Result<CpuStorage> {
+        random::normal(shape.elem_count(), dtype, seed, offset, mean, std)
+    }
+    fn storage_from_cpu(&self, data: &CpuStorage) -> Result<CpuStorage> {
+        Ok(data.clone())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Reductions over any set of axes, and softmax / log-softmax along one axis.
+
+use super::float::{CpuFloat, Float};
+use super::{CpuStorage, PAR_THRESHOLD, fill_new, simd, with_float_vec};
+use crate::backend::ReduceOp;
+use crate::{Error, Layout, Result, Shape, WithDType};
+use rayon::prelude::*;
+
+/// Splits a reduction into `(outer, inner)` views: `outer` walks the kept axes, and for each
+/// kept position `inner` (a layout at offset 0 over the reduced axes) walks what it reduces.
+fn split_axes(l: &Layout, axes: &[usize]) -> (Layout, Layout) {
+    let kept: Vec<usize> = (0..l.rank()).filter(|a| !axes.contains(a)).collect();
+    let dims = |ax: &[usize]| Shape::from(ax.iter().map(|&a| l.dims()[a]).collect::<Vec<_>>());
+    let strides = |ax: &[usize]| ax.iter().map(|&a| l.strides()[a]).collect::<Vec<_>>();
+    (Layout::new(dims(&kept), strides(&kept), l.offset()), Layout::new(dims(axes), strides(axes), 0))
+}
+
+/// Calls `f(base)` for each output position and collects the results; `base` is the storage
+/// offset of the first reduced element.
+fn per_output<U: Send + Sync>(outer: &Layout, work_per_out: usize, f: impl Fn(usize) -> U + Sync + Send) -> Vec<U> {
+    let n = outer.elem_count();
+    fill_new(n, |out| {
+        let run = |(i, o): (usize, &mut std::mem::MaybeUninit<U>)| {
+            o.write(f(outer.offset_of(i)));
+        };
+        if n * work_per_out >= PAR_THRESHOLD && n > 1 {
+            out.par_iter_mut().enumerate().for_each(run);
+        } else {
+            out.iter_mut().enumerate().for_each(run);
+        }
+    })
+}
+
+/// Folds `m(x)` over the elements of `inner` shifted by `base`.
+#[inline]
+fn fold_view<T: Copy, A: Copy>(
+    v: &[T],
+    inner: &Layout,
+    base: usize,
+    init: A,
+    m: &impl Fn(T) -> A,
+    f: &impl Fn(A, A) -> A,
+) -> A {
+    let mut acc = init;
+    inner.for_each_run(|s, n, st| {
+        let s = s + base;
+        if st == 1 {
+            acc = f(acc, simd::fold_slice(&v[s..s + n], init, m, f));
+        } else {
+            for j in 0..n {
+                acc = f(acc, m(v[s + j * st]));
+            }
+        }
+    });
+    acc
+}
+
+/// Index of the first extreme element (`better(x, best)`), NaN counting as extreme.
+fn arg_view<T: Copy>(v: &[T], inner: &Layout, base: usize, better: impl Fn(T, T) -> bool) -> i64 {
+    let mut best: Option<T> = None;
+    let mut best_i = 0i64;
+    let mut i = 0i64;
+    inner.for_each_run(|s, n, st| {
+        for j in 0..n {
+            let x = v[base + s + j * st];
+            match best {
+                Some(b) if !better(x, b) => {}
+                _ => {
+                    best = Some(x);
+                    best_i = i;
+                }
+            }
+            i += 1;
+        }
+    });
+    best_i
+}
+
+fn reduce_float<T: CpuFloat>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) -> CpuStorage {
+    let (outer, inner) = split_axes(l, axes);
+    let count = inner.elem_count();
+    let m = |x: T| x.to_acc();
+    let inner = &inner;
+    let red = |init: T::Acc, f: fn(T::Acc, T::Acc) -> T::Acc| {
+        per_output(&outer, count, move |b| T::from_acc(fold_view(v, inner, b, init, &m, &f)))
+    };
+    let out = match op {
+        ReduceOp::Sum => red(T::Acc::ZERO, |a, b| a + b),
+        ReduceOp::Prod => red(T::Acc::ONE, |a, b| a * b),
+        ReduceOp::Max => red(T::Acc::NEG_INF, |a, b| a.max_nan(b)),
+        ReduceOp::Min => red(T::Acc::INF, |a, b| a.min_nan(b)),
+        ReduceOp::Mean => {
+            let scale = T::Acc::from_f64(1.0 / count as f64);
+            let add = |a: T::Acc, b: T::Acc| a + b;
+            per_output(&outer, count, move |b| T::from_acc(fold_view(v, inner, b, T::Acc::ZERO, &m, &add) * scale))
+        }
+        ReduceOp::ArgMax => {
+            let am = per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x > y || (x != x && y == y)));
+            return CpuStorage::I64(am);
+        }
+        ReduceOp::ArgMin => {
+            let am = per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x < y || (x != x && y == y)));
+            return CpuStorage::I64(am);
+        }
+    };
+    T::into_cpu_storage(out)
+}
+
+fn reduce_int<T: WithDType + Ord + Into<i64>>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) -> Result<CpuStorage> {
+    let (outer, inner) = split_axes(l, axes);
+    let count = inner.elem_count();
+    let widen = |x: T| -> i64 { x.into() };
+    let keep = |x: T| x;
+    Ok(match op {
+        ReduceOp::Sum => {
+            CpuStorage::I64(per_output(&outer, count, |b| fold_view(v, &inner, b, 0, &widen, &i64::wrapping_add)))
+        }
+        ReduceOp::Prod => {
+            CpuStorage::I64(per_output(&outer, count, |b| fold_view(v, &inner, b, 1, &widen, &i64::wrapping_mul)))
+        }
+        ReduceOp::Max => {
+            let lo = v.iter().copied().min().unwrap_or_default();
+            T::into_cpu_storage(per_output(&outer, count, |b| {
+                fold_view(v, &inner, b, lo, &keep, &|a: T, b: T| a.max(b))
+            }))
+        }
+        ReduceOp::Min => {
+            let hi = v.iter().copied().max().unwrap_or_default();
+            T::into_cpu_storage(per_output(&outer, count, |b| {
+                fold_view(v, &inner, b, hi, &keep, &|a: T, b: T| a.min(b))
+            }))
+        }
+        ReduceOp::ArgMax => CpuStorage::I64(per_output(&outer, count, |b| arg_view(v, &inner, b, |x: T, y: T| x > y))),
+        ReduceOp::ArgMin => CpuStorage::I64(per_output(&outer, count, |b| arg_view(v, &inner, b, |x: T, y: T| x < y))),
+        ReduceOp::Mean => return Err(Error::UnsupportedDType { op: "mean", dtype: T::DTYPE }),
+    })
+}
+
+pub fn reduce(s: &CpuStorage, l: &Layout, op: ReduceOp, axes: &[usize]) -> Result<CpuStorage> {
+    match s {
+        CpuStorage::I64(v) => reduce_int(v, l, op, axes),
+        CpuStorage::U8(v) => reduce_int(v, l, op, axes),
+        _ => Ok(with_float_vec!(s, op.name(), v => reduce_float(v, l, op, axes))),
+    }
+}
+
+/// One row of softmax: `x` (gathered, in compute precision) → `out`.
+#[inline]
+fn softmax_row<T: CpuFloat>(x: &[T::Acc], out: &mut [T], log: bool) {
+    let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a| a, &|a: T::Acc, b| a.max_nan(b));
+    // A row of -inf (fully masked) has no finite max; shifting by 0 keeps the result NaN-free
+    // where possible (exp(-inf) = 0) and matches the reference's 0/0 = NaN otherwise.
+    let shift = if max == T::Acc::NEG_INF { T::Acc::ZERO } else { max };
+    let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T::Acc| (a - shift).exp(), &|a, b| a + b);
+    if log {
+        let lse = shift + sum.ln();
+        for (o, &a) in out.iter_mut().zip(x) {
+            *o = T::from_acc(a - lse);
+        }
+    } else {
+        let inv = T::Acc::ONE / sum;
+        for (o, &a) in out.iter_mut().zip(x) {
+            *o = T::from_acc((a - shift).exp() * inv);
+        }
+    }
+}
+
+fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> CpuStorage {
+    let n = l.elem_count();
+    let len = l.dims()[axis];
+    if n == 0 || len == 0 {
+        return T::into_cpu_storage(vec![T::default(); n]);
+    }
+    let rows = n / len;
+    let stride = l.strides()[axis];
+    let mut perm: Vec<usize> = (0..l.rank()).filter(|&a| a != axis).collect();
+    perm.push(axis);
+    // Row r's input starts where the layout with `axis` moved last puts element r·len; the
+    // output (contiguous in the original order) likewise.
+    let in_rows = l.permute(&perm).expect("a valid permutation");
+    let out_rows = Layout::contiguous(l.shape().clone()).permute(&perm).expect("a valid permutation");
+    let out_stride = out_rows.strides()[l.rank() - 1];
+    let gather = |r: usize, buf: &mut Vec<T::Acc>| {
+        let s = in_rows.offset_of(r * len);
+        buf.clear();
+        buf.extend((0..len).map(|j| v[s + j * stride].to_acc()));
+    };
+    let mut out = vec![T::default(); n];
+    if out_stride == 1 {
+        let work = |(r, o): (usize, &mut [T])| {
+            let mut buf = Vec::with_capacity(len);
+            gather(r, &mut buf);
+            softmax_row::<T>(&buf, o, log);
+        };
+        if n >= PAR_THRESHOLD {
+            out.par_chunks_mut(len).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(len).enumerate().for_each(work);
+        }
+    } else {
+        let mut buf = Vec::with_capacity(len);
+        let mut row = vec![T::default(); len];
+        for r in 0..rows {
+            gather(r, &mut buf);
+            softmax_row::<T>(&buf, &mut row, log);
+            let o = out_rows.offset_of(r * len);
+            for (j, &y) in row.iter().enumerate() {
+                out[o + j * out_stride] = y;
+            }
+        }
+    }
+    T::into_cpu_storage(out)
+}
+
+pub fn softmax(s: &CpuStorage, l: &Layout, axis: usize, log: bool) -> Result<CpuStorage> {
+    Ok(with_float_vec!(s, if log { "log_softmax" } else { "softmax" }, v => softmax_float(v, l, axis, log)))
+}

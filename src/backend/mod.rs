@@ -1,0 +1,211 @@
+//! The dispatch trait: the list of primitive kernels that every backend implements.
+//!
+//! There are no default methods, so adding a primitive makes the compiler ask for both the
+//! CPU and the CUDA implementation. Everything else in the engine is composed from these.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::{DType, Device, Layout, Result, Shape};
+
+macro_rules! op_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $kname:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),* }
+        impl $name {
+            /// Every variant, for tests and tables.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            /// The name shared by the CPU kernel, the CUDA kernel and error messages.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $kname),* }
+            }
+        }
+    };
+}
+
+op_enum!(
+    /// Elementwise functions of one float tensor.
+    UnaryOp {
+        Neg => "neg", Abs => "abs", Exp => "exp", Log => "log", Sqrt => "sqrt",
+        Rsqrt => "rsqrt", Recip => "recip", Sqr => "sqr", Sin => "sin", Cos => "cos",
+        Tanh => "tanh", Sigmoid => "sigmoid", Relu => "relu", GeluErf => "gelu_erf",
+        GeluTanh => "gelu_tanh", Silu => "silu", Softplus => "softplus", Sign => "sign",
+        Floor => "floor", Ceil => "ceil", Round => "round",
+    }
+);
+
+op_enum!(
+    /// Elementwise functions of two tensors of one dtype, broadcast to one shape.
+    BinaryOp {
+        Add => "add", Sub => "sub", Mul => "mul", Div => "div", Pow => "pow",
+        Maximum => "maximum", Minimum => "minimum",
+    }
+);
+
+op_enum!(
+    /// Comparisons; the result is a u8 mask (1 = true).
+    CmpOp { Eq => "eq", Ne => "ne", Lt => "lt", Le => "le", Gt => "gt", Ge => "ge" }
+);
+
+op_enum!(
+    /// Reductions over a set of axes. ArgMax/ArgMin take one axis and give i64.
+    ReduceOp {
+        Sum => "sum", Mean => "mean", Max => "max", Min => "min", Prod => "prod",
+        ArgMax => "argmax", ArgMin => "argmin",
+    }
+);
+
+/// A scalar map `x -> f(x)` with parameters, applied elementwise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScalarOp {
+    /// `x * mul + add`
+    Affine { mul: f64, add: f64 },
+    /// `x ^ e`
+    Powf(f64),
+    /// `min(max(x, lo), hi)`
+    Clamp { lo: f64, hi: f64 },
+}
+
+/// The primitive kernels over one backend's storage. Layouts describe which elements of the
+/// storage an operand is (views are free); outputs are fresh contiguous storages unless the
+/// method says otherwise. The `Tensor` layer has already checked shapes, dtypes and devices
+/// and broadcast operands to one shape; backends still return `Err` for unsupported dtypes.
+pub trait BackendStorage: Sized + Send + Sync {
+    /// Element type of the whole buffer.
+    fn dtype(&self) -> DType;
+    /// The device the buffer lives on.
+    fn device(&self) -> Device;
+    /// Number of elements in the buffer.
+    fn len(&self) -> usize;
+    /// True for an empty buffer.
+    fn is_empty(&self) -> bool;
+    /// Copies the whole buffer to host memory.
+    fn to_cpu(&self) -> Result<cpu::CpuStorage>;
+
+    /// The viewed elements converted to `dtype` (float→int truncates toward zero).
+    fn cast(&self, layout: &Layout, dtype: DType) -> Result<Self>;
+    /// Copies the elements viewed by `src_layout` into the elements of `dst` viewed by
+    /// `dst_layout` (same shape). Used by `contiguous`, concatenation and slice assignment.
+    fn copy_strided(&self, src_layout: &Layout, dst: &mut Self, dst_layout: &Layout) -> Result<()>;
+    /// An elementwise function (float dtypes; neg/abs/sign/sqr also for i64).
+    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Self>;
+    /// A parameterized scalar map (affine, powf, clamp).
+    fn scalar(&self, layout: &Layout, op: ScalarOp) -> Result<Self>;
+    /// `lhs op rhs` elementwise; both layouts have the same shape (broadcast by stride 0).
+    fn binary(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: BinaryOp) -> Result<Self>;
+    /// Comparison into a u8 mask; same shape rules as `binary`.
+    fn cmp(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, op: CmpOp) -> Result<Self>;
+    /// `self` is a u8 mask: picks `on_true` where nonzero, else `on_false`; same shape.
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        true_layout: &Layout,
+        on_false: &Self,
+        false_layout: &Layout,
+    ) -> Result<Self>;
+    /// Reduces over `axes` (sorted, unique); the result is contiguous with those axes kept
+    /// at size 1. ArgMax/ArgMin need exactly one axis and give i64.
+    fn reduce(&self, layout: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Self>;
+    /// Softmax (or log-softmax) along `axis`; contiguous result of the same shape.
+    fn softmax(&self, layout: &Layout, axis: usize, log: bool) -> Result<Self>;
+    /// Batched matrix product: `layout` is `[batch…, m, k]`, `rhs_layout` `[batch…, k, n]`
+    /// with equal batch dims (broadcast by stride 0); any strides, so a transposed view costs
+    /// no copy. The result is contiguous `[batch…, m, n]`.
+    fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    /// Picks slices along `axis` by the i64 `ids` (rank 1): output dim `axis` = `ids.len()`.
+    fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self>;
+    /// `out[i][j][k] = self[i][ids[i][j][k]][k]` for axis 1 (torch.gather); `ids` has the
+    /// output's shape.
+    fn gather(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self>;
+    /// A copy of `self` with `src` added at the positions `ids` names along `axis`
+    /// (the adjoint of gather; `ids` and `src` have the same shape).
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        axis: usize,
+    ) -> Result<Self>;
+    /// A copy of `self` with slice `i` of `src` along `axis` added to slice `ids[i]`
+    /// (the adjoint of index_select; `ids` has rank 1).
+    fn index_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        axis: usize,
+    ) -> Result<Self>;
+    /// One fused optimizer update, in place over contiguous buffers of one length:
+    /// `self` (the parameters), `grad`, and the state buffers the rule needs
+    /// (see [`OptimRule::state_count`]).
+    fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()>;
+}
+
+/// A fused optimizer update rule, applied elementwise by `optim_step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimRule {
+    /// SGD; state: the velocity (when `momentum != 0`).
+    Sgd { lr: f64, momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    /// Adam / AdamW (`decoupled`); state: first and second moments. `step` counts from 1.
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool, step: u64 },
+    /// RMSprop; state: the squared average (and the momentum buffer when `momentum != 0`).
+    RmsProp { lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64 },
+    /// Adagrad; state: the sum of squares.
+    Adagrad { lr: f64, eps: f64, weight_decay: f64 },
+}
+
+impl OptimRule {
+    /// How many state buffers the rule keeps per parameter.
+    pub fn state_count(&self) -> usize {
+        match self {
+            OptimRule::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
+            OptimRule::Adam { .. } => 2,
+            OptimRule::RmsProp { momentum, .. } => 1 + usize::from(*momentum != 0.0),
+            OptimRule::Adagrad { .. } => 1,
+        }
+    }
+}
+
+/// Creating storage on one backend.
+pub trait BackendDevice: Send + Sync {
+    /// The storage type this device creates.
+    type Storage: BackendStorage;
+    /// The [`Device`] this is.
+    fn location(&self) -> Device;
+    /// A contiguous buffer of `shape` filled with `value`.
+    fn full(&self, shape: &Shape, dtype: DType, value: f64) -> Result<Self::Storage>;
+    /// Uniform values in `[lo, hi)` from the Philox4x32-10 stream `(seed, offset)`:
+    /// element `i` uses counter `offset + i / 4`, word `i % 4`, so every backend produces the
+    /// same bits.
+    fn rand_uniform(
+        &self,
+        shape: &Shape,
+        dtype: DType,
+        seed: u64,
+        offset: u64,
+        lo: f64,
+        hi: f64,
+    ) -> Result<Self::Storage>;
+    /// Normal values (Box–Muller over the same Philox stream: element `i` uses counter
+    /// `offset + i / 2`, the pair of words `2·(i % 2)`, `2·(i % 2) + 1`).
+    fn rand_normal(
+        &self,
+        shape: &Shape,
+        dtype: DType,
+        seed: u64,
+        offset: u64,
+        mean: f64,
+        std: f64,
+    ) -> Result<Self::Storage>;
+    /// Copies host data to this device.
+    fn storage_from_cpu(&self, data: &cpu::CpuStorage) -> Result<Self::Storage>;
+    /// Waits for queued work to finish.
+    fn synchronize(&self) -> Result<()>;
+}

@@ -1,0 +1,96 @@
+//! The engine's one error type. Every fallible public function returns [`Result`].
+
+use crate::{DType, Device, Shape};
+use std::fmt;
+
+/// Everything that can go wrong in the engine, with enough context to find the cause:
+/// the op, and the shapes, dtypes and devices involved.
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// Two shapes that had to agree (or broadcast) did not.
+    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
+    /// A shape argument is invalid for the op (wrong rank, wrong element count, …).
+    BadShape { op: &'static str, msg: String },
+    /// An axis index out of range for the tensor's rank.
+    AxisOutOfRange { op: &'static str, axis: isize, rank: usize },
+    /// An element index (gather, index_select, narrow, …) out of range.
+    IndexOutOfRange { op: &'static str, index: i64, size: usize },
+    /// Two operands had different dtypes.
+    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+    /// The op does not support this dtype.
+    UnsupportedDType { op: &'static str, dtype: DType },
+    /// Two operands live on different devices; the engine never copies implicitly.
+    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+    /// No usable CUDA driver, NVRTC or device.
+    CudaUnavailable { reason: String },
+    /// A CUDA kernel failed to compile; `log` is NVRTC's log.
+    KernelCompile { module: String, log: String },
+    /// A CUDA driver call failed.
+    Cuda { op: &'static str, msg: String },
+    /// An autograd misuse (backward on a non-scalar, no gradient, …).
+    Autograd(String),
+    /// Reading or writing a file failed, or its contents are malformed.
+    Io { context: String, msg: String },
+    /// Anything else, with a message.
+    Msg(String),
+}
+
+/// The engine's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A plain message error.
+    pub fn msg(s: impl Into<String>) -> Self {
+        Error::Msg(s.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::ShapeMismatch { op, lhs, rhs } => {
+                write!(f, "{op}: shape mismatch, {lhs:?} vs {rhs:?}")
+            }
+            Error::BadShape { op, msg } => write!(f, "{op}: {msg}"),
+            Error::AxisOutOfRange { op, axis, rank } => {
+                write!(f, "{op}: axis {axis} out of range for a tensor of rank {rank}")
+            }
+            Error::IndexOutOfRange { op, index, size } => {
+                write!(f, "{op}: index {index} out of range for a dimension of size {size}")
+            }
+            Error::DTypeMismatch { op, lhs, rhs } => {
+                write!(f, "{op}: dtype mismatch, {lhs:?} vs {rhs:?}")
+            }
+            Error::UnsupportedDType { op, dtype } => {
+                write!(f, "{op}: unsupported dtype {dtype:?}")
+            }
+            Error::DeviceMismatch { op, lhs, rhs } => {
+                write!(f, "{op}: operands on different devices, {lhs:?} vs {rhs:?} (use to_device explicitly)")
+            }
+            Error::CudaUnavailable { reason } => write!(f, "CUDA unavailable: {reason}"),
+            Error::KernelCompile { module, log } => {
+                write!(f, "NVRTC failed to compile kernel module {module}:\n{log}")
+            }
+            Error::Cuda { op, msg } => write!(f, "CUDA error in {op}: {msg}"),
+            Error::Autograd(m) => write!(f, "autograd: {m}"),
+            Error::Io { context, msg } => write!(f, "{context}: {msg}"),
+            Error::Msg(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io { context: "io".into(), msg: e.to_string() }
+    }
+}
+
+/// Returns early with a [`Error::Msg`] built like `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::Error::Msg(format!($($arg)*)))
+    };
+}

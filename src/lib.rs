@@ -1,0 +1,33 @@
+//! # tensorforge
+//!
+//! A deep-learning framework with a native tensor engine: every primitive has a
+//! hand-written SIMD/rayon CPU kernel and a hand-written CUDA kernel (compiled at run time
+//! by NVRTC), chosen per tensor by its device, behind one dispatch trait
+//! ([`backend::BackendStorage`]).
+//!
+//! ```
+//! use tensorforge::{Tensor, Device, DType};
+//! let x = Tensor::from_vec(vec![1f32, -2., 3.], 3, Device::Cpu)?.requires_grad();
+//! let y = x.sqr()?.sum_all()?;
+//! y.backward()?;
+//! assert_eq!(x.grad().unwrap().to_vec1::<f32>()?, vec![2., -4., 6.]);
+//! # Ok::<(), tensorforge::Error>(())
+//! ```
+
+pub mod autograd;
+pub mod backend;
+pub mod data;
+mod device;
+mod dtype;
+mod error;
+pub mod ops;
+pub mod shape;
+pub mod storage;
+mod tensor;
+
+pub use autograd::{Gradients, Operation, apply, is_grad_enabled, no_grad};
+pub use device::Device;
+pub use dtype::{DType, WithDType};
+pub use error::{Error, Result};
+pub use shape::{Layout, Shape};
+pub use tensor::{Tensor, TensorId, manual_seed, rng_state, set_rng_state};

@@ -1,0 +1,160 @@
+//! Elementwise functions of two tensors with numpy broadcasting, comparisons and `where`.
+
+use super::{same_device, same_dtype};
+use crate::autograd::{Gradients, Operation, apply};
+use crate::backend::{BinaryOp, CmpOp};
+use crate::{Error, Result, Shape, Tensor};
+
+/// Broadcasts two tensors to one shape, returning that shape.
+fn broadcast_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Shape> {
+    same_device(op, &[a, b])?;
+    same_dtype(op, a, b)?;
+    a.shape().broadcast(b.shape(), op)
+}
+
+/// `lhs op rhs` with broadcasting (see [`BinaryOp`]).
+pub struct Binary(pub BinaryOp);
+
+impl Operation for Binary {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (a, b) = (x[0], x[1]);
+        let shape = broadcast_pair(self.0.name(), a, b)?;
+        let (la, lb) = (a.layout().broadcast_as(&shape)?, b.layout().broadcast_as(&shape)?);
+        let s = a.storage().binary(&la, &b.storage(), &lb, self.0)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+    fn backward(&self, x: &[Tensor], y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let (a, b) = (&x[0], &x[1]);
+        let (ga, gb) = match self.0 {
+            BinaryOp::Add => (g.clone(), g.clone()),
+            BinaryOp::Sub => (g.clone(), g.neg()?),
+            BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
+            BinaryOp::Div => (g.div(b)?, g.mul(y)?.div(b)?.neg()?),
+            BinaryOp::Pow => {
+                // d/da a^b = b·a^(b-1) = b·y/a; d/db = y·ln a (only used where a > 0).
+                let ga = g.mul(&b.mul(&a.pow(&b.add_scalar(-1.0)?)?)?)?;
+                let gb = if b.tracks_grad() { g.mul(&y.mul(&a.log()?)?)? } else { g.zeros_like()? };
+                (ga, gb)
+            }
+            BinaryOp::Maximum | BinaryOp::Minimum => {
+                // Ties go to the left operand.
+                let left = if self.0 == BinaryOp::Maximum { a.ge(b)? } else { a.le(b)? };
+                let zero = g.zeros_like()?;
+                (left.where_cond(g, &zero)?, left.where_cond(&zero, g)?)
+            }
+        };
+        if a.tracks_grad() {
+            grads.accumulate(a, ga.sum_to(a.shape())?)?;
+        }
+        if b.tracks_grad() {
+            grads.accumulate(b, gb.sum_to(b.shape())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `mask ? on_true : on_false` with broadcasting; the mask is u8 and gets no gradient.
+pub struct Where;
+
+impl Operation for Where {
+    fn name(&self) -> &str {
+        "where"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (m, t, f) = (x[0], x[1], x[2]);
+        same_device("where", &[m, t, f])?;
+        same_dtype("where", t, f)?;
+        if m.dtype() != crate::DType::U8 {
+            return Err(Error::UnsupportedDType { op: "where (mask must be u8)", dtype: m.dtype() });
+        }
+        let shape = m.shape().broadcast(t.shape(), "where")?.broadcast(f.shape(), "where")?;
+        let (lm, lt, lf) =
+            (m.layout().broadcast_as(&shape)?, t.layout().broadcast_as(&shape)?, f.layout().broadcast_as(&shape)?);
+        let s = m.storage().where_cond(&lm, &t.storage(), &lt, &f.storage(), &lf)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let (m, t, f) = (&x[0], &x[1], &x[2]);
+        let zero = Tensor::zeros((), g.dtype(), g.device())?;
+        if t.tracks_grad() {
+            grads.accumulate(t, m.where_cond(g, &zero)?.sum_to(t.shape())?)?;
+        }
+        if f.tracks_grad() {
+            grads.accumulate(f, m.where_cond(&zero, g)?.sum_to(f.shape())?)?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        impl Tensor {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> {
+                    apply(Binary(BinaryOp::$op), &[self, rhs])
+                }
+            )*
+        }
+    };
+}
+
+binary_methods!(
+    /// `self + rhs`, broadcasting.
+    add => Add,
+    /// `self - rhs`, broadcasting.
+    sub => Sub,
+    /// `self * rhs`, broadcasting.
+    mul => Mul,
+    /// `self / rhs`, broadcasting.
+    div => Div,
+    /// `self ^ rhs`, broadcasting.
+    pow => Pow,
+    /// Elementwise maximum (NaN wins), broadcasting.
+    maximum => Maximum,
+    /// Elementwise minimum (NaN wins), broadcasting.
+    minimum => Minimum,
+);
+
+macro_rules! cmp_methods {
+    ($($name:ident, $scalar:ident => $op:ident),* $(,)?) => {
+        impl Tensor {
+            $(
+                #[doc = concat!("Elementwise `", stringify!($name), "` into a u8 mask, broadcasting.")]
+                pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> {
+                    self.compare(rhs, CmpOp::$op)
+                }
+                #[doc = concat!("Elementwise `", stringify!($name), "` against a scalar, into a u8 mask.")]
+                pub fn $scalar(&self, rhs: f64) -> Result<Tensor> {
+                    self.compare(&Tensor::full(rhs, (), self.dtype(), self.device())?, CmpOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+cmp_methods!(
+    eq, eq_scalar => Eq,
+    ne, ne_scalar => Ne,
+    lt, lt_scalar => Lt,
+    le, le_scalar => Le,
+    gt, gt_scalar => Gt,
+    ge, ge_scalar => Ge,
+);
+
+impl Tensor {
+    /// A comparison (not differentiable: the result never tracks gradients).
+    pub fn compare(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
+        let shape = broadcast_pair(op.name(), self, rhs)?;
+        let (la, lb) = (self.layout().broadcast_as(&shape)?, rhs.layout().broadcast_as(&shape)?);
+        let s = self.storage().cmp(&la, &rhs.storage(), &lb, op)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+    /// `self` is a u8 mask: `on_true` where it is nonzero, else `on_false` (broadcasting).
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        apply(Where, &[self, on_true, on_false])
+    }
+}

@@ -1,0 +1,80 @@
+//! Matrix products: batched, batch dims broadcast, transposed operands without copies.
+
+use super::{same_device, same_dtype};
+use crate::autograd::{Gradients, Operation, apply};
+use crate::{Error, Result, Shape, Tensor};
+
+/// `a @ b` for operands of rank ≥ 2 with broadcast batch dims.
+pub struct MatMul;
+
+/// The broadcast batch shape and the output shape of `a @ b`.
+fn shapes(a: &Tensor, b: &Tensor) -> Result<(Shape, Shape)> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k, k2, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 2], b.dims()[rb - 1]);
+    if k != k2 {
+        return Err(Error::ShapeMismatch { op: "matmul", lhs: a.shape().clone(), rhs: b.shape().clone() });
+    }
+    let batch = Shape::from(&a.dims()[..ra - 2]).broadcast(&Shape::from(&b.dims()[..rb - 2]), "matmul")?;
+    let mut out = batch.dims().to_vec();
+    out.extend([m, n]);
+    Ok((batch, Shape::from(out)))
+}
+
+impl Operation for MatMul {
+    fn name(&self) -> &str {
+        "matmul"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (a, b) = (x[0], x[1]);
+        let (batch, out) = shapes(a, b)?;
+        let with_batch = |t: &Tensor| -> Result<crate::Layout> {
+            let r = t.rank();
+            let mut d = batch.dims().to_vec();
+            d.extend_from_slice(&t.dims()[r - 2..]);
+            t.layout().broadcast_as(&Shape::from(d))
+        };
+        let (la, lb) = (with_batch(a)?, with_batch(b)?);
+        let s = a.storage().matmul(&la, &b.storage(), &lb)?;
+        Ok(Tensor::from_contiguous(s, out))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let (a, b) = (&x[0], &x[1]);
+        if a.tracks_grad() {
+            grads.accumulate(a, g.matmul(&b.t()?)?.sum_to(a.shape())?)?;
+        }
+        if b.tracks_grad() {
+            grads.accumulate(b, a.t()?.matmul(g)?.sum_to(b.shape())?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// Matrix product with numpy's rules: rank-1 operands are promoted (and the added axis
+    /// removed), batch dims broadcast. Transposed views cost no copy.
+    ///
+    /// ```
+    /// use tensorforge::{Tensor, Device, DType};
+    /// let a = Tensor::ones((4, 2, 3), DType::F32, Device::Cpu)?;
+    /// let b = Tensor::ones((3, 5), DType::F32, Device::Cpu)?;
+    /// assert_eq!(a.matmul(&b)?.dims(), &[4, 2, 5]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        same_device("matmul", &[self, rhs])?;
+        same_dtype("matmul", self, rhs)?;
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(Error::BadShape { op: "matmul", msg: "operands must have rank >= 1".into() });
+        }
+        let a = if self.rank() == 1 { self.unsqueeze(0)? } else { self.clone() };
+        let b = if rhs.rank() == 1 { rhs.unsqueeze(1)? } else { rhs.clone() };
+        let mut y = apply(MatMul, &[&a, &b])?;
+        if rhs.rank() == 1 {
+            y = y.squeeze(-1)?;
+        }
+        if self.rank() == 1 {
+            y = y.squeeze(if rhs.rank() == 1 { -1 } else { -2 })?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,411 @@
+//! Shapes, layouts (shape + strides + offset) and broadcasting. Views change only the
+//! layout; kernels take strides.
+
+use crate::{Error, Result};
+use std::fmt;
+
+/// The most dimensions a tensor may have; the CUDA ABI passes layouts by value with this
+/// many slots.
+pub const MAX_DIMS: usize = 8;
+
+/// The dimensions of a tensor.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Shape(Vec<usize>);
+
+impl Shape {
+    /// The shape of a scalar (rank 0).
+    pub fn scalar() -> Self {
+        Shape(vec![])
+    }
+    /// The dimensions.
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    /// Number of elements (1 for a scalar).
+    pub fn elem_count(&self) -> usize {
+        self.0.iter().product()
+    }
+    /// Row-major strides of a contiguous tensor of this shape.
+    pub fn stride_contiguous(&self) -> Vec<usize> {
+        let mut s = vec![0; self.0.len()];
+        let mut acc = 1;
+        for (i, d) in self.0.iter().enumerate().rev() {
+            s[i] = acc;
+            acc *= d;
+        }
+        s
+    }
+    /// Resolves a possibly negative axis (`-1` = last) against this rank.
+    pub fn axis(&self, axis: isize, op: &'static str) -> Result<usize> {
+        resolve_axis(axis, self.rank(), op)
+    }
+    /// The numpy broadcast of two shapes.
+    pub fn broadcast(&self, rhs: &Shape, op: &'static str) -> Result<Shape> {
+        let (a, b) = (self.dims(), rhs.dims());
+        let r = a.len().max(b.len());
+        let mut out = vec![0; r];
+        for i in 0..r {
+            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            out[i] = match (da, db) {
+                (x, y) if x == y => x,
+                (1, y) => y,
+                (x, 1) => x,
+                _ => {
+                    return Err(Error::ShapeMismatch { op, lhs: self.clone(), rhs: rhs.clone() });
+                }
+            };
+        }
+        Ok(Shape(out))
+    }
+}
+
+/// Resolves a possibly negative axis against `rank`.
+pub fn resolve_axis(axis: isize, rank: usize, op: &'static str) -> Result<usize> {
+    let a = if axis < 0 { axis + rank as isize } else { axis };
+    if a < 0 || a as usize >= rank {
+        return Err(Error::AxisOutOfRange { op, axis, rank });
+    }
+    Ok(a as usize)
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<Vec<usize>> for Shape {
+    fn from(v: Vec<usize>) -> Self {
+        Shape(v)
+    }
+}
+impl From<&[usize]> for Shape {
+    fn from(v: &[usize]) -> Self {
+        Shape(v.to_vec())
+    }
+}
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(v: [usize; N]) -> Self {
+        Shape(v.to_vec())
+    }
+}
+impl From<&Shape> for Shape {
+    fn from(s: &Shape) -> Self {
+        s.clone()
+    }
+}
+impl From<()> for Shape {
+    fn from(_: ()) -> Self {
+        Shape(vec![])
+    }
+}
+impl From<usize> for Shape {
+    fn from(d: usize) -> Self {
+        Shape(vec![d])
+    }
+}
+impl From<(usize, usize)> for Shape {
+    fn from(d: (usize, usize)) -> Self {
+        Shape(vec![d.0, d.1])
+    }
+}
+impl From<(usize, usize, usize)> for Shape {
+    fn from(d: (usize, usize, usize)) -> Self {
+        Shape(vec![d.0, d.1, d.2])
+    }
+}
+impl From<(usize, usize, usize, usize)> for Shape {
+    fn from(d: (usize, usize, usize, usize)) -> Self {
+        Shape(vec![d.0, d.1, d.2, d.3])
+    }
+}
+
+/// Where each element of a tensor sits in its storage: element `(i0, i1, …)` is at
+/// `offset + Σ ik * strides[k]`. A stride of 0 is a broadcast dimension.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Layout {
+    shape: Shape,
+    strides: Vec<usize>,
+    offset: usize,
+}
+
+impl fmt::Debug for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Layout(shape={:?}, strides={:?}, offset={})", self.shape, self.strides, self.offset)
+    }
+}
+
+impl Layout {
+    /// A contiguous row-major layout at offset 0.
+    pub fn contiguous(shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
+        let strides = shape.stride_contiguous();
+        Layout { shape, strides, offset: 0 }
+    }
+    /// A layout from its parts (not checked against any storage).
+    pub fn new(shape: Shape, strides: Vec<usize>, offset: usize) -> Self {
+        debug_assert_eq!(shape.rank(), strides.len());
+        Layout { shape, strides, offset }
+    }
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.rank()
+    }
+    pub fn elem_count(&self) -> usize {
+        self.shape.elem_count()
+    }
+    /// True when the elements are row-major and dense (size-1 dims may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut acc = 1;
+        for (&d, &s) in self.dims().iter().zip(&self.strides).rev() {
+            if d != 1 && s != acc {
+                return false;
+            }
+            acc *= d;
+        }
+        true
+    }
+    /// `Some((start, end))` of the dense storage range when contiguous.
+    pub fn contiguous_range(&self) -> Option<(usize, usize)> {
+        self.is_contiguous().then(|| (self.offset, self.offset + self.elem_count()))
+    }
+    /// One past the largest storage index this layout touches (0 for an empty tensor).
+    pub fn max_index_plus_one(&self) -> usize {
+        if self.elem_count() == 0 {
+            return self.offset;
+        }
+        self.offset + self.dims().iter().zip(&self.strides).map(|(d, s)| (d - 1) * s).sum::<usize>() + 1
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(&self, a: usize, b: usize) -> Layout {
+        let mut l = self.clone();
+        l.shape.0.swap(a, b);
+        l.strides.swap(a, b);
+        l
+    }
+    /// Reorders axes: output axis i is input axis `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Result<Layout> {
+        let r = self.rank();
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+            return Err(Error::BadShape { op: "permute", msg: format!("{perm:?} is not a permutation of {r} axes") });
+        }
+        Ok(Layout {
+            shape: Shape(perm.iter().map(|&p| self.dims()[p]).collect()),
+            strides: perm.iter().map(|&p| self.strides[p]).collect(),
+            offset: self.offset,
+        })
+    }
+    /// A view of this layout broadcast to `shape` (numpy rules, stride 0 for new dims).
+    pub fn broadcast_as(&self, shape: &Shape) -> Result<Layout> {
+        let (src, dst) = (self.dims(), shape.dims());
+        if dst.len() < src.len() {
+            return Err(Error::ShapeMismatch { op: "broadcast_as", lhs: self.shape.clone(), rhs: shape.clone() });
+        }
+        let lead = dst.len() - src.len();
+        let mut strides = vec![0; dst.len()];
+        for i in 0..src.len() {
+            strides[lead + i] = if src[i] == dst[lead + i] {
+                self.strides[i]
+            } else if src[i] == 1 {
+                0
+            } else {
+                return Err(Error::ShapeMismatch { op: "broadcast_as", lhs: self.shape.clone(), rhs: shape.clone() });
+            };
+        }
+        Ok(Layout { shape: shape.clone(), strides, offset: self.offset })
+    }
+    /// Elements `start, start+step, …` (`len` of them) along `axis`.
+    pub fn slice(&self, axis: usize, start: usize, len: usize, step: usize) -> Layout {
+        let mut l = self.clone();
+        if len > 0 {
+            l.offset += start * self.strides[axis];
+        }
+        l.shape.0[axis] = len;
+        l.strides[axis] *= step;
+        l
+    }
+    /// A view with a new shape over the same elements, when the strides allow it without a
+    /// copy (`None` otherwise). Merges and splits runs of dims that are dense among themselves.
+    pub fn reshape(&self, shape: &Shape) -> Option<Layout> {
+        if self.is_contiguous() {
+            return Some(Layout { strides: shape.stride_contiguous(), shape: shape.clone(), offset: self.offset });
+        }
+        // Group the old dims (ignoring size-1 dims) into chunks that are dense among
+        // themselves; a new dim may only split or merge within one chunk.
+        let old: Vec<(usize, usize)> =
+            self.dims().iter().zip(&self.strides).filter(|(d, _)| **d != 1).map(|(&d, &s)| (d, s)).collect();
+        let mut new_strides = vec![0; shape.rank()];
+        let mut oi = 0;
+        let mut ni = 0;
+        let new = shape.dims();
+        while ni < new.len() {
+            if new[ni] == 1 {
+                new_strides[ni] = 0;
+                ni += 1;
+                continue;
+            }
+            if oi >= old.len() {
+                return None;
+            }
+            // Take a chunk of old dims and a run of new dims with the same product.
+            let (mut op, mut np) = (old[oi].0, new[ni]);
+            let chunk_start = oi;
+            let run_start = ni;
+            while op != np {
+                if op < np {
+                    oi += 1;
+                    if oi >= old.len() {
+                        return None;
+                    }
+                    op *= old[oi].0;
+                } else {
+                    ni += 1;
+                    while ni < new.len() && new[ni] == 1 {
+                        ni += 1;
+                    }
+                    if ni >= new.len() {
+                        return None;
+                    }
+                    np *= new[ni];
+                }
+            }
+            // The old chunk must be dense among itself.
+            for j in chunk_start..oi {
+                if old[j].1 != old[j + 1].1 * old[j + 1].0 {
+                    return None;
+                }
+            }
+            let mut stride = old[oi].1;
+            for k in (run_start..=ni).rev() {
+                new_strides[k] = if new[k] == 1 { 0 } else { stride };
+                stride *= new[k];
+            }
+            oi += 1;
+            ni += 1;
+        }
+        if oi != old.len() {
+            return None;
+        }
+        Some(Layout { shape: shape.clone(), strides: new_strides, offset: self.offset })
+    }
+    /// Removes axis `axis` (which must have size 1).
+    pub fn squeeze(&self, axis: usize) -> Layout {
+        let mut l = self.clone();
+        l.shape.0.remove(axis);
+        l.strides.remove(axis);
+        l
+    }
+    /// Inserts a size-1 axis at `axis`.
+    pub fn unsqueeze(&self, axis: usize) -> Layout {
+        let mut l = self.clone();
+        let s = if axis < self.rank() { self.strides[axis] * self.dims()[axis] } else { 1 };
+        l.shape.0.insert(axis, 1);
+        l.strides.insert(axis, s);
+        l
+    }
+
+    /// Visits the storage offsets of every element in row-major order, as runs along the
+    /// last axis: `f(start, len, stride)`. Kernels' strided paths loop over these runs, so
+    /// the per-element cost is a multiply-add, not an index decomposition.
+    pub fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let n = self.elem_count();
+        if n == 0 {
+            return;
+        }
+        if self.is_contiguous() {
+            return f(self.offset, n, 1);
+        }
+        let r = self.rank();
+        let (inner, inner_stride) = (self.dims()[r - 1], self.strides[r - 1]);
+        let outer = n / inner;
+        let dims = &self.dims()[..r - 1];
+        let strides = &self.strides[..r - 1];
+        let mut idx = vec![0usize; r - 1];
+        let mut off = self.offset;
+        for _ in 0..outer {
+            f(off, inner, inner_stride);
+            for k in (0..r - 1).rev() {
+                idx[k] += 1;
+                off += strides[k];
+                if idx[k] < dims[k] {
+                    break;
+                }
+                off -= strides[k] * dims[k];
+                idx[k] = 0;
+            }
+        }
+    }
+
+    /// The storage offset of the element at row-major linear position `i`.
+    pub fn offset_of(&self, mut i: usize) -> usize {
+        let mut off = self.offset;
+        for (&d, &s) in self.dims().iter().zip(&self.strides).rev() {
+            off += (i % d) * s;
+            i /= d;
+        }
+        off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(l: &Layout) -> Vec<usize> {
+        let mut v = vec![];
+        l.for_each_run(|s, n, st| v.extend((0..n).map(|i| s + i * st)));
+        v
+    }
+
+    #[test]
+    fn runs_match_offset_of() {
+        let l = Layout::contiguous([2, 3, 4]).permute(&[2, 0, 1]).unwrap().slice(1, 1, 1, 1);
+        let v = offsets(&l);
+        assert_eq!(v, (0..l.elem_count()).map(|i| l.offset_of(i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn reshape_of_views() {
+        let l = Layout::contiguous([4, 6]).transpose(0, 1); // (6,4) strides (1,6)
+        assert!(l.reshape(&Shape::from([24])).is_none());
+        let r = l.reshape(&Shape::from([2, 3, 4])).unwrap();
+        assert_eq!(offsets(&r), offsets(&l));
+        let r = l.reshape(&Shape::from([6, 1, 4, 1])).unwrap();
+        assert_eq!(offsets(&r), offsets(&l));
+        let s = Layout::contiguous([4, 6]).slice(1, 0, 3, 2); // (4,3) strides (6,2)
+        let r = s.reshape(&Shape::from([2, 2, 3])).unwrap();
+        assert_eq!(offsets(&r), offsets(&s));
+        assert!(s.reshape(&Shape::from([12])).is_none());
+    }
+
+    #[test]
+    fn broadcast_rules() {
+        let a = Shape::from([3, 1, 5]);
+        assert_eq!(a.broadcast(&Shape::from([4, 1]), "t").unwrap(), Shape::from([3, 4, 5]));
+        assert!(a.broadcast(&Shape::from([2, 5]), "t").is_err());
+    }
+}

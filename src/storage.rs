@@ -1,0 +1,265 @@
+//! `Storage`: one buffer on some device. Matches on the device once and forwards each
+//! primitive to that backend; operands on two devices are an error, never a copy.
+
+use crate::backend::cpu::{CpuDevice, CpuStorage};
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::{CudaDevice, CudaStorage};
+use crate::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use crate::{DType, Device, Error, Layout, Result, Shape};
+
+/// A buffer on one device.
+pub enum Storage {
+    Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaStorage),
+}
+
+/// Applies `$f` to the backend storage of a unary call.
+macro_rules! on_one {
+    ($s:expr, |$x:ident| $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => Storage::Cpu($body?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda($x) => Storage::Cuda($body?),
+        }
+    };
+}
+
+fn mismatch(op: &'static str, a: Device, b: Device) -> Error {
+    Error::DeviceMismatch { op, lhs: a, rhs: b }
+}
+
+impl Storage {
+    /// The device holding the buffer.
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.device(),
+        }
+    }
+    /// The buffer's dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+    /// Number of elements in the buffer.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => BackendStorage::len(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+    /// True when the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The buffer copied to host memory (a clone on the CPU).
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Ok(s.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.to_cpu(),
+        }
+    }
+    /// Host data placed on `device`.
+    pub fn from_cpu(data: CpuStorage, device: Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(data)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => Ok(Storage::Cuda(CudaDevice::get(n)?.storage_from_cpu(&data)?)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::CudaUnavailable { reason: "built without the `cuda` feature".into() }),
+        }
+    }
+    /// A buffer of `shape` filled with `v`.
+    pub fn full(shape: &Shape, dtype: DType, v: f64, device: Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuDevice.full(shape, dtype, v)?)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => Ok(Storage::Cuda(CudaDevice::get(n)?.full(shape, dtype, v)?)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::CudaUnavailable { reason: "built without the `cuda` feature".into() }),
+        }
+    }
+    /// Random values from the Philox stream `(seed, offset)`; `normal` picks the distribution.
+    pub fn random(
+        shape: &Shape,
+        dtype: DType,
+        device: Device,
+        seed: u64,
+        offset: u64,
+        normal: bool,
+        a: f64,
+        b: f64,
+    ) -> Result<Storage> {
+        fn go<D: BackendDevice>(
+            d: &D,
+            shape: &Shape,
+            dtype: DType,
+            seed: u64,
+            offset: u64,
+            normal: bool,
+            a: f64,
+            b: f64,
+        ) -> Result<D::Storage> {
+            if normal {
+                d.rand_normal(shape, dtype, seed, offset, a, b)
+            } else {
+                d.rand_uniform(shape, dtype, seed, offset, a, b)
+            }
+        }
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(go(&CpuDevice, shape, dtype, seed, offset, normal, a, b)?)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => Ok(Storage::Cuda(go(&*CudaDevice::get(n)?, shape, dtype, seed, offset, normal, a, b)?)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::CudaUnavailable { reason: "built without the `cuda` feature".into() }),
+        }
+    }
+
+    pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.cast(l, dtype)))
+    }
+    pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.unary(l, op)))
+    }
+    pub fn scalar(&self, l: &Layout, op: ScalarOp) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.scalar(l, op)))
+    }
+    pub fn reduce(&self, l: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.reduce(l, op, axes)))
+    }
+    pub fn softmax(&self, l: &Layout, axis: usize, log: bool) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.softmax(l, axis, log)))
+    }
+
+    pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {
+        match (self, dst) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.copy_strided(l, b, dl),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => a.copy_strided(l, b, dl),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("copy_strided", a.device(), b.device())),
+        }
+    }
+    pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, rl, op)?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.binary(l, b, rl, op)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch(op.name(), a.device(), b.device())),
+        }
+    }
+    pub fn cmp(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: CmpOp) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.cmp(l, b, rl, op)?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.cmp(l, b, rl, op)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch(op.name(), a.device(), b.device())),
+        }
+    }
+    pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rl)?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.matmul(l, b, rl)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("matmul", a.device(), b.device())),
+        }
+    }
+    pub fn where_cond(&self, l: &Layout, t: &Storage, tl: &Layout, f: &Storage, fl: &Layout) -> Result<Storage> {
+        match (self, t, f) {
+            (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(m.where_cond(l, t, tl, f, fl)?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(m), Storage::Cuda(t), Storage::Cuda(f)) => Ok(Storage::Cuda(m.where_cond(l, t, tl, f, fl)?)),
+            #[allow(unreachable_patterns)]
+            (m, t, f) => {
+                Err(mismatch("where", m.device(), if t.device() != m.device() { t.device() } else { f.device() }))
+            }
+        }
+    }
+    /// `index_select` (`gather = false`) or `gather` (`true`).
+    pub fn index(&self, l: &Layout, ids: &Storage, il: &Layout, axis: usize, gather: bool) -> Result<Storage> {
+        match (self, ids) {
+            (Storage::Cpu(a), Storage::Cpu(i)) => {
+                Ok(Storage::Cpu(if gather { a.gather(l, i, il, axis)? } else { a.index_select(l, i, il, axis)? }))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(i)) => {
+                Ok(Storage::Cuda(if gather { a.gather(l, i, il, axis)? } else { a.index_select(l, i, il, axis)? }))
+            }
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch(if gather { "gather" } else { "index_select" }, a.device(), b.device())),
+        }
+    }
+    /// `scatter_add` (`scatter = true`) or `index_add` (`false`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn index_accumulate(
+        &self,
+        l: &Layout,
+        ids: &Storage,
+        il: &Layout,
+        src: &Storage,
+        sl: &Layout,
+        axis: usize,
+        scatter: bool,
+    ) -> Result<Storage> {
+        let op = if scatter { "scatter_add" } else { "index_add" };
+        match (self, ids, src) {
+            (Storage::Cpu(a), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(if scatter {
+                a.scatter_add(l, i, il, s, sl, axis)?
+            } else {
+                a.index_add(l, i, il, s, sl, axis)?
+            })),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(i), Storage::Cuda(s)) => Ok(Storage::Cuda(if scatter {
+                a.scatter_add(l, i, il, s, sl, axis)?
+            } else {
+                a.index_add(l, i, il, s, sl, axis)?
+            })),
+            #[allow(unreachable_patterns)]
+            (a, i, s) => Err(mismatch(op, a.device(), if i.device() != a.device() { i.device() } else { s.device() })),
+        }
+    }
+    /// One fused optimizer update in place.
+    #[allow(irrefutable_let_patterns)]
+    pub fn optim_step(&mut self, grad: &Storage, state: &mut [&mut Storage], rule: &OptimRule) -> Result<()> {
+        let dev = self.device();
+        if let Some(bad) = std::iter::once(grad.device()).chain(state.iter().map(|s| s.device())).find(|d| *d != dev) {
+            return Err(mismatch("optim_step", dev, bad));
+        }
+        match self {
+            Storage::Cpu(p) => {
+                let Storage::Cpu(g) = grad else { unreachable!("device checked above") };
+                let mut st: Vec<&mut CpuStorage> = state
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Storage::Cpu(s) => s,
+                        #[cfg(feature = "cuda")]
+                        Storage::Cuda(_) => unreachable!("device checked above"),
+                    })
+                    .collect();
+                p.optim_step(g, &mut st, rule)
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(p) => {
+                let Storage::Cuda(g) = grad else { unreachable!("device checked above") };
+                let mut st: Vec<&mut CudaStorage> = state
+                    .iter_mut()
+                    .map(|s| match &mut **s {
+                        Storage::Cuda(s) => s,
+                        Storage::Cpu(_) => unreachable!("device checked above"),
+                    })
+                    .collect();
+                p.optim_step(g, &mut st, rule)
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Creating tensors.
+
+use super::{Tensor, rng};
+use crate::storage::Storage;
+use crate::{DType, Device, Error, Result, Shape, WithDType};
+
+impl Tensor {
+    /// A tensor from a vector of values and a shape (row-major).
+    ///
+    /// ```
+    /// use tensorforge::{Tensor, Device};
+    /// let t = Tensor::from_vec(vec![1i64, 2, 3, 4, 5, 6], (2, 3), Device::Cpu)?;
+    /// assert_eq!(t.dims(), &[2, 3]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn from_vec<T: WithDType>(data: Vec<T>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.elem_count() != data.len() {
+            return Err(Error::BadShape {
+                op: "from_vec",
+                msg: format!("{} values for shape {:?} ({} elements)", data.len(), shape, shape.elem_count()),
+            });
+        }
+        let s = Storage::from_cpu(T::into_cpu_storage(data), device)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+    /// A tensor from a slice (copied) and a shape.
+    pub fn from_slice<T: WithDType>(data: &[T], shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape, device)
+    }
+    /// A rank-0 tensor holding `v`.
+    pub fn scalar<T: WithDType>(v: T, device: Device) -> Result<Tensor> {
+        Tensor::from_vec(vec![v], (), device)
+    }
+    /// A tensor of `shape` filled with `value` (converted to `dtype`).
+    pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        Ok(Tensor::from_contiguous(Storage::full(&shape, dtype, value, device)?, shape))
+    }
+    /// Zeros.
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::full(0.0, shape, dtype, device)
+    }
+    /// Ones.
+    pub fn ones(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::full(1.0, shape, dtype, device)
+    }
+    /// Zeros with this tensor's shape, dtype and device.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(self.shape(), self.dtype(), self.device())
+    }
+    /// Ones with this tensor's shape, dtype and device.
+    pub fn ones_like(&self) -> Result<Tensor> {
+        Tensor::ones(self.shape(), self.dtype(), self.device())
+    }
+    /// `start, start+step, …` below `end` (numpy's arange).
+    pub fn arange(start: f64, end: f64, step: f64, dtype: DType, device: Device) -> Result<Tensor> {
+        if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
+            return Err(Error::msg(format!("arange: bad range {start}..{end} step {step}")));
+        }
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        Tensor::from_vec(v, n, Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+    }
+    /// The `n×n` identity.
+    pub fn eye(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
+        let mut v = vec![0.0; n * n];
+        for i in 0..n {
+            v[i * n + i] = 1.0;
+        }
+        Tensor::from_vec(v, (n, n), Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+    }
+    /// Uniform values in `[lo, hi)` from the global seeded stream ([`crate::manual_seed`]).
+    pub fn rand(lo: f64, hi: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let (seed, offset) = rng::reserve(shape.elem_count().div_ceil(4) as u64);
+        Tensor::rand_seeded(seed, offset, lo, hi, shape, dtype, device)
+    }
+    /// Normal values from the global seeded stream.
+    pub fn randn(mean: f64, std: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let (seed, offset) = rng::reserve(shape.elem_count().div_ceil(2) as u64);
+        let s = Storage::random(&shape, dtype, device, seed, offset, true, mean, std)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+    /// Uniform values from an explicit Philox stream `(seed, offset)`: the same bits on
+    /// every backend.
+    pub fn rand_seeded(
+        seed: u64,
+        offset: u64,
+        lo: f64,
+        hi: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let s = Storage::random(&shape, dtype, device, seed, offset, false, lo, hi)?;
+        Ok(Tensor::from_contiguous(s, shape))
+    }
+}
