@@ -222,7 +222,10 @@ fn gemm_with<T: GemmElem>(
     check_operand(&b, k, n, "b");
 
     let mnk = m.saturating_mul(n).saturating_mul(k);
-    if mnk <= opts.small_mnk || n == 1 {
+    // A single row or column is a matrix-vector product: bound by reading
+    // the matrix once, which packing would triple, and a register tile would
+    // be mostly padding.
+    if mnk <= opts.small_mnk || m == 1 || n == 1 {
         // SAFETY: both operands were bounds-checked for their shapes.
         unsafe { gemm_direct(m, n, k, &a, &b, c) };
         return;
@@ -463,8 +466,17 @@ unsafe fn pack_b<T: GemmElem>(b: &MatRef<T>, pc: usize, kb: usize, jc: usize, nb
         if b.col_stride == 1 {
             for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
                 let s = b.offset + (pc + p) * b.row_stride + j0;
-                row[..w].copy_from_slice(&b.data[s..s + w]);
+                copy_row(&mut row[..w], &b.data[s..s + w]);
                 row[w..].fill(T::ZERO);
+            }
+        } else if b.row_stride == 1 && w == nr {
+            // Transposed B (the usual `x · Wᵀ`): its columns are contiguous,
+            // the same transposition as packing row-major A.
+            // SAFETY: columns j0..j0+nr and rows pc..pc+kb are in the checked
+            // shape; the panel holds kb*nr elements.
+            unsafe {
+                let src = b.data.as_ptr().add(b.offset + pc + j0 * b.col_stride);
+                T::pack_rows(src, b.col_stride, kb, nr, panel.as_mut_ptr());
             }
         } else if b.row_stride < b.col_stride {
             // Column-major-like B: walk each column contiguously.
@@ -486,6 +498,24 @@ unsafe fn pack_b<T: GemmElem>(b: &MatRef<T>, pc: usize, kb: usize, jc: usize, nb
                 row[w..].fill(T::ZERO);
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, inlined for the usual register-tile widths:
+/// a `memcpy` call per 64-128 byte row is a measurable share of packing.
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    fn fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) -> bool {
+        match (<&mut [T; N]>::try_from(dst), <&[T; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    if !(fixed::<T, 32>(dst, src) || fixed::<T, 16>(dst, src) || fixed::<T, 8>(dst, src)) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -675,11 +705,15 @@ macro_rules! simd_kernel {
     };
 }
 
+// The AVX-512 intrinsics are stable since Rust 1.89, newer than the declared
+// rust-version of the crate this file was written for; the toolchain in use
+// (1.95) has them.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// [`super::GemmElem::pack_rows`] for f32 with `mr % 4 == 0`: 4×4
+    /// [`super::GemmElem::pack_rows`] for f32 with `mr & 3 == 0`: 4×4
     /// in-register transposes replace 16 scalar strided stores, which made
     /// packing A a sizeable share of the run time.
     ///
@@ -716,7 +750,7 @@ mod x86 {
         }
     }
 
-    /// [`super::GemmElem::pack_rows`] for f64 with `mr % 2 == 0`, via 2×2
+    /// [`super::GemmElem::pack_rows`] for f64 with `mr & 1 == 0`, via 2×2
     /// in-register transposes.
     ///
     /// # Safety
@@ -810,7 +844,7 @@ impl GemmElem for f32 {
 
     unsafe fn pack_rows(src: *const Self, lda: usize, kb: usize, mr: usize, dst: *mut Self) {
         #[cfg(target_arch = "x86_64")]
-        if mr % 4 == 0 {
+        if mr & 3 == 0 {
             // SAFETY: forwarded contract; SSE is part of the x86_64 baseline.
             unsafe { x86::pack_rows_f32(src, lda, kb, mr, dst) };
             return;
@@ -837,7 +871,7 @@ impl GemmElem for f64 {
 
     unsafe fn pack_rows(src: *const Self, lda: usize, kb: usize, mr: usize, dst: *mut Self) {
         #[cfg(target_arch = "x86_64")]
-        if mr % 2 == 0 {
+        if mr & 1 == 0 {
             // SAFETY: forwarded contract; SSE2 is part of the x86_64 baseline.
             unsafe { x86::pack_rows_f64(src, lda, kb, mr, dst) };
             return;
