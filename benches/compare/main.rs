@@ -42,7 +42,10 @@ fn main() -> Result<()> {
     };
     let threads: usize = threads.parse().unwrap_or(1);
     let reps: usize = reps.parse().unwrap_or(10);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| tensorforge::Error::msg(e.to_string()))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| tensorforge::Error::msg(e.to_string()))?;
     pool.install(|| -> Result<()> {
         let run = case(name)?;
         run()?; // warm-up: page-in, thread start

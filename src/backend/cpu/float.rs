@@ -141,7 +141,13 @@ float_impl!(f64, f64::exp, f64::tanh);
 pub fn exp_f32(x: f32) -> f32 {
     const HI: f32 = 88.722_84;
     const LO: f32 = -87.336_55;
-    let xc = if x > HI { HI } else if x < LO { LO } else { x };
+    let xc = if x > HI {
+        HI
+    } else if x < LO {
+        LO
+    } else {
+        x
+    };
     let n = (xc * std::f32::consts::LOG2_E).round_ties_even();
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;

@@ -313,40 +313,34 @@ fn partition(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(u
     tasks
 }
 
-/// Naive product for tiny or degenerate shapes, where packing would cost more
-/// than it saves.
+/// Unpacked product for tiny or degenerate shapes, where packing would cost
+/// more than it saves. The loop order follows B's layout so that B (the
+/// large operand of a matrix-vector product) is read along its contiguous
+/// direction.
 ///
 /// # Safety
 /// `a` and `b` must have passed `check_operand` for `m×k` and `k×n`.
 unsafe fn gemm_direct<T: GemmElem>(m: usize, n: usize, k: usize, a: &MatRef<T>, b: &MatRef<T>, c: &mut [T]) {
     debug_assert_eq!(c.len(), m * n);
-    for (i, crow) in c.chunks_exact_mut(n).enumerate() {
-        if n == 1 {
-            // Dot product; several partial sums hide the add latency.
-            let mut acc = [T::ZERO; 4];
-            let mut p = 0;
-            while p + 4 <= k {
-                for (l, s) in acc.iter_mut().enumerate() {
-                    // SAFETY: i < m, p + l < k, bounds-checked by the caller.
-                    *s = *s + unsafe { a.at(i, p + l) * b.at(p + l, 0) };
-                }
-                p += 4;
+    if n == 1 || b.row_stride < b.col_stride {
+        // Columns of B are the contiguous direction: one dot product each.
+        for (i, crow) in c.chunks_exact_mut(n).enumerate() {
+            for (j, cv) in crow.iter_mut().enumerate() {
+                // SAFETY: i < m, j < n, bounds-checked by the caller.
+                *cv = unsafe { dot(a, i, b, j, k) };
             }
-            while p < k {
-                // SAFETY: as above.
-                acc[0] = acc[0] + unsafe { a.at(i, p) * b.at(p, 0) };
-                p += 1;
-            }
-            crow[0] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            continue;
         }
+        return;
+    }
+    // Rows of B are the contiguous direction: accumulate scaled rows of B.
+    for (i, crow) in c.chunks_exact_mut(n).enumerate() {
         crow.fill(T::ZERO);
         for p in 0..k {
             // SAFETY: i < m, p < k.
             let aip = unsafe { a.at(i, p) };
             if b.col_stride == 1 {
                 let start = b.offset + p * b.row_stride;
-                // Contiguous row of B: slices let the compiler vectorise.
+                // Slices let the compiler vectorise.
                 let brow = &b.data[start..start + n];
                 for (cv, &bv) in crow.iter_mut().zip(brow) {
                     *cv = *cv + aip * bv;
@@ -359,6 +353,38 @@ unsafe fn gemm_direct<T: GemmElem>(m: usize, n: usize, k: usize, a: &MatRef<T>, 
             }
         }
     }
+}
+
+/// Row `i` of A times column `j` of B.
+///
+/// # Safety
+/// `a` and `b` passed `check_operand` for shapes containing row `i` (of
+/// length `k`) and column `j` (of height `k`).
+#[inline]
+unsafe fn dot<T: GemmElem>(a: &MatRef<T>, i: usize, b: &MatRef<T>, j: usize, k: usize) -> T {
+    // Independent partial sums hide the add latency and, with contiguous
+    // slices, let the compiler use SIMD lanes.
+    let mut acc = [T::ZERO; 8];
+    if a.col_stride == 1 && b.row_stride == 1 {
+        let sa = a.offset + i * a.row_stride;
+        let sb = b.offset + j * b.col_stride;
+        let (ra, rb) = (&a.data[sa..sa + k], &b.data[sb..sb + k]);
+        let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
+        let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::ZERO, |s, (&x, &y)| s + x * y);
+        for (xa, xb) in ca.zip(cb) {
+            for ((s, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
+                *s = *s + x * y;
+            }
+        }
+        acc[0] = acc[0] + tail;
+    } else {
+        for p in 0..k {
+            // SAFETY: p < k, within the checked row and column.
+            acc[p % 8] = acc[p % 8] + unsafe { a.at(i, p) * b.at(p, j) };
+        }
+    }
+    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 /// 64-byte aligned storage unit for the packing buffers.
