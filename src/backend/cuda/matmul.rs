@@ -2,7 +2,7 @@
 
 use super::device::Arg;
 use super::{CudaStorage, layout_abi};
-use crate::{Error, Layout, Result, Shape};
+use crate::{DType, Error, Layout, Result, Shape};
 use cudarc::driver::LaunchConfig;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
@@ -64,6 +64,10 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
         Arg::U64(n as u64),
         Arg::U64(k as u64),
     ];
-    a.dev().launch("matmul", &format!("matmul_{}", a.dtype.as_str()), cfg, &args)?;
+    // 16-bit floats use tensor cores unless TENSORFORGE_NO_TENSOR_CORES is set (to compare
+    // against the tiled kernel); both kernels take the same arguments and grid.
+    let tc = matches!(a.dtype, DType::F16 | DType::BF16) && std::env::var_os("TENSORFORGE_NO_TENSOR_CORES").is_none();
+    let kernel = format!("matmul_{}{}", if tc { "tc_" } else { "" }, a.dtype.as_str());
+    a.dev().launch("matmul", &kernel, cfg, &args)?;
     Ok(out)
 }
