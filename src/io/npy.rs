@@ -30,7 +30,7 @@ const ALIGN: usize = 64;
 /// ```
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
-    from_npy_bytes(&read_file(path)?).map_err(|e| with_path(path, e))
+    parse(&read_file(path)?, &path.display().to_string())
 }
 
 /// Writes a tensor as a version 1.0 `.npy` file (version 2.0 if the header needs it),

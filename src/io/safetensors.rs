@@ -43,7 +43,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Named> {
 /// Like [`read_safetensors`], also returning the `__metadata__` strings (empty if none).
 pub fn read_safetensors_with_metadata(path: impl AsRef<Path>) -> Result<(Named, BTreeMap<String, String>)> {
     let path = path.as_ref();
-    parse(&read_file(path)?, "safetensors").map_err(|e| with_path(path, e))
+    parse(&read_file(path)?, &path.display().to_string())
 }
 
 /// Parses the bytes of a safetensors file. See [`read_safetensors`].
