@@ -206,6 +206,9 @@ fn parse_header(s: &str) -> std::result::Result<Header, String> {
             break;
         }
         let key = p.string()?;
+        if !matches!(key.as_str(), "descr" | "fortran_order" | "shape") {
+            return Err(format!("unexpected key {key:?}"));
+        }
         p.ws();
         p.expect(b':')?;
         p.ws();
@@ -214,8 +217,7 @@ fn parse_header(s: &str) -> std::result::Result<Header, String> {
             ("descr", Value::Str(v)) => descr.replace(v).is_some(),
             ("fortran_order", Value::Bool(v)) => fortran.replace(v).is_some(),
             ("shape", Value::Tuple(v)) => shape.replace(v).is_some(),
-            ("descr" | "fortran_order" | "shape", _) => return Err(format!("key {key:?} has the wrong type")),
-            _ => return Err(format!("unexpected key {key:?}")),
+            _ => return Err(format!("key {key:?} has the wrong type")),
         };
         if slot_taken {
             return Err(format!("duplicate key {key:?}"));
@@ -295,7 +297,11 @@ impl Lit<'_> {
             Some(b'(') => self.tuple().map(Value::Tuple),
             _ if self.word("True") => Ok(Value::Bool(true)),
             _ if self.word("False") => Ok(Value::Bool(false)),
-            _ => Err(format!("unsupported value at offset {} (structured dtypes are not supported)", self.i)),
+            _ => Err(format!(
+                "unsupported value at offset {} (expected a string, True/False or a tuple of ints; \
+                 structured dtypes are not supported)",
+                self.i
+            )),
         }
     }
     fn tuple(&mut self) -> std::result::Result<Vec<usize>, String> {
