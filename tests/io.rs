@@ -335,7 +335,11 @@ fn safetensors_hostile_inputs_are_errors() {
         (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551615]}}"#, 8, "hold"),
         (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,99999999999999999999]}}"#, 8, "data_offsets"),
         (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, 8, "backwards"),
-        (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, "overlaps"),
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            8,
+            "overlaps",
+        ),
         (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8, "gap"),
         (r#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, 8, "non-negative"),
         (r#"{"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}"#, 8, "non-negative"),
@@ -581,11 +585,11 @@ fn seeds() -> Vec<Vec<u8>> {
 
 /// Runs every reader over random bytes and mutated valid files; any panic fails the test
 /// and the input is saved in `tests/fixtures/io/` so that `replay_fixture_corpus` keeps
-/// replaying it after the fix. `TENSORFORGE_FUZZ_ITERS` (default 3000) sets the mutations
+/// replaying it after the fix. `TENSORFORGE_FUZZ_ITERS` (default 10000) sets the mutations
 /// per reader and seed; `TENSORFORGE_FUZZ_SEED` varies the stream.
 #[test]
 fn fuzz_readers_never_panic() {
-    let iters: usize = std::env::var("TENSORFORGE_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let iters: usize = std::env::var("TENSORFORGE_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let seed: u64 = std::env::var("TENSORFORGE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut rng = Rng(seed);
     let seeds = seeds();
@@ -593,7 +597,8 @@ fn fuzz_readers_never_panic() {
     let mut oks = 0usize;
     let mut runs = 0usize;
     for (name, read) in READERS {
-        let mut inputs: Vec<Vec<u8>> = (0..iters / 10).map(|_| (0..rng.below(200)).map(|_| rng.next() as u8).collect()).collect();
+        let mut inputs: Vec<Vec<u8>> =
+            (0..iters / 10).map(|_| (0..rng.below(200)).map(|_| rng.next() as u8).collect()).collect();
         for s in &seeds {
             for _ in 0..iters {
                 let other = &seeds[rng.below(seeds.len())];
@@ -605,7 +610,9 @@ fn fuzz_readers_never_panic() {
             match catch_unwind(AssertUnwindSafe(|| read(&input))) {
                 Ok(ok) => oks += ok as usize,
                 Err(_) => {
-                    let hash = input.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+                    let hash = input
+                        .iter()
+                        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
                     let path = fixtures().join(format!("crash-{name}-{hash:016x}.bin"));
                     let _ = std::fs::write(&path, &input);
                     panics.push(path);

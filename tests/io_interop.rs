@@ -28,7 +28,10 @@ fn expected() -> Vec<(&'static str, Tensor)> {
         ("f32", t(Tensor::from_vec((0..24).map(|i| i as f32 * 0.5 - 3.0).collect(), (2, 3, 4), c))),
         ("f64_fortran", t(Tensor::from_vec((0..12).map(|i| i as f64 / 7.0).collect(), (3, 4), c))),
         ("f32_fortran3", t(Tensor::from_vec((0..24).map(|i| i as f32).collect(), (2, 3, 4), c))),
-        ("f16", t(Tensor::from_vec((-8..8).map(|i| f16::from_f32(i as f32) / f16::from_f32(4.0)).collect(), (4, 4), c))),
+        (
+            "f16",
+            t(Tensor::from_vec((-8..8).map(|i| f16::from_f32(i as f32) / f16::from_f32(4.0)).collect(), (4, 4), c)),
+        ),
         ("special_f32", t(Tensor::from_vec(f32s, 8, c))),
         ("special_f64", t(Tensor::from_vec(specials(f64::from_bits(1), f64::MAX).to_vec(), 8, c))),
         ("special_f16", t(Tensor::from_vec(f16s, 8, c))),

@@ -74,7 +74,7 @@ pub fn to_npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     let data = tensor_to_bytes(t)?;
     // Version 1.0 stores the header length in a u16; 2.0 in a u32.
-    let v1 = MAGIC.len() + 2 + 2 + header.len() + 1 <= u16::MAX as usize;
+    let v1 = MAGIC.len() + 2 + 2 + header.len() < u16::MAX as usize;
     let prefix = MAGIC.len() + 2 + if v1 { 2 } else { 4 };
     let pad = (ALIGN - (prefix + header.len() + 1) % ALIGN) % ALIGN;
     header.extend(std::iter::repeat_n(' ', pad));
@@ -115,7 +115,10 @@ pub(crate) fn parse(bytes: &[u8], ctx: &str) -> Result<Tensor> {
     };
     let start = 8 + len_bytes;
     let Some(header) = bytes.get(start..start.saturating_add(header_len)) else {
-        return Err(err(ctx, format!("header length {header_len} runs past the end of the file ({} bytes)", bytes.len())));
+        return Err(err(
+            ctx,
+            format!("header length {header_len} runs past the end of the file ({} bytes)", bytes.len()),
+        ));
     };
     // 1.0 and 2.0 headers are latin-1 (in practice ASCII); 3.0 is UTF-8.
     let header = if utf8 {

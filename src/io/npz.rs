@@ -138,7 +138,9 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 fn find_end(bytes: &[u8]) -> Option<usize> {
     let last = bytes.len().checked_sub(22)?;
     let first = last.saturating_sub(u16::MAX as usize);
-    (first..=last).rev().find(|&p| u32_at(bytes, p) == Some(END_SIG) && u16_at(bytes, p + 20).map(|c| p + 22 + c as usize) == Some(bytes.len()))
+    (first..=last).rev().find(|&p| {
+        u32_at(bytes, p) == Some(END_SIG) && u16_at(bytes, p + 20).map(|c| p + 22 + c as usize) == Some(bytes.len())
+    })
 }
 
 /// One member, as the central directory describes it.
@@ -263,7 +265,9 @@ fn locate(bytes: &[u8], m: &Member, cd_offset: usize) -> std::result::Result<(us
     let comp = usize::try_from(m.comp).map_err(|_| "compressed size out of range")?;
     match start.checked_add(comp) {
         Some(end) if end <= cd_offset => Ok((local, start, end)),
-        _ => Err(format!("member data ({comp} bytes at offset {start}) runs past the archive's data ({cd_offset} bytes)")),
+        _ => Err(format!(
+            "member data ({comp} bytes at offset {start}) runs past the archive's data ({cd_offset} bytes)"
+        )),
     }
 }
 

@@ -72,7 +72,10 @@ pub fn write_safetensors(
 }
 
 /// The bytes of a safetensors file. See [`write_safetensors`].
-pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
+pub fn to_safetensors_bytes(
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
     let ctx = "safetensors";
     let mut sorted: Vec<&(&str, &Tensor)> = tensors.iter().collect();
     sorted.sort_by_key(|(name, _)| *name);
@@ -143,7 +146,11 @@ fn parse_dtype(s: &str) -> std::result::Result<Elem, String> {
         "I32" => (DType::I64, ElemKind::Int(4, true)),
         "U16" => (DType::I64, ElemKind::Int(2, false)),
         "U32" => (DType::I64, ElemKind::Int(4, false)),
-        _ => return Err(format!("unsupported dtype {s:?} (supported: F32 F64 F16 BF16 I64 U8 BOOL I8 I16 I32 U16 U32)")),
+        _ => {
+            return Err(format!(
+                "unsupported dtype {s:?} (supported: F32 F64 F16 BF16 I64 U8 BOOL I8 I16 I32 U16 U32)"
+            ));
+        }
     };
     Ok(Elem { dtype, kind, big_endian: false })
 }
