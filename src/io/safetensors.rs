@@ -15,7 +15,7 @@ use std::path::Path;
 const MAX_HEADER: u64 = 100_000_000;
 const METADATA_KEY: &str = "__metadata__";
 
-/// Named tensors and the free-form `__metadata__` strings of a safetensors file.
+/// Tensors with their names, as the readers return them.
 pub type Named = Vec<(String, Tensor)>;
 
 /// Reads every tensor of a safetensors file, sorted by name, as contiguous CPU tensors.
