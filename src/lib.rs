@@ -20,6 +20,7 @@ pub mod data;
 mod device;
 mod dtype;
 mod error;
+pub mod io;
 pub mod ops;
 pub mod shape;
 pub mod storage;
