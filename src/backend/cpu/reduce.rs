@@ -153,25 +153,30 @@ pub fn reduce(s: &CpuStorage, l: &Layout, op: ReduceOp, axes: &[usize]) -> Resul
     }
 }
 
-/// One row of softmax: `x` (gathered, in compute precision) → `out`.
+/// One row of softmax: `x` (gathered in compute precision, overwritten as scratch) → `out`.
 #[inline]
-fn softmax_row<T: CpuFloat>(x: &[T::Acc], out: &mut [T], log: bool) {
+fn softmax_row<T: CpuFloat>(x: &mut [T::Acc], out: &mut [T], log: bool) {
     let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a| a, &|a: T::Acc, b| a.max_nan(b));
-    // A row of -inf (fully masked) has no finite max; shifting by 0 keeps the result NaN-free
-    // where possible (exp(-inf) = 0) and matches the reference's 0/0 = NaN otherwise.
+    // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
     let shift = if max == T::Acc::NEG_INF { T::Acc::ZERO } else { max };
-    let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T::Acc| (a - shift).exp(), &|a, b| a + b);
     if log {
+        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T::Acc| (a - shift).exp(), &|a, b| a + b);
         let lse = shift + sum.ln();
-        for (o, &a) in out.iter_mut().zip(x) {
-            *o = T::from_acc(a - lse);
-        }
+        simd::map_slice(x, as_uninit(out), &|a: T::Acc| T::from_acc(a - lse));
     } else {
+        // exp once, kept in the scratch row, then one scaling pass.
+        simd::update_slice(x, &|a: T::Acc| (a - shift).exp());
+        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a| a, &|a, b| a + b);
         let inv = T::Acc::ONE / sum;
-        for (o, &a) in out.iter_mut().zip(x) {
-            *o = T::from_acc((a - shift).exp() * inv);
-        }
+        simd::map_slice(x, as_uninit(out), &|a: T::Acc| T::from_acc(a * inv));
     }
+}
+
+/// Views initialized memory as writable slots (writing through them keeps it initialized).
+fn as_uninit<T>(s: &mut [T]) -> &mut [std::mem::MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the slots are only ever written with valid
+    // values of T, so the slice stays initialized for its owner.
+    unsafe { &mut *(s as *mut [T] as *mut [std::mem::MaybeUninit<T>]) }
 }
 
 fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> CpuStorage {
@@ -192,26 +197,31 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
     let gather = |r: usize, buf: &mut Vec<T::Acc>| {
         let s = in_rows.offset_of(r * len);
         buf.clear();
-        buf.extend((0..len).map(|j| v[s + j * stride].to_acc()));
+        if stride == 1 {
+            buf.extend(v[s..s + len].iter().map(|x| x.to_acc()));
+        } else {
+            buf.extend((0..len).map(|j| v[s + j * stride].to_acc()));
+        }
     };
     let mut out = vec![T::default(); n];
     if out_stride == 1 {
-        let work = |(r, o): (usize, &mut [T])| {
-            let mut buf = Vec::with_capacity(len);
-            gather(r, &mut buf);
-            softmax_row::<T>(&buf, o, log);
+        // One scratch row per worker, not per row.
+        let work = |buf: &mut Vec<T::Acc>, (r, o): (usize, &mut [T])| {
+            gather(r, buf);
+            softmax_row::<T>(buf, o, log);
         };
         if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(len).enumerate().for_each(work);
+            out.par_chunks_mut(len).enumerate().for_each_init(|| Vec::with_capacity(len), work);
         } else {
-            out.chunks_mut(len).enumerate().for_each(work);
+            let mut buf = Vec::with_capacity(len);
+            out.chunks_mut(len).enumerate().for_each(|x| work(&mut buf, x));
         }
     } else {
         let mut buf = Vec::with_capacity(len);
         let mut row = vec![T::default(); len];
         for r in 0..rows {
             gather(r, &mut buf);
-            softmax_row::<T>(&buf, &mut row, log);
+            softmax_row::<T>(&mut buf, &mut row, log);
             let o = out_rows.offset_of(r * len);
             for (j, &y) in row.iter().enumerate() {
                 out[o + j * out_stride] = y;

@@ -52,6 +52,13 @@ fn map_plain<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f
 }
 
 #[inline(always)]
+fn update_plain<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
+    for x in buf.iter_mut() {
+        *x = f(*x);
+    }
+}
+
+#[inline(always)]
 fn zip_plain<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(a: &[A], b: &[B], dst: &mut [MaybeUninit<U>], f: &F) {
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         d.write(f(x, y));
@@ -93,6 +100,14 @@ mod x86 {
         map_plain(src, dst, f)
     }
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub unsafe fn update_avx512<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
+        update_plain(buf, f)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn update_avx2<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
+        update_plain(buf, f)
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
     pub unsafe fn zip_avx512<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
         a: &[A],
         b: &[B],
@@ -132,6 +147,19 @@ pub fn map_slice<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { x86::map_avx2(src, dst, f) },
         _ => map_plain(src, dst, f),
+    }
+}
+
+/// `buf[i] = f(buf[i])` in place, vectorized for the detected instruction set.
+#[inline]
+pub fn update_slice<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
+    match isa() {
+        // SAFETY: as in `map_slice`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::update_avx512(buf, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { x86::update_avx2(buf, f) },
+        _ => update_plain(buf, f),
     }
 }
 
