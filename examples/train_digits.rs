@@ -223,6 +223,9 @@ fn run(args: &Args) -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
     }
+    if args.epochs == 0 {
+        test_acc = evaluate(&model, &test, device)?.1;
+    }
     eprintln!("trained in {:.2}s", start.elapsed().as_secs_f64());
 
     std::fs::create_dir_all(&args.out).map_err(|e| tensorforge::Error::Io {

@@ -120,7 +120,7 @@ where
             let err = (a - numeric).abs();
             let tol = cfg.atol + cfg.rtol * numeric.abs();
             checked += 1;
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 let excess = if err.is_nan() { f64::INFINITY } else { err / tol };
                 if worst.as_ref().is_none_or(|(e, _)| excess > *e) {
                     worst = Some((

@@ -29,13 +29,31 @@ pub enum Init {
     /// One value everywhere.
     Constant(f64),
     /// Uniform in `[lo, hi)`.
-    Uniform { lo: f64, hi: f64 },
+    Uniform {
+        /// Lower bound (inclusive).
+        lo: f64,
+        /// Upper bound (exclusive).
+        hi: f64,
+    },
     /// Normal.
-    Normal { mean: f64, std: f64 },
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        std: f64,
+    },
     /// Uniform in `±1/√fan_in`: PyTorch's default for Linear (Kaiming-uniform, `a = √5`).
-    KaimingUniform { fan_in: usize },
+    KaimingUniform {
+        /// Inputs per output unit.
+        fan_in: usize,
+    },
     /// Glorot: uniform in `±√(6/(fan_in + fan_out))`.
-    XavierUniform { fan_in: usize, fan_out: usize },
+    XavierUniform {
+        /// Inputs per output unit.
+        fan_in: usize,
+        /// Outputs per input unit.
+        fan_out: usize,
+    },
 }
 
 impl Init {

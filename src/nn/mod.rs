@@ -65,6 +65,8 @@ impl Sequential {
         Self::default()
     }
     /// Appends a module (builder style).
+    // PyTorch's and candle's builder name; it is not arithmetic, so no `Add` impl.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, m: impl Module + Send + Sync + 'static) -> Self {
         self.layers.push(Box::new(m));
         self
