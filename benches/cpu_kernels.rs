@@ -1,1 +1,68 @@
-fn main() {}
+//! Criterion microbenchmarks of the CPU kernels, one group per family (names `cpu/…`).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use tensorforge::{DType, Device, Tensor};
+
+fn randn(shape: impl Into<tensorforge::Shape>) -> Tensor {
+    Tensor::randn(0.0, 1.0, shape, DType::F32, Device::Cpu).expect("randn")
+}
+
+fn elementwise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu/elementwise");
+    for n in [1 << 16, 1 << 22] {
+        let (a, b) = (randn(n), randn(n));
+        g.throughput(Throughput::Bytes((3 * 4 * n) as u64));
+        g.bench_with_input(BenchmarkId::new("add_f32", n), &n, |bch, _| bch.iter(|| black_box(a.add(&b).unwrap())));
+        g.throughput(Throughput::Bytes((2 * 4 * n) as u64));
+        g.bench_with_input(BenchmarkId::new("exp_f32", n), &n, |bch, _| bch.iter(|| black_box(a.exp().unwrap())));
+        g.bench_with_input(BenchmarkId::new("relu_f32", n), &n, |bch, _| bch.iter(|| black_box(a.relu().unwrap())));
+    }
+    let m = randn((1024, 1024));
+    let row = randn(1024);
+    g.bench_function("add_bias_broadcast_1024x1024", |bch| bch.iter(|| black_box(m.add(&row).unwrap())));
+    let t = m.t().unwrap();
+    g.bench_function("copy_transposed_1024x1024", |bch| bch.iter(|| black_box(t.contiguous().unwrap())));
+    g.finish();
+}
+
+fn reduce(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu/reduce");
+    let x = randn((4096, 1024));
+    g.throughput(Throughput::Bytes((4 * 4096 * 1024) as u64));
+    g.bench_function("sum_all_4096x1024", |b| b.iter(|| black_box(x.sum_all().unwrap())));
+    g.bench_function("sum_rows_4096x1024", |b| b.iter(|| black_box(x.sum(&[1]).unwrap())));
+    g.bench_function("sum_cols_4096x1024", |b| b.iter(|| black_box(x.sum(&[0]).unwrap())));
+    g.bench_function("max_rows_4096x1024", |b| b.iter(|| black_box(x.max(&[1]).unwrap())));
+    g.finish();
+}
+
+fn softmax(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu/softmax");
+    let x = randn((4096, 1024));
+    g.throughput(Throughput::Bytes((2 * 4 * 4096 * 1024) as u64));
+    g.bench_function("softmax_last_4096x1024", |b| b.iter(|| black_box(x.softmax(-1).unwrap())));
+    g.bench_function("log_softmax_last_4096x1024", |b| b.iter(|| black_box(x.log_softmax(-1).unwrap())));
+    g.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu/matmul");
+    g.sample_size(10);
+    for n in [128, 512, 1024] {
+        let (a, b) = (randn((n, n)), randn((n, n)));
+        g.throughput(Throughput::Elements((2 * n * n * n) as u64));
+        g.bench_with_input(BenchmarkId::new("sgemm", n), &n, |bch, _| bch.iter(|| black_box(a.matmul(&b).unwrap())));
+        let bt = b.t().unwrap();
+        g.bench_with_input(BenchmarkId::new("sgemm_bt", n), &n, |bch, _| {
+            bch.iter(|| black_box(a.matmul(&bt).unwrap()))
+        });
+    }
+    let (a, b) = (randn((64, 128, 128)), randn((64, 128, 128)));
+    g.throughput(Throughput::Elements((2 * 64 * 128 * 128 * 128) as u64));
+    g.bench_function("batched_64x128x128x128", |bch| bch.iter(|| black_box(a.matmul(&b).unwrap())));
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, reduce, softmax, matmul);
+criterion_main!(benches);

@@ -35,3 +35,8 @@ pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
 pub use shape::{Layout, Shape};
 pub use tensor::{Tensor, TensorId, manual_seed, rng_state, set_rng_state};
+
+/// The README's code blocks, compiled and run by `cargo test --doc` so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

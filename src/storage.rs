@@ -4,7 +4,9 @@
 use crate::backend::cpu::{CpuDevice, CpuStorage};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::{CudaDevice, CudaStorage};
-use crate::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use crate::backend::{
+    BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp, Window2d,
+};
 use crate::{DType, Device, Error, Layout, Result, Shape};
 
 /// A buffer on one device.
@@ -136,6 +138,12 @@ impl Storage {
     }
     pub fn softmax(&self, l: &Layout, axis: usize, log: bool) -> Result<Storage> {
         Ok(on_one!(self, |s| s.softmax(l, axis, log)))
+    }
+    pub fn im2col(&self, l: &Layout, w: &Window2d, pad: f64) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.im2col(l, w, pad)))
+    }
+    pub fn col2im(&self, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<Storage> {
+        Ok(on_one!(self, |s| s.col2im(l, w, h, wd)))
     }
 
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {

@@ -142,10 +142,40 @@ pub trait BackendStorage: Sized + Send + Sync {
         src_layout: &Layout,
         axis: usize,
     ) -> Result<Self>;
+    /// Unfolds sliding windows of `[N, C, H, W]` into columns `[N, C·kh·kw, OH·OW]` (row
+    /// `(c·kh + i)·kw + j`, column `oy·OW + ox`); positions in the padding read `pad_value`.
+    fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self>;
+    /// The adjoint of `im2col`: folds columns `[N, C·kh·kw, OH·OW]` back into `[N, C, H, W]`,
+    /// summing where windows overlap and dropping the padding.
+    fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self>;
     /// One fused optimizer update, in place over contiguous buffers of one length:
     /// `self` (the parameters), `grad`, and the state buffers the rule needs
     /// (see [`OptimRule::state_count`]).
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()>;
+}
+
+/// A 2-D sliding window (convolution or pooling): kernel, stride, padding, dilation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Window2d {
+    /// Output height and width over an `h × w` input, or `None` when the window does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let one = |n: usize, k: usize, s: usize, p: usize, d: usize| {
+            let span = d * (k.checked_sub(1)?) + 1;
+            let padded = n + 2 * p;
+            if s == 0 || padded < span { None } else { Some((padded - span) / s + 1) }
+        };
+        Some((
+            one(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            one(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
+        ))
+    }
 }
 
 /// A fused optimizer update rule, applied elementwise by `optim_step`.

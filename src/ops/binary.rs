@@ -146,6 +146,10 @@ cmp_methods!(
 );
 
 impl Tensor {
+    /// Any [`BinaryOp`] by value, broadcasting (the named methods call this).
+    pub fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        apply(Binary(op), &[self, rhs])
+    }
     /// A comparison (not differentiable: the result never tracks gradients).
     pub fn compare(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         let shape = broadcast_pair(op.name(), self, rhs)?;

@@ -2,6 +2,7 @@
 //! side, and the `Tensor` methods that run them.
 
 mod binary;
+mod conv;
 mod index;
 mod matmul;
 mod reduce;
@@ -9,6 +10,7 @@ mod unary;
 mod view;
 
 pub use binary::{Binary, Where};
+pub use conv::{Col2Im, Conv2dOptions, Im2Col};
 pub use index::{Gather, IndexAdd, IndexSelect, ScatterAdd};
 pub use matmul::MatMul;
 pub use reduce::{Reduce, Softmax};

@@ -149,6 +149,10 @@ unary_methods!(
 );
 
 impl Tensor {
+    /// Any [`UnaryOp`] by value (the named methods call this).
+    pub fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
+        apply(Unary(op), &[self])
+    }
     /// `x·mul + add`, elementwise.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
         apply(Scalar(ScalarOp::Affine { mul, add }), &[self])

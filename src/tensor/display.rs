@@ -27,6 +27,19 @@ fn format_value(v: f64, float: bool) -> String {
     s.to_string()
 }
 
+/// Pads plain decimals so their points line up, as numpy does (`[ 1.   2.5]`).
+fn align_decimal_points(cells: &mut [String]) {
+    let split = |c: &str| c.find('.').filter(|_| !c.contains('e')).map(|p| (p, c.len() - p - 1));
+    let frac = cells.iter().filter_map(|c| split(c)).map(|(_, f)| f).max();
+    if let Some(frac) = frac {
+        for c in cells.iter_mut() {
+            if let Some((_, f)) = split(c) {
+                c.push_str(&" ".repeat(frac - f));
+            }
+        }
+    }
+}
+
 fn write_axis(
     f: &mut fmt::Formatter<'_>,
     cells: &[String],
@@ -70,7 +83,8 @@ impl Tensor {
             Err(e) => return write!(f, "<unreadable: {e}>"),
         };
         let float = self.dtype().is_float();
-        let cells: Vec<String> = vals.iter().map(|&v| format_value(v, float)).collect();
+        let mut cells: Vec<String> = vals.iter().map(|&v| format_value(v, float)).collect();
+        align_decimal_points(&mut cells);
         let width = cells.iter().map(|c| c.len()).max().unwrap_or(0);
         let summarize = self.elem_count() > SUMMARIZE_OVER;
         write_axis(f, &cells, self.dims(), width, 0, summarize)

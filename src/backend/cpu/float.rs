@@ -52,7 +52,7 @@ pub trait Float:
 }
 
 macro_rules! float_impl {
-    ($t:ty) => {
+    ($t:ty, $exp:expr, $tanh:expr) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -68,7 +68,7 @@ macro_rules! float_impl {
             }
             #[inline(always)]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -92,7 +92,7 @@ macro_rules! float_impl {
             }
             #[inline(always)]
             fn tanh(self) -> Self {
-                <$t>::tanh(self)
+                $tanh(self)
             }
             #[inline(always)]
             fn abs(self) -> Self {
@@ -129,8 +129,67 @@ macro_rules! float_impl {
         }
     };
 }
-float_impl!(f32);
-float_impl!(f64);
+// f32 uses branch-free polynomial exp/tanh that the SIMD multiversioning can vectorize
+// (libm's expf/tanhf are opaque calls); f64 keeps libm for gradient-check accuracy.
+float_impl!(f32, exp_f32, tanh_f32);
+float_impl!(f64, f64::exp, f64::tanh);
+
+/// `eˣ` in f32 within 2 ulp, without branches or calls so loops over it vectorize
+/// (Cody–Waite range reduction x = n·ln2 + r, a degree-6 minimax polynomial for eʳ, and 2ⁿ
+/// built from exponent bits in two halves so every n in [-126, 128] stays representable).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.722_84;
+    const LO: f32 = -87.336_55;
+    let xc = if x > HI {
+        HI
+    } else if x < LO {
+        LO
+    } else {
+        x
+    };
+    let n = (xc * std::f32::consts::LOG2_E).round_ties_even();
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let ni = n as i32;
+    let h = ni >> 1;
+    let s1 = f32::from_bits(((h + 127) << 23) as u32);
+    let s2 = f32::from_bits(((ni - h + 127) << 23) as u32);
+    let y = er * s1 * s2;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else if x != x {
+        x
+    } else {
+        y
+    }
+}
+
+/// `tanh x` in f32 within a few ulp, branch-free: an odd polynomial near 0 (where the exp
+/// form would cancel), `1 − 2/(e^{2|x|}+1)` elsewhere.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let z = x * x;
+    let mut p = -5.704_988_7e-3f32;
+    p = p * z + 2.063_908_9e-2;
+    p = p * z - 5.373_971_6e-2;
+    p = p * z + 1.333_144_2e-1;
+    p = p * z - 3.333_328_2e-1;
+    let small = x + x * z * p;
+    let e = exp_f32(2.0 * a);
+    let big = 1.0 - 2.0 / (e + 1.0);
+    let big = if x < 0.0 { -big } else { big };
+    if a < 0.625 { small } else { big }
+}
 
 /// The error function to double precision. For |x| < 3 the series
 /// `erf x = 2/√π · e^{-x²} · Σ 2ⁿ x^{2n+1} / (1·3·…·(2n+1))` has only positive terms (no
@@ -219,6 +278,33 @@ impl CpuFloat for bf16 {
 
 #[cfg(test)]
 mod tests {
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn fast_f32_functions_are_accurate() {
+        let mut worst = (0, 0);
+        let mut x = -90.0f32;
+        while x < 90.0 {
+            let e = (x as f64).exp() as f32;
+            if e.is_finite() && e > f32::MIN_POSITIVE {
+                worst.0 = worst.0.max(ulps(super::exp_f32(x), e));
+            }
+            let t = (x as f64).tanh() as f32;
+            worst.1 = worst.1.max(ulps(super::tanh_f32(x), t));
+            x += 0.000_731;
+        }
+        assert!(worst.0 <= 2 && worst.1 <= 4, "exp {} ulp, tanh {} ulp", worst.0, worst.1);
+        assert_eq!(super::exp_f32(100.0), f32::INFINITY);
+        assert_eq!(super::exp_f32(-100.0), 0.0);
+        assert!(super::exp_f32(f32::NAN).is_nan());
+        assert_eq!(super::exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::tanh_f32(20.0), 1.0);
+        assert_eq!(super::tanh_f32(-20.0), -1.0);
+        assert_eq!(super::tanh_f32(1e-30), 1e-30);
+    }
+
     #[test]
     fn erf_known_values() {
         // Values from tables of the error function.

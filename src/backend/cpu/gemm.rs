@@ -1,26 +1,1165 @@
-//! Placeholder GEMM (replaced by the packed SIMD kernel).
-pub trait GemmElem:
-    Copy + Send + Sync + 'static + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + Default
-{
+//! Dense matrix multiplication (GEMM) for the CPU backend.
+//!
+//! BLIS-style design: panels of B (`kc × nc`) and A (`mr × kc`) are packed into
+//! contiguous buffers so that the register-blocked micro-kernel streams memory
+//! linearly whatever the operands' strides are (transposed or broadcast views
+//! cost nothing extra). The packed B block is sized to stay in L2 and the packed
+//! A micro-panel stays in L1 while it sweeps across that B block.
+//!
+//! Micro-kernels are chosen once at run time: AVX-512F, AVX2+FMA, or a portable
+//! scalar fallback (the only one compiled on non-x86_64 targets).
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::{Add, Mul};
+use std::sync::OnceLock;
+
+mod sealed {
+    /// Restricts [`super::GemmElem`] to types for which the packing buffers'
+    /// reinterpretation of raw bytes is sound (plain floats: every bit pattern
+    /// is valid and alignment is at most 64).
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
 }
-impl GemmElem for f32 {}
-impl GemmElem for f64 {}
+
+/// Element types the GEMM supports (implemented for `f32` and `f64`).
+///
+/// The trait is sealed: the packing code relies on the element being a plain
+/// float.
+pub trait GemmElem: sealed::Sealed + Copy + Send + Sync + 'static + Add<Output = Self> + Mul<Output = Self> {
+    /// Additive identity.
+    const ZERO: Self;
+
+    /// Micro-kernel and blocking parameters for the given instruction set.
+    #[doc(hidden)]
+    fn kernel(isa: Isa) -> Kernel<Self>;
+
+    /// Packs `mr` full rows of `kb` contiguous elements (row `i` starts at
+    /// `src + i*lda`) into `dst[p*mr + i]`.
+    ///
+    /// # Safety
+    /// All those reads are in bounds and `dst` holds `kb*mr` elements.
+    #[doc(hidden)]
+    unsafe fn pack_rows(src: *const Self, lda: usize, kb: usize, mr: usize, dst: *mut Self) {
+        // SAFETY: the caller guarantees the bounds.
+        unsafe { pack_rows_scalar(src, lda, 0, kb, mr, dst) }
+    }
+}
+
+/// Scalar part of [`GemmElem::pack_rows`] for columns `p0..kb`.
+///
+/// # Safety
+/// As for [`GemmElem::pack_rows`].
+unsafe fn pack_rows_scalar<T: Copy>(src: *const T, lda: usize, p0: usize, kb: usize, mr: usize, dst: *mut T) {
+    for i in 0..mr {
+        for p in p0..kb {
+            // SAFETY: guaranteed by the caller.
+            unsafe { *dst.add(p * mr + i) = *src.add(i * lda + p) };
+        }
+    }
+}
+
+/// Instruction set a micro-kernel is written for (internal).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+/// `ukr(kc, a, b, c, ldc, rows, cols, accumulate)`: computes the
+/// `rows × cols` tile `C (=|+=) Apanel · Bpanel` where `Apanel` is an
+/// `mr`-interleaved packed A micro-panel and `Bpanel` an `nr`-wide packed B
+/// micro-panel, both of depth `kc`.
+type MicroKernel<T> = unsafe fn(usize, *const T, *const T, *mut T, usize, usize, usize, bool);
+
+/// A micro-kernel with its register tile (`mr × nr`) and cache blocking
+/// (`kc`, `nc`) parameters (internal).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Kernel<T> {
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    nc: usize,
+    ukr: MicroKernel<T>,
+}
+
+/// One strided matrix operand: element (i, j) is at
+/// `data[offset + i*row_stride + j*col_stride]`.
+///
+/// A transposed view is the same data with the strides swapped; a stride of 0
+/// broadcasts a row or column.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a, T> {
+    /// Backing storage.
     pub data: &'a [T],
+    /// Index of element (0, 0).
     pub offset: usize,
+    /// Distance between consecutive rows.
     pub row_stride: usize,
+    /// Distance between consecutive columns.
     pub col_stride: usize,
 }
-pub fn gemm<T: GemmElem>(m: usize, n: usize, k: usize, a: MatRef<T>, b: MatRef<T>, c: &mut [T], _parallel: bool) {
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = T::default();
-            for p in 0..k {
-                s = s + a.data[a.offset + i * a.row_stride + p * a.col_stride]
-                    * b.data[b.offset + p * b.row_stride + j * b.col_stride];
+
+impl<T: Copy> MatRef<'_, T> {
+    /// Element (i, j) without bounds checks.
+    ///
+    /// # Safety
+    /// `check_operand` must have accepted this operand for a shape that
+    /// contains (i, j).
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, j: usize) -> T {
+        // SAFETY: the caller guarantees the index was bounds-checked up front.
+        unsafe { *self.data.get_unchecked(self.offset + i * self.row_stride + j * self.col_stride) }
+    }
+}
+
+/// Panics unless every element of a `rows × cols` view lies inside `data`;
+/// after this, unchecked accesses to the view are sound.
+fn check_operand<T>(x: &MatRef<'_, T>, rows: usize, cols: usize, name: &str) {
+    let last = (rows - 1)
+        .checked_mul(x.row_stride)
+        .and_then(|r| (cols - 1).checked_mul(x.col_stride).and_then(|c| r.checked_add(c)))
+        .and_then(|v| v.checked_add(x.offset));
+    assert!(
+        matches!(last, Some(l) if l < x.data.len()),
+        "gemm: operand {name} ({rows}x{cols}, offset {}, strides {}x{}) exceeds its {} elements",
+        x.offset,
+        x.row_stride,
+        x.col_stride,
+        x.data.len()
+    );
+}
+
+/// Below this many multiply-adds the packing overhead dominates: use the
+/// direct loop.
+const SMALL_MNK: usize = 32 * 1024;
+/// Below this many multiply-adds splitting across threads costs more than it
+/// gains.
+const PAR_MIN_MNK: usize = 64 * 64 * 64;
+
+/// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F), detected once.
+fn cpu_support() -> (bool, bool) {
+    static SUPPORT: OnceLock<(bool, bool)> = OnceLock::new();
+    *SUPPORT.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"), is_x86_feature_detected!("avx512f"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (false, false)
+        }
+    })
+}
+
+/// The requested instruction set, or the best supported one below it: the
+/// SIMD kernels may only be selected after this check.
+fn usable_isa(want: Isa) -> Isa {
+    let (avx2, avx512) = cpu_support();
+    match want {
+        Isa::Avx512 if avx512 => Isa::Avx512,
+        Isa::Avx512 | Isa::Avx2 if avx2 => Isa::Avx2,
+        _ => Isa::Scalar,
+    }
+}
+
+/// C (m×n, row-major contiguous, `c.len() == m*n`) = A (m×k) · B (k×n).
+///
+/// C is overwritten, not accumulated. Any strides work (a transposed view is
+/// just swapped strides; stride 0 = broadcast) and nothing is copied by the
+/// caller. `k == 0` yields zeros; `m == 0` or `n == 0` does nothing. With
+/// `parallel`, large products are split across the current rayon pool.
+///
+/// # Panics
+/// If `c.len() != m*n` or an operand view reaches outside its `data`.
+pub fn gemm<T: GemmElem>(m: usize, n: usize, k: usize, a: MatRef<T>, b: MatRef<T>, c: &mut [T], parallel: bool) {
+    gemm_with(Opts::DEFAULT, m, n, k, a, b, c, parallel);
+}
+
+/// Internal knobs of [`gemm`]; tests use them to drive every kernel, blocking
+/// and threading path.
+#[derive(Clone, Copy, Debug)]
+struct Opts {
+    /// Requested instruction set, lowered to what the CPU supports (so any
+    /// request is sound).
+    isa: Isa,
+    /// `(kc, nc)` overriding the kernel's cache blocking.
+    blocking: Option<(usize, usize)>,
+    /// Products with at most this many multiply-adds take the direct loop.
+    small_mnk: usize,
+    /// Products with fewer multiply-adds than this stay on one thread.
+    par_min_mnk: usize,
+}
+
+impl Opts {
+    const DEFAULT: Opts = Opts { isa: Isa::Avx512, blocking: None, small_mnk: SMALL_MNK, par_min_mnk: PAR_MIN_MNK };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with<T: GemmElem>(
+    opts: Opts,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [T],
+    parallel: bool,
+) {
+    assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(T::ZERO);
+        return;
+    }
+    check_operand(&a, m, k, "a");
+    check_operand(&b, k, n, "b");
+
+    let mnk = m.saturating_mul(n).saturating_mul(k);
+    // A single row or column is a matrix-vector product: bound by reading
+    // the matrix once, which packing would triple, and a register tile would
+    // be mostly padding.
+    if mnk <= opts.small_mnk || m == 1 || n == 1 {
+        // SAFETY: both operands were bounds-checked for their shapes.
+        unsafe { gemm_direct(m, n, k, &a, &b, c) };
+        return;
+    }
+
+    let mut kern = T::kernel(usable_isa(opts.isa));
+    if let Some((kc, nc)) = opts.blocking {
+        kern.kc = kc.max(1);
+        kern.nc = nc.max(1);
+    }
+    let threads = if parallel && mnk >= opts.par_min_mnk { rayon::current_num_threads() } else { 1 };
+    let cptr = SendPtr(c.as_mut_ptr());
+    let tasks = partition(m, n, kern.mr, kern.nr, threads);
+    let run = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
+        // SAFETY: operands were bounds-checked, `c` holds m*n elements and the
+        // tasks cover disjoint rectangles of it, so no two threads write the
+        // same element.
+        unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, &a, &b, cptr.get(), n) };
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// Raw pointer to C shared by the tasks, each of which writes a disjoint
+/// rectangle.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to hand disjoint parts of one `&mut [T]` to worker
+// threads while the owning call is blocked in the parallel section.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above; the tasks never touch the same element.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    // A method (rather than field access) makes closures capture the whole
+    // wrapper, which carries the Send/Sync impls.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to
+/// the register tile, minimising the largest one (the critical path). Ties
+/// prefer fewer tasks (less redundant packing), then splitting columns (each
+/// task then packs only its part of B).
+fn partition(m: usize, n: usize, mr: usize, nr: usize, threads: usize) -> Vec<(usize, usize, usize, usize)> {
+    let pm = m.div_ceil(mr);
+    let pn = n.div_ceil(nr);
+    let mut best = (usize::MAX, 0, 0, 0);
+    for tm in 1..=threads.min(pm) {
+        for tn in 1..=(threads / tm).min(pn) {
+            let rows = (pm.div_ceil(tm) * mr).min(m);
+            let cols = (pn.div_ceil(tn) * nr).min(n);
+            let key = (rows * cols, tm * tn, usize::MAX - tn);
+            if key < (best.0, best.1, best.2) {
+                best = (key.0, key.1, key.2, tm);
             }
-            c[i * n + j] = s;
+        }
+    }
+    let tm = best.3;
+    let tn = best.1 / tm;
+    let split = |panels: usize, parts: usize, unit: usize, len: usize| -> Vec<(usize, usize)> {
+        (0..parts)
+            .map(|p| {
+                // Panels p*panels/parts .. (p+1)*panels/parts spreads the
+                // remainder evenly.
+                let s = (p * panels / parts * unit).min(len);
+                let e = ((p + 1) * panels / parts * unit).min(len);
+                (s, e)
+            })
+            .collect()
+    };
+    let rs = split(pm, tm, mr, m);
+    let cs = split(pn, tn, nr, n);
+    let mut tasks = Vec::with_capacity(tm * tn);
+    for &(r0, r1) in &rs {
+        for &(c0, c1) in &cs {
+            if r0 < r1 && c0 < c1 {
+                tasks.push((r0, r1, c0, c1));
+            }
+        }
+    }
+    tasks
+}
+
+/// Unpacked product for tiny or degenerate shapes, where packing would cost
+/// more than it saves. The loop order follows B's layout so that B (the
+/// large operand of a matrix-vector product) is read along its contiguous
+/// direction.
+///
+/// # Safety
+/// `a` and `b` must have passed `check_operand` for `m×k` and `k×n`.
+unsafe fn gemm_direct<T: GemmElem>(m: usize, n: usize, k: usize, a: &MatRef<T>, b: &MatRef<T>, c: &mut [T]) {
+    debug_assert_eq!(c.len(), m * n);
+    if n == 1 || b.row_stride < b.col_stride {
+        // Columns of B are the contiguous direction: one dot product each.
+        for (i, crow) in c.chunks_exact_mut(n).enumerate() {
+            for (j, cv) in crow.iter_mut().enumerate() {
+                // SAFETY: i < m, j < n, bounds-checked by the caller.
+                *cv = unsafe { dot(a, i, b, j, k) };
+            }
+        }
+        return;
+    }
+    // Rows of B are the contiguous direction: accumulate scaled rows of B.
+    for (i, crow) in c.chunks_exact_mut(n).enumerate() {
+        crow.fill(T::ZERO);
+        for p in 0..k {
+            // SAFETY: i < m, p < k.
+            let aip = unsafe { a.at(i, p) };
+            if b.col_stride == 1 {
+                let start = b.offset + p * b.row_stride;
+                // Slices let the compiler vectorise.
+                let brow = &b.data[start..start + n];
+                for (cv, &bv) in crow.iter_mut().zip(brow) {
+                    *cv = *cv + aip * bv;
+                }
+            } else {
+                for (j, cv) in crow.iter_mut().enumerate() {
+                    // SAFETY: p < k, j < n.
+                    *cv = *cv + aip * unsafe { b.at(p, j) };
+                }
+            }
+        }
+    }
+}
+
+/// Row `i` of A times column `j` of B.
+///
+/// # Safety
+/// `a` and `b` passed `check_operand` for shapes containing row `i` (of
+/// length `k`) and column `j` (of height `k`).
+#[inline]
+unsafe fn dot<T: GemmElem>(a: &MatRef<T>, i: usize, b: &MatRef<T>, j: usize, k: usize) -> T {
+    // Independent partial sums hide the add latency and, with contiguous
+    // slices, let the compiler use SIMD lanes.
+    let mut acc = [T::ZERO; 8];
+    if a.col_stride == 1 && b.row_stride == 1 {
+        let sa = a.offset + i * a.row_stride;
+        let sb = b.offset + j * b.col_stride;
+        let (ra, rb) = (&a.data[sa..sa + k], &b.data[sb..sb + k]);
+        let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
+        let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::ZERO, |s, (&x, &y)| s + x * y);
+        for (xa, xb) in ca.zip(cb) {
+            for ((s, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
+                *s = *s + x * y;
+            }
+        }
+        acc[0] = acc[0] + tail;
+    } else {
+        for p in 0..k {
+            // SAFETY: p < k, within the checked row and column.
+            acc[p % 8] = acc[p % 8] + unsafe { a.at(i, p) * b.at(p, j) };
+        }
+    }
+    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+/// 64-byte aligned storage unit for the packing buffers.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Align64([u8; 64]);
+
+thread_local! {
+    /// Per-thread packing buffer, reused across calls so steady-state GEMMs
+    /// neither allocate nor page-fault.
+    static PACK_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a 64-byte aligned scratch slice of `len` elements.
+fn with_pack_buf<T: GemmElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let blocks = (len * size_of::<T>()).div_ceil(64);
+    let view = |v: &mut Vec<Align64>| -> &mut [T] {
+        if v.len() < blocks {
+            v.resize(blocks, Align64([0; 64]));
+        }
+        // SAFETY: the Vec owns at least len*size_of::<T>() initialised bytes,
+        // aligned to 64 >= align_of::<T>(), and T (sealed: f32/f64) accepts
+        // any bit pattern. The borrow of `v` outlives the returned slice.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), len) }
+    };
+    PACK_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(view(&mut v)),
+        // Re-entered on this thread (e.g. a nested call from a stolen rayon
+        // job): fall back to a fresh buffer instead of panicking.
+        Err(_) => f(view(&mut Vec::new())),
+    })
+}
+
+/// Computes the rows `r0..r1`, columns `c0..c1` of C sequentially.
+///
+/// # Safety
+/// `a`/`b` passed `check_operand` for a shape containing the rectangle, `c`
+/// points to a row-major matrix with leading dimension `ldc` containing the
+/// rectangle, and no other thread accesses that rectangle meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rect<T: GemmElem>(
+    kern: &Kernel<T>,
+    r0: usize,
+    r1: usize,
+    c0: usize,
+    c1: usize,
+    k: usize,
+    a: &MatRef<T>,
+    b: &MatRef<T>,
+    c: *mut T,
+    ldc: usize,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    // Equal-sized blocks: a short tail block would run at lower efficiency.
+    let kc = k.div_ceil(k.div_ceil(kern.kc));
+    let width = c1 - c0;
+    let nc = width.div_ceil(width.div_ceil(kern.nc)).next_multiple_of(nr);
+    // B block first so that its rows start 64-byte aligned.
+    let b_len = kc * nc;
+    with_pack_buf::<T, _>(b_len + mr * kc, |buf| {
+        let (bp, ap) = buf.split_at_mut(b_len);
+        for jc in (c0..c1).step_by(nc) {
+            let nb = nc.min(c1 - jc);
+            for pc in (0..k).step_by(kc) {
+                let kb = kc.min(k - pc);
+                // SAFETY: the rectangle lies in the checked shape.
+                unsafe { pack_b(b, pc, kb, jc, nb, nr, bp) };
+                for ir in (r0..r1).step_by(mr) {
+                    let mb = mr.min(r1 - ir);
+                    // SAFETY: as above.
+                    unsafe { pack_a(a, ir, mb, pc, kb, mr, ap) };
+                    for (jp, j) in (0..nb).step_by(nr).enumerate() {
+                        // SAFETY: the packed panels hold kb*mr and kb*nr
+                        // elements at these offsets; the C tile
+                        // (ir.., jc+j..) of mb × min(nr, nb-j) lies inside
+                        // the caller's rectangle.
+                        unsafe {
+                            (kern.ukr)(
+                                kb,
+                                ap.as_ptr(),
+                                bp.as_ptr().add(jp * kb * nr),
+                                c.add(ir * ldc + jc + j),
+                                ldc,
+                                mb,
+                                nr.min(nb - j),
+                                pc > 0,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Packs B[pc..pc+kb, jc..jc+nb] into `nr`-wide micro-panels (row p of panel
+/// q at `q*kb*nr + p*nr`), zero-padding the last panel.
+///
+/// # Safety
+/// `b` passed `check_operand` for a shape containing the block.
+unsafe fn pack_b<T: GemmElem>(b: &MatRef<T>, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
+    for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
+        let j0 = jc + q * nr;
+        let w = nr.min(nb - q * nr);
+        if b.col_stride == 1 {
+            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                let s = b.offset + (pc + p) * b.row_stride + j0;
+                copy_row(&mut row[..w], &b.data[s..s + w]);
+                row[w..].fill(T::ZERO);
+            }
+        } else if b.row_stride == 1 && w == nr {
+            // Transposed B (the usual `x · Wᵀ`): its columns are contiguous,
+            // the same transposition as packing row-major A.
+            // SAFETY: columns j0..j0+nr and rows pc..pc+kb are in the checked
+            // shape; the panel holds kb*nr elements.
+            unsafe {
+                let src = b.data.as_ptr().add(b.offset + pc + j0 * b.col_stride);
+                T::pack_rows(src, b.col_stride, kb, nr, panel.as_mut_ptr());
+            }
+        } else if b.row_stride < b.col_stride {
+            // Column-major-like B: walk each column contiguously.
+            if w < nr {
+                panel.fill(T::ZERO);
+            }
+            for j in 0..w {
+                for p in 0..kb {
+                    // SAFETY: p < kb, j < w lie in the checked block.
+                    panel[p * nr + j] = unsafe { b.at(pc + p, j0 + j) };
+                }
+            }
+        } else {
+            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                for (j, v) in row[..w].iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *v = unsafe { b.at(pc + p, j0 + j) };
+                }
+                row[w..].fill(T::ZERO);
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, inlined for the usual register-tile widths:
+/// a `memcpy` call per 64-128 byte row is a measurable share of packing.
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    fn fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) -> bool {
+        match (<&mut [T; N]>::try_from(dst), <&[T; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    if !(fixed::<T, 32>(dst, src) || fixed::<T, 16>(dst, src) || fixed::<T, 8>(dst, src)) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Packs A[ir..ir+mb, pc..pc+kb] as one `mr`-interleaved micro-panel (element
+/// (i, p) at `p*mr + i`). Rows mb..mr are left as they are: the kernels only
+/// read the valid rows.
+///
+/// # Safety
+/// `a` passed `check_operand` for a shape containing the block.
+unsafe fn pack_a<T: GemmElem>(a: &MatRef<T>, ir: usize, mb: usize, pc: usize, kb: usize, mr: usize, dst: &mut [T]) {
+    let dst = &mut dst[..kb * mr];
+    if a.col_stride == 1 && mb == mr {
+        // SAFETY: rows ir..ir+mr and columns pc..pc+kb are in the checked
+        // shape, so every `src + i*lda + p` read is in bounds; dst holds
+        // kb*mr elements.
+        unsafe {
+            let src = a.data.as_ptr().add(a.offset + ir * a.row_stride + pc);
+            T::pack_rows(src, a.row_stride, kb, mr, dst.as_mut_ptr());
+        }
+    } else if a.col_stride <= a.row_stride {
+        // Row-major-like A: read each row contiguously.
+        for i in 0..mb {
+            for p in 0..kb {
+                // SAFETY: i < mb, p < kb lie in the checked block.
+                dst[p * mr + i] = unsafe { a.at(ir + i, pc + p) };
+            }
+        }
+    } else {
+        for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
+            for (i, v) in col[..mb].iter_mut().enumerate() {
+                // SAFETY: as above.
+                *v = unsafe { a.at(ir + i, pc + p) };
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Portable micro-kernel.
+
+const SCALAR_MR: usize = 4;
+const SCALAR_NR: usize = 8;
+
+/// Portable micro-kernel (`SCALAR_MR × SCALAR_NR` tile).
+///
+/// # Safety
+/// `a` holds `kc*SCALAR_MR` elements, `b` holds `kc*SCALAR_NR`, and `c`
+/// addresses a valid `rows × cols` tile with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_scalar<T: GemmElem>(
+    kc: usize,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    acc: bool,
+) {
+    let mut t = [[T::ZERO; SCALAR_NR]; SCALAR_MR];
+    // SAFETY: the caller guarantees the panel lengths.
+    let (a, b) =
+        unsafe { (std::slice::from_raw_parts(a, kc * SCALAR_MR), std::slice::from_raw_parts(b, kc * SCALAR_NR)) };
+    for (ap, bp) in a.chunks_exact(SCALAR_MR).zip(b.chunks_exact(SCALAR_NR)) {
+        for (row, &av) in t.iter_mut().zip(ap) {
+            for (x, &bv) in row.iter_mut().zip(bp) {
+                *x = *x + av * bv;
+            }
+        }
+    }
+    for (i, row) in t.iter().enumerate().take(rows) {
+        for (j, &v) in row.iter().enumerate().take(cols) {
+            // SAFETY: (i, j) is inside the caller's tile.
+            unsafe {
+                let p = c.add(i * ldc + j);
+                *p = if acc { *p + v } else { v };
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// x86_64 SIMD micro-kernels: each tile row is two vectors wide (vectors run
+// along n, which is contiguous in C) and A elements are broadcast.
+
+/// Defines a SIMD micro-kernel `$name` (with the `MicroKernel` signature)
+/// for an `$mr × 2*$lanes` tile, monomorphised per valid row count so edge
+/// rows cost no wasted FMAs.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel {
+    (
+        $name:ident, $inner:ident, $t:ty, $feat:literal, $lanes:expr, $mr:expr,
+        $zero:ident, $loadu:ident, $storeu:ident, $set1:ident, $fmadd:ident, $add:ident,
+        [$($r:literal),*]
+    ) => {
+        /// # Safety
+        /// CPU supports `$feat`; `a` holds `kc*$mr` elements, `b` holds
+        /// `kc*2*$lanes`, `c` addresses a valid `R × cols` tile (row stride
+        /// `ldc`), `cols <= 2*$lanes`.
+        #[target_feature(enable = $feat)]
+        unsafe fn $inner<const R: usize>(
+            kc: usize,
+            a: *const $t,
+            b: *const $t,
+            c: *mut $t,
+            ldc: usize,
+            cols: usize,
+            acc: bool,
+        ) {
+            use std::arch::x86_64::*;
+            const NR: usize = 2 * $lanes;
+            // Prefetch distance in k iterations for the B stream.
+            const PF_DIST: usize = 8;
+            let mut c0 = [$zero(); R];
+            let mut c1 = [$zero(); R];
+            // SAFETY (whole block): every pointer offset stays inside the
+            // panels / tile the caller vouches for.
+            unsafe {
+                for i in 0..R {
+                    // Warm the C tile while the k loop runs.
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+                }
+                let (mut ap, mut bp) = (a, b);
+                for _ in 0..kc {
+                    // The B micro-panel streams from L2; fetch it a few
+                    // iterations ahead so the FMAs never wait on it.
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PF_DIST * NR).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PF_DIST * NR + NR - 1).cast());
+                    let b0 = $loadu(bp);
+                    let b1 = $loadu(bp.add($lanes));
+                    for i in 0..R {
+                        let av = $set1(*ap.add(i));
+                        c0[i] = $fmadd(av, b0, c0[i]);
+                        c1[i] = $fmadd(av, b1, c1[i]);
+                    }
+                    ap = ap.add($mr);
+                    bp = bp.add(NR);
+                }
+                if cols == NR {
+                    for i in 0..R {
+                        let cp = c.add(i * ldc);
+                        let (mut v0, mut v1) = (c0[i], c1[i]);
+                        if acc {
+                            v0 = $add(v0, $loadu(cp));
+                            v1 = $add(v1, $loadu(cp.add($lanes)));
+                        }
+                        $storeu(cp, v0);
+                        $storeu(cp.add($lanes), v1);
+                    }
+                } else {
+                    let mut buf = [0.0 as $t; NR];
+                    for i in 0..R {
+                        $storeu(buf.as_mut_ptr(), c0[i]);
+                        $storeu(buf.as_mut_ptr().add($lanes), c1[i]);
+                        let cp = c.add(i * ldc);
+                        for (j, &v) in buf.iter().enumerate().take(cols) {
+                            let p = cp.add(j);
+                            *p = if acc { *p + v } else { v };
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Dispatches on the valid row count. # Safety: see the inner kernel.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            kc: usize,
+            a: *const $t,
+            b: *const $t,
+            c: *mut $t,
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            acc: bool,
+        ) {
+            // SAFETY: forwarded contract; the kernel is only selected when
+            // the CPU supports its features.
+            unsafe {
+                match rows {
+                    $($r => $inner::<$r>(kc, a, b, c, ldc, cols, acc),)*
+                    _ => unreachable!("micro-kernel row count out of range"),
+                }
+            }
+        }
+    };
+}
+
+// The AVX-512 intrinsics are stable since Rust 1.89, newer than the declared
+// rust-version of the crate this file was written for; the toolchain in use
+// (1.95) has them.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::GemmElem::pack_rows`] for f32 with `mr & 3 == 0`: 4×4
+    /// in-register transposes replace 16 scalar strided stores, which made
+    /// packing A a sizeable share of the run time.
+    ///
+    /// # Safety
+    /// As for `pack_rows`.
+    pub(super) unsafe fn pack_rows_f32(src: *const f32, lda: usize, kb: usize, mr: usize, dst: *mut f32) {
+        let kb4 = kb & !3;
+        // SAFETY: every read is at row < mr, column < kb and every write at
+        // p*mr + i with p < kb, i < mr, which the caller guarantees.
+        unsafe {
+            // One group of 4 rows at a time keeps 4 read streams; dst stays
+            // in L1 across the passes.
+            for g in (0..mr).step_by(4) {
+                let r = src.add(g * lda);
+                let mut p = 0;
+                while p < kb4 {
+                    let a0 = _mm_loadu_ps(r.add(p));
+                    let a1 = _mm_loadu_ps(r.add(lda + p));
+                    let a2 = _mm_loadu_ps(r.add(2 * lda + p));
+                    let a3 = _mm_loadu_ps(r.add(3 * lda + p));
+                    let t0 = _mm_unpacklo_ps(a0, a1);
+                    let t1 = _mm_unpacklo_ps(a2, a3);
+                    let t2 = _mm_unpackhi_ps(a0, a1);
+                    let t3 = _mm_unpackhi_ps(a2, a3);
+                    let d = dst.add(p * mr + g);
+                    _mm_storeu_ps(d, _mm_movelh_ps(t0, t1));
+                    _mm_storeu_ps(d.add(mr), _mm_movehl_ps(t1, t0));
+                    _mm_storeu_ps(d.add(2 * mr), _mm_movelh_ps(t2, t3));
+                    _mm_storeu_ps(d.add(3 * mr), _mm_movehl_ps(t3, t2));
+                    p += 4;
+                }
+            }
+            super::pack_rows_scalar(src, lda, kb4, kb, mr, dst);
+        }
+    }
+
+    /// [`super::GemmElem::pack_rows`] for f64 with `mr & 1 == 0`, via 2×2
+    /// in-register transposes.
+    ///
+    /// # Safety
+    /// As for `pack_rows`.
+    pub(super) unsafe fn pack_rows_f64(src: *const f64, lda: usize, kb: usize, mr: usize, dst: *mut f64) {
+        let kb2 = kb & !1;
+        // SAFETY: as in `pack_rows_f32`.
+        unsafe {
+            for g in (0..mr).step_by(2) {
+                let r = src.add(g * lda);
+                let mut p = 0;
+                while p < kb2 {
+                    let a0 = _mm_loadu_pd(r.add(p));
+                    let a1 = _mm_loadu_pd(r.add(lda + p));
+                    let d = dst.add(p * mr + g);
+                    _mm_storeu_pd(d, _mm_unpacklo_pd(a0, a1));
+                    _mm_storeu_pd(d.add(mr), _mm_unpackhi_pd(a0, a1));
+                    p += 2;
+                }
+            }
+            super::pack_rows_scalar(src, lda, kb2, kb, mr, dst);
+        }
+    }
+    pub const AVX512_MR: usize = 12;
+    pub const AVX2_MR: usize = 6;
+
+    simd_kernel!(
+        avx512_f32,
+        avx512_f32_r,
+        f32,
+        "avx512f",
+        16,
+        AVX512_MR,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    );
+    simd_kernel!(
+        avx512_f64,
+        avx512_f64_r,
+        f64,
+        "avx512f",
+        8,
+        AVX512_MR,
+        _mm512_setzero_pd,
+        _mm512_loadu_pd,
+        _mm512_storeu_pd,
+        _mm512_set1_pd,
+        _mm512_fmadd_pd,
+        _mm512_add_pd,
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    );
+    simd_kernel!(
+        avx2_f32,
+        avx2_f32_r,
+        f32,
+        "avx2,fma",
+        8,
+        AVX2_MR,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        [1, 2, 3, 4, 5, 6]
+    );
+    simd_kernel!(
+        avx2_f64,
+        avx2_f64_r,
+        f64,
+        "avx2,fma",
+        4,
+        AVX2_MR,
+        _mm256_setzero_pd,
+        _mm256_loadu_pd,
+        _mm256_storeu_pd,
+        _mm256_set1_pd,
+        _mm256_fmadd_pd,
+        _mm256_add_pd,
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+impl GemmElem for f32 {
+    const ZERO: Self = 0.0;
+
+    unsafe fn pack_rows(src: *const Self, lda: usize, kb: usize, mr: usize, dst: *mut Self) {
+        #[cfg(target_arch = "x86_64")]
+        if mr & 3 == 0 {
+            // SAFETY: forwarded contract; SSE is part of the x86_64 baseline.
+            unsafe { x86::pack_rows_f32(src, lda, kb, mr, dst) };
+            return;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { pack_rows_scalar(src, lda, 0, kb, mr, dst) }
+    }
+
+    fn kernel(isa: Isa) -> Kernel<Self> {
+        // kc × nc × 4 bytes of packed B (~0.75 MiB) stays in L2 while each
+        // mr × kc A micro-panel sits in L1.
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Kernel { mr: x86::AVX512_MR, nr: 32, kc: 384, nc: 512, ukr: x86::avx512_f32 },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Kernel { mr: x86::AVX2_MR, nr: 16, kc: 256, nc: 512, ukr: x86::avx2_f32 },
+            _ => Kernel { mr: SCALAR_MR, nr: SCALAR_NR, kc: 256, nc: 512, ukr: ukr_scalar::<f32> },
+        }
+    }
+}
+
+impl GemmElem for f64 {
+    const ZERO: Self = 0.0;
+
+    unsafe fn pack_rows(src: *const Self, lda: usize, kb: usize, mr: usize, dst: *mut Self) {
+        #[cfg(target_arch = "x86_64")]
+        if mr & 1 == 0 {
+            // SAFETY: forwarded contract; SSE2 is part of the x86_64 baseline.
+            unsafe { x86::pack_rows_f64(src, lda, kb, mr, dst) };
+            return;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { pack_rows_scalar(src, lda, 0, kb, mr, dst) }
+    }
+
+    fn kernel(isa: Isa) -> Kernel<Self> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Kernel { mr: x86::AVX512_MR, nr: 16, kc: 256, nc: 384, ukr: x86::avx512_f64 },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Kernel { mr: x86::AVX2_MR, nr: 8, kc: 256, nc: 256, ukr: x86::avx2_f64 },
+            _ => Kernel { mr: SCALAR_MR, nr: SCALAR_NR, kc: 256, nc: 256, ukr: ukr_scalar::<f64> },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    trait TestElem: GemmElem {
+        const EPS: f64;
+        fn from_f64(v: f64) -> Self;
+        fn to_f64(self) -> f64;
+    }
+    impl TestElem for f32 {
+        const EPS: f64 = f32::EPSILON as f64;
+        fn from_f64(v: f64) -> Self {
+            v as f32
+        }
+        fn to_f64(self) -> f64 {
+            self as f64
+        }
+    }
+    impl TestElem for f64 {
+        const EPS: f64 = f64::EPSILON;
+        fn from_f64(v: f64) -> Self {
+            v
+        }
+        fn to_f64(self) -> f64 {
+            self
+        }
+    }
+
+    /// Layout of a generated operand.
+    #[derive(Clone, Copy, Debug)]
+    enum Layout {
+        RowMajor,
+        ColMajor,
+        /// Row stride 0: every row is the same.
+        BroadcastRows,
+        /// Row-major with padded leading dimension.
+        Padded,
+    }
+
+    /// Builds a `rows × cols` operand with the given layout and a non-zero
+    /// offset; returns (data, offset, row_stride, col_stride).
+    fn make<T: TestElem>(
+        rng: &mut XorShift,
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    ) -> (Vec<T>, usize, usize, usize) {
+        let offset = rng.below(5);
+        let (rs, cs, len) = match layout {
+            Layout::RowMajor => (cols, 1, rows * cols),
+            Layout::ColMajor => (1, rows, rows * cols),
+            Layout::BroadcastRows => (0, 1, cols),
+            Layout::Padded => (cols + 3, 1, rows * (cols + 3)),
+        };
+        let data = (0..offset + len + 2).map(|_| T::from_f64(rng.unit())).collect();
+        (data, offset, rs, cs)
+    }
+
+    fn naive<T: TestElem>(m: usize, n: usize, k: usize, a: &MatRef<T>, b: &MatRef<T>) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for p in 0..k {
+                    let av = a.data[a.offset + i * a.row_stride + p * a.col_stride];
+                    let bv = b.data[b.offset + p * b.row_stride + j * b.col_stride];
+                    s += av.to_f64() * bv.to_f64();
+                }
+                c[i * n + j] = s;
+            }
+        }
+        c
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check<T: TestElem>(
+        rng: &mut XorShift,
+        opts: Opts,
+        m: usize,
+        n: usize,
+        k: usize,
+        la: Layout,
+        lb: Layout,
+        parallel: bool,
+    ) {
+        let (ad, ao, ars, acs) = make::<T>(rng, m, k, la);
+        let (bd, bo, brs, bcs) = make::<T>(rng, k, n, lb);
+        let a = MatRef { data: &ad, offset: ao, row_stride: ars, col_stride: acs };
+        let b = MatRef { data: &bd, offset: bo, row_stride: brs, col_stride: bcs };
+        // Garbage in C checks that it is overwritten, not accumulated.
+        let mut c = vec![T::from_f64(7.0); m * n];
+        gemm_with(opts, m, n, k, a, b, &mut c, parallel);
+        let want = naive(m, n, k, &a, &b);
+        let tol = 4.0 * (k as f64 + 1.0) * T::EPS;
+        for (idx, (&got, &w)) in c.iter().zip(&want).enumerate() {
+            let err = (got.to_f64() - w).abs();
+            assert!(
+                err <= tol,
+                "{opts:?} m={m} n={n} k={k} {la:?}x{lb:?} par={parallel}: \
+                 c[{},{}] = {} want {w} (err {err}, tol {tol})",
+                idx / n,
+                idx % n,
+                got.to_f64()
+            );
+        }
+    }
+
+    const ISAS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    const LAYOUTS: [Layout; 4] = [Layout::RowMajor, Layout::ColMajor, Layout::BroadcastRows, Layout::Padded];
+
+    /// Packed path whatever the size, threads whenever asked.
+    fn packed(isa: Isa, blocking: Option<(usize, usize)>) -> Opts {
+        Opts { isa, blocking, small_mnk: 0, par_min_mnk: 0 }
+    }
+
+    fn sweep<T: TestElem>(seed: u64) {
+        let mut rng = XorShift(seed);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let shapes = [
+            (1, 1, 1),
+            (1, 37, 50),
+            (37, 1, 50),
+            (5, 7, 0),
+            (13, 33, 17),
+            (12, 32, 64),
+            (25, 65, 40),
+            (61, 70, 90),
+            (100, 45, 3),
+            (3, 150, 70),
+        ];
+        for &(m, n, k) in &shapes {
+            for la in LAYOUTS {
+                for lb in LAYOUTS {
+                    for parallel in [false, true] {
+                        pool.install(|| {
+                            check::<T>(&mut rng, Opts::DEFAULT, m, n, k, la, lb, parallel);
+                            for isa in ISAS {
+                                check::<T>(&mut rng, packed(isa, None), m, n, k, la, lb, parallel);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        for isa in ISAS {
+            // Small blocking forces several kc / nc blocks and partial ones.
+            for _ in 0..30 {
+                let (m, n, k) = (1 + rng.below(90), 1 + rng.below(90), 1 + rng.below(90));
+                let la = LAYOUTS[rng.below(4)];
+                let lb = LAYOUTS[rng.below(4)];
+                let blocking = Some((1 + rng.below(40), 1 + rng.below(70)));
+                let parallel = rng.below(2) == 1;
+                let opts = packed(isa, blocking);
+                pool.install(|| check::<T>(&mut rng, opts, m, n, k, la, lb, parallel));
+            }
+        }
+    }
+
+    #[test]
+    fn matches_naive_f32() {
+        sweep::<f32>(0x9E37_79B9_7F4A_7C15);
+    }
+
+    #[test]
+    fn matches_naive_f64() {
+        sweep::<f64>(0xD1B5_4A32_D192_ED03);
+    }
+
+    #[test]
+    fn larger_default_blocking_parallel() {
+        let mut rng = XorShift(42);
+        let (rm, cm) = (Layout::RowMajor, Layout::ColMajor);
+        for isa in ISAS {
+            let opts = Opts { isa, ..Opts::DEFAULT };
+            for parallel in [false, true] {
+                check::<f32>(&mut rng, opts, 150, 300, 420, rm, cm, parallel);
+                check::<f64>(&mut rng, opts, 131, 97, 300, cm, rm, parallel);
+            }
+        }
+    }
+
+    #[test]
+    fn public_entry_point() {
+        let mut rng = XorShift(7);
+        for parallel in [false, true] {
+            let (ad, ao, ars, acs) = make::<f32>(&mut rng, 70, 80, Layout::Padded);
+            let (bd, bo, brs, bcs) = make::<f32>(&mut rng, 80, 90, Layout::ColMajor);
+            let a = MatRef { data: &ad, offset: ao, row_stride: ars, col_stride: acs };
+            let b = MatRef { data: &bd, offset: bo, row_stride: brs, col_stride: bcs };
+            let mut c = vec![0.0f32; 70 * 90];
+            gemm(70, 90, 80, a, b, &mut c, parallel);
+            let want = naive(70, 90, 80, &a, &b);
+            for (&g, &w) in c.iter().zip(&want) {
+                assert!((g as f64 - w).abs() <= 1e-4, "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_shapes() {
+        // m or n == 0: nothing to do, even with empty operands.
+        let e: [f32; 0] = [];
+        let z = MatRef { data: &e, offset: 0, row_stride: 0, col_stride: 0 };
+        gemm(0, 5, 3, z, z, &mut [], true);
+        gemm(5, 0, 3, z, z, &mut [], false);
+        // k == 0 gives zeros without touching the (empty) operands.
+        let mut c = [1.0f64; 6];
+        let z64 = MatRef { data: &[], offset: 0, row_stride: 0, col_stride: 0 };
+        gemm(2, 3, 0, z64, z64, &mut c, true);
+        assert_eq!(c, [0.0; 6]);
+    }
+
+    #[test]
+    fn partition_covers_c_exactly() {
+        for &(m, n, t) in &[(128, 128, 2), (1000, 37, 2), (7, 1000, 4), (300, 300, 3), (5, 5, 8)] {
+            let tasks = partition(m, n, 12, 32, t);
+            assert!(!tasks.is_empty() && tasks.len() <= t);
+            let mut seen = vec![0u8; m * n];
+            for &(r0, r1, c0, c1) in &tasks {
+                for i in r0..r1 {
+                    for j in c0..c1 {
+                        seen[i * n + j] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "m={m} n={n} t={t}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The CPU backend: SIMD (run-time detected) + rayon kernels, one file per family.
 
+mod conv;
 mod elementwise;
 pub mod float;
 pub mod gemm;
@@ -10,7 +11,9 @@ pub mod random;
 mod reduce;
 pub mod simd;
 
-use crate::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use crate::backend::{
+    BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp, Window2d,
+};
 use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -302,6 +305,12 @@ impl BackendStorage for CpuStorage {
         axis: usize,
     ) -> Result<Self> {
         index::index_add(self, layout, ids, ids_layout, src, src_layout, axis)
+    }
+    fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self> {
+        conv::im2col(self, layout, window, pad_value)
+    }
+    fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
+        conv::col2im(self, layout, window, height, width)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)

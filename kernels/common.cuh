@@ -1,0 +1,121 @@
+// Shared helpers for every kernel family: element types, conversions with the CPU backend's
+// exact semantics, layout walking and launch loops. Self-contained on purpose (no cuda_fp16.h,
+// no <stdint.h>): at run time a user needs only the driver and libnvrtc, no toolkit headers.
+#ifndef TF_COMMON_CUH
+#define TF_COMMON_CUH
+
+typedef long long tf_i64;
+typedef unsigned char tf_u8;
+typedef unsigned short tf_u16;
+
+// 16-bit floats as raw bits; arithmetic always happens in f32 (as on the CPU).
+struct tf_f16 { tf_u16 bits; };
+struct tf_bf16 { tf_u16 bits; };
+
+#define TF_DEV __device__ __forceinline__
+
+// Grid-stride loop: the host caps the grid, so one launch covers any element count.
+#define TF_FOR(i, n) \
+    for (tf_u64 i = (tf_u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (tf_u64)blockDim.x * gridDim.x)
+
+// Storage offset of row-major element i of the view `l`.
+TF_DEV tf_u64 tf_offset(const TfLayout& l, tf_u64 i) {
+    if (l.contiguous) return l.offset + i;
+    tf_u64 off = l.offset;
+#pragma unroll
+    for (int d = TF_MAX_DIMS - 1; d >= 0; --d) {
+        if (d < (int)l.rank) {
+            tf_u64 n = l.dims[d];
+            tf_u64 q = i / n;
+            off += (i - q * n) * l.strides[d];
+            i = q;
+        }
+    }
+    return off;
+}
+
+// ---- conversions (cvt through inline PTX; bf16 by bit manipulation, as the `half` crate) ----
+TF_DEV float tf_h2f(tf_u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+TF_DEV tf_u16 tf_f2h(float f) { tf_u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+TF_DEV tf_u16 tf_d2h(double d) { tf_u16 h; asm("cvt.rn.f16.f64 %0, %1;" : "=h"(h) : "d"(d)); return h; }
+TF_DEV float tf_b2f(tf_u16 b) { return __uint_as_float(((unsigned)b) << 16); }
+TF_DEV tf_u16 tf_f2b(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (tf_u16)((u >> 16) | 0x40u);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    return (tf_u16)(u >> 16);
+}
+// f64 -> bf16 rounded once (as bf16::from_f64): round to odd into f32 (cvt.rz + sticky bit),
+// then to nearest-even into bf16; f32 keeps more than two extra bits, so no double rounding.
+TF_DEV tf_u16 tf_d2b(double d) {
+    if (d != d) return 0x7fc0;
+    float f;
+    asm("cvt.rz.f32.f64 %0, %1;" : "=f"(f) : "d"(d));
+    if ((double)f != d && fabsf(f) != __int_as_float(0x7f800000)) f = __uint_as_float(__float_as_uint(f) | 1u);
+    return tf_f2b(f);
+}
+// Saturating float -> int as Rust's `as` (NaN -> 0).
+TF_DEV tf_i64 tf_d2i64(double d) {
+    if (d != d) return 0;
+    if (d >= 9223372036854775807.0) return (tf_i64)0x7fffffffffffffffLL;
+    if (d <= -9223372036854775808.0) return (tf_i64)(-0x7fffffffffffffffLL - 1);
+    return (tf_i64)d;
+}
+TF_DEV tf_u8 tf_d2u8(double d) {
+    if (d != d || d <= 0.0) return 0;
+    if (d >= 255.0) return 255;
+    return (tf_u8)d;
+}
+
+// Per-type traits: `acc` is the compute type (f32 for f32/f16/bf16, f64 for f64).
+template <typename T> struct Tr;
+template <> struct Tr<float> {
+    typedef float acc;
+    static TF_DEV float to(float x) { return x; }
+    static TF_DEV float from(float x) { return x; }
+    static TF_DEV double to_f64(float x) { return x; }
+    static TF_DEV float from_f64(double x) { return (float)x; }
+};
+template <> struct Tr<double> {
+    typedef double acc;
+    static TF_DEV double to(double x) { return x; }
+    static TF_DEV double from(double x) { return x; }
+    static TF_DEV double to_f64(double x) { return x; }
+    static TF_DEV double from_f64(double x) { return x; }
+};
+template <> struct Tr<tf_f16> {
+    typedef float acc;
+    static TF_DEV float to(tf_f16 x) { return tf_h2f(x.bits); }
+    static TF_DEV tf_f16 from(float x) { tf_f16 r; r.bits = tf_f2h(x); return r; }
+    static TF_DEV double to_f64(tf_f16 x) { return tf_h2f(x.bits); }
+    static TF_DEV tf_f16 from_f64(double x) { tf_f16 r; r.bits = tf_d2h(x); return r; }
+};
+template <> struct Tr<tf_bf16> {
+    typedef float acc;
+    static TF_DEV float to(tf_bf16 x) { return tf_b2f(x.bits); }
+    static TF_DEV tf_bf16 from(float x) { tf_bf16 r; r.bits = tf_f2b(x); return r; }
+    static TF_DEV double to_f64(tf_bf16 x) { return tf_b2f(x.bits); }
+    static TF_DEV tf_bf16 from_f64(double x) { tf_bf16 r; r.bits = tf_d2b(x); return r; }
+};
+template <> struct Tr<tf_i64> {
+    typedef tf_i64 acc;
+    static TF_DEV double to_f64(tf_i64 x) { return (double)x; }
+    static TF_DEV tf_i64 from_f64(double x) { return tf_d2i64(x); }
+};
+template <> struct Tr<tf_u8> {
+    typedef tf_u8 acc;
+    static TF_DEV double to_f64(tf_u8 x) { return (double)x; }
+    static TF_DEV tf_u8 from_f64(double x) { return tf_d2u8(x); }
+};
+
+template <typename A> TF_DEV bool tf_isnan(A x) { return x != x; }
+// NaN-propagating maximum / minimum (numpy's maximum / minimum), as Float::max_nan.
+template <typename A> TF_DEV A tf_max_nan(A a, A b) { return (a > b || a != a) ? a : b; }
+template <typename A> TF_DEV A tf_min_nan(A a, A b) { return (a < b || a != a) ? a : b; }
+
+// Warp-wide shuffles of 64-bit values through two 32-bit halves (works for any 8-byte type).
+template <typename A> TF_DEV A tf_shfl_down(A v, int delta) {
+    return __shfl_down_sync(0xffffffffu, v, delta);
+}
+
+#endif

@@ -1,0 +1,62 @@
+// Softmax / log-softmax along one axis: a warp per row for short rows, a block per row for
+// long ones. `in_rows`/`out_rows` are the layouts with the axis moved last, so element j of
+// row r sits at tf_offset(layout, r * len + j) on both sides (contiguous rows take the fast path).
+#include "abi.h"
+#include "common.cuh"
+
+#define FULL_MASK 0xffffffffu
+
+template <typename A> TF_DEV A sm_combine(A a, A b, bool is_max) { return is_max ? tf_max_nan(a, b) : a + b; }
+
+template <typename A> TF_DEV A sm_allreduce(A v, bool is_max, bool block_mode) {
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) v = sm_combine(v, (A)__shfl_xor_sync(FULL_MASK, v, d), is_max);
+    if (!block_mode) return v;
+    __shared__ A smem[32];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    __syncthreads();
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    A id = is_max ? -__int_as_float(0x7f800000) : (A)0;
+    v = lane < nw ? smem[lane] : id;
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) v = sm_combine(v, (A)__shfl_xor_sync(FULL_MASK, v, d), is_max);
+    return v;
+}
+
+template <typename T>
+__device__ void softmax_impl(const T* x, TfLayout in_rows, T* y, TfLayout out_rows, tf_u64 rows, tf_u64 len,
+                             tf_u32 log_out, tf_u32 block_mode) {
+    typedef typename Tr<T>::acc A;
+    const A neg_inf = -__int_as_float(0x7f800000);
+    const tf_u64 group = block_mode ? blockIdx.x : ((tf_u64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const tf_u64 groups = block_mode ? gridDim.x : ((tf_u64)gridDim.x * blockDim.x) / 32;
+    const tf_u32 lane = block_mode ? threadIdx.x : threadIdx.x % 32;
+    const tf_u32 width = block_mode ? blockDim.x : 32;
+    for (tf_u64 r = group; r < rows; r += groups) {
+        const tf_u64 first = r * len;
+        A m = neg_inf;
+        for (tf_u64 j = lane; j < len; j += width) m = tf_max_nan(m, Tr<T>::to(x[tf_offset(in_rows, first + j)]));
+        m = sm_allreduce(m, true, block_mode != 0);
+        // A fully masked row (all -inf) shifts by 0, as the CPU kernel.
+        const A shift = m == neg_inf ? (A)0 : m;
+        A s = (A)0;
+        for (tf_u64 j = lane; j < len; j += width) s += exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift);
+        s = sm_allreduce(s, false, block_mode != 0);
+        const A lse = shift + log(s), inv = (A)1 / s;
+        for (tf_u64 j = lane; j < len; j += width) {
+            A v = Tr<T>::to(x[tf_offset(in_rows, first + j)]);
+            y[tf_offset(out_rows, first + j)] = Tr<T>::from(log_out ? v - lse : exp(v - shift) * inv);
+        }
+    }
+}
+
+#define SOFTMAX(T, N)                                                                                         \
+    extern "C" __global__ void softmax_##N(const T* x, TfLayout in_rows, T* y, TfLayout out_rows, tf_u64 rows, \
+                                           tf_u64 len, tf_u32 log_out, tf_u32 block_mode) {                   \
+        softmax_impl<T>(x, in_rows, y, out_rows, rows, len, log_out, block_mode);                             \
+    }
+SOFTMAX(float, f32)
+SOFTMAX(double, f64)
+SOFTMAX(tf_f16, f16)
+SOFTMAX(tf_bf16, bf16)

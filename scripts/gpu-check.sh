@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Build here, run on the GPU machine.
+#
+#   scripts/gpu-check.sh build          (build machine: needs Rust; no GPU)
+#       Builds release test binaries (cuda_parity, nvrtc_compile, cuda_unavailable) and the
+#       cuda_kernels bench with --features cuda, strips them and copies them with the
+#       comparison script into gpu-bundle/ (git-ignored), checking the bundle is under 64 MiB.
+#
+#   scripts/gpu-check.sh run OUT_DIR    (GPU machine: no Rust; python3 + PyTorch)
+#       From the repository root (or with GPU_BUNDLE=path): runs every test including the
+#       ignored GPU ones, the CUDA benches, and benches/compare/torch_ops.py; writes logs and
+#       summary.txt (op, dtype, size, ours, torch, ratio, GB/s or TFLOP/s) to OUT_DIR.
+#       Budget: under 8 minutes in all (each step has its own timeout).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bundle="${GPU_BUNDLE:-$root/gpu-bundle}"
+
+build() {
+    cd "$root"
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+    local json
+    json="$(mktemp)"
+    cargo test --release --features cuda --no-run --message-format=json \
+        --test cuda_parity --test nvrtc_compile --test cuda_unavailable >"$json"
+    cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
+    rm -rf "$bundle"
+    mkdir -p "$bundle/bin" "$bundle/compare"
+    # Each compiler-artifact line with an executable names one test or bench binary.
+    python3 - "$json" "$bundle/bin" <<'PY'
+import json, shutil, sys, os
+src, dst = sys.argv[1], sys.argv[2]
+wanted = {"cuda_parity", "nvrtc_compile", "cuda_unavailable", "cuda_kernels"}
+found = set()
+for line in open(src):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted:
+        name = m["target"]["name"]
+        shutil.copy(m["executable"], os.path.join(dst, name))
+        found.add(name)
+missing = wanted - found
+if missing:
+    sys.exit(f"gpu-check: binaries not found for {sorted(missing)}")
+PY
+    rm -f "$json"
+    strip "$bundle"/bin/*
+    cp benches/compare/torch_ops.py "$bundle/compare/"
+    cp scripts/gpu-check.sh "$bundle/"
+    local size
+    size=$(du -sb "$bundle" | cut -f1)
+    if [ "$size" -ge $((64 * 1024 * 1024)) ]; then
+        echo "gpu-check: bundle is $size bytes, over 64 MiB" >&2
+        exit 1
+    fi
+    echo "gpu-check: $bundle ready ($size bytes)"
+}
+
+run() {
+    local out="${1:?usage: gpu-check.sh run OUT_DIR}"
+    mkdir -p "$out"
+    out="$(cd "$out" && pwd)"
+    # The bundle carries this script; when run from inside it, the binaries sit next to it.
+    if [ ! -d "$bundle/bin" ] && [ -d "$(dirname "${BASH_SOURCE[0]}")/bin" ]; then
+        bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    fi
+    local bin="$bundle/bin" status=0
+    export TENSORFORGE_REQUIRE_NVRTC=1
+    export TENSORFORGE_CACHE_DIR="$out/ptx-cache"
+    {
+        nvidia-smi -L || true
+        python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
+    } >"$out/env.txt" 2>&1
+    for t in cuda_unavailable nvrtc_compile cuda_parity; do
+        echo "== $t" | tee -a "$out/tests.log"
+        if ! timeout 180 "$bin/$t" --include-ignored --test-threads=1 >>"$out/tests.log" 2>&1; then
+            echo "FAILED: $t" | tee -a "$out/tests.log"
+            status=1
+        fi
+    done
+    timeout 200 "$bin/cuda_kernels" --bench --warm-up-time 1 --measurement-time 2 >"$out/bench_ours.log" 2>&1 || status=1
+    timeout 120 python3 "$bundle/compare/torch_ops.py" --json "$out/bench_torch.json" >"$out/bench_torch.log" 2>&1 || status=1
+    python3 - "$out/bench_ours.log" "$out/bench_torch.json" >"$out/summary.txt" <<'PY' || status=1
+import json, re, sys
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+ours, name = {}, None
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    s = line.strip()
+    if s.startswith("cuda/"):
+        name = s.split()[0]
+    m = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", s)
+    if m and name:
+        ours[name] = float(m.group(1)) * units[m.group(2)]
+        name = None
+try:
+    torch = json.load(open(sys.argv[2]))
+except (OSError, ValueError):
+    torch = {}
+print(f"{'op':<14}{'dtype':<7}{'size':<20}{'ours':>12}{'torch':>12}{'ratio':>8}  rate")
+for key, t in sorted(ours.items()):
+    # key: cuda/<family>/<dtype>/<op>/<size>  or  cuda/matmul/<dtype>/<MxNxK>
+    parts = key.split("/")
+    if parts[1] == "matmul":
+        op, dt, size = "matmul", parts[2], parts[3]
+    else:
+        op, dt, size = parts[3], parts[2], parts[4]
+    ref = torch.get(f"{op}/{dt}/{size}", {})
+    tt = ref.get("seconds")
+    work = ref.get("work", 0)
+    unit = ref.get("unit", "")
+    rate = f"{work / t / 1e12:.1f} TFLOP/s" if unit == "flop" else f"{work / t / 1e9:.0f} GB/s" if work else ""
+    print(f"{op:<14}{dt:<7}{size:<20}{t*1e6:>10.1f}us{(tt or 0)*1e6:>10.1f}us{(tt / t if tt else 0):>8.2f}  {rate}")
+PY
+    cat "$out/summary.txt"
+    return $status
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 build | run OUT_DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,293 @@
+//! Convolution and pooling through im2col: windows become columns, a convolution becomes one
+//! (batched) GEMM, and pooling a reduction over the window axis. The two primitives are
+//! each other's adjoint, so every backward (stride ≠ kernel included) comes for free.
+
+use crate::autograd::{Gradients, Operation, apply};
+use crate::backend::Window2d;
+use crate::{Error, Result, Tensor};
+
+/// `[N, C, H, W]` → columns `[N, C·kh·kw, OH·OW]`.
+pub struct Im2Col {
+    pub window: Window2d,
+    pub pad_value: f64,
+}
+
+impl Operation for Im2Col {
+    fn name(&self) -> &str {
+        "im2col"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let x = x[0];
+        let s = x.storage().im2col(x.layout(), &self.window, self.pad_value)?;
+        let d = x.dims();
+        let (oh, ow) = self.window.output_size(d[2], d[3]).expect("checked by the kernel");
+        Ok(Tensor::from_contiguous(s, (d[0], d[1] * self.window.kernel.0 * self.window.kernel.1, oh * ow)))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let d = x[0].dims();
+        grads.accumulate(&x[0], g.col2im(self.window, d[2], d[3])?)
+    }
+}
+
+/// Columns `[N, C·kh·kw, OH·OW]` → `[N, C, H, W]`, summing overlaps.
+pub struct Col2Im {
+    pub window: Window2d,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Operation for Col2Im {
+    fn name(&self) -> &str {
+        "col2im"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let x = x[0];
+        let s = x.storage().col2im(x.layout(), &self.window, self.height, self.width)?;
+        let c = x.dims()[1] / (self.window.kernel.0 * self.window.kernel.1);
+        Ok(Tensor::from_contiguous(s, (x.dims()[0], c, self.height, self.width)))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(&x[0], g.im2col(self.window, 0.0)?)
+    }
+}
+
+/// Stride, padding, dilation and groups of a convolution (PyTorch's defaults: 1, 0, 1, 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+fn need_rank(op: &'static str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.rank() != rank {
+        return Err(Error::BadShape { op, msg: format!("needs rank {rank}, got {:?}", t.shape()) });
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Sliding windows of `[N, C, H, W]` as columns `[N, C·kh·kw, OH·OW]`; the padding reads
+    /// `pad_value` (0 for convolution, −∞ for max pooling).
+    pub fn im2col(&self, window: Window2d, pad_value: f64) -> Result<Tensor> {
+        need_rank("im2col", self, 4)?;
+        if window.output_size(self.dims()[2], self.dims()[3]).is_none() {
+            return Err(Error::BadShape {
+                op: "im2col",
+                msg: format!("window {window:?} does not fit {:?}", self.shape()),
+            });
+        }
+        apply(Im2Col { window, pad_value }, &[self])
+    }
+
+    /// The adjoint of [`Tensor::im2col`]: columns back to an `height × width` image, summing
+    /// overlapping windows.
+    pub fn col2im(&self, window: Window2d, height: usize, width: usize) -> Result<Tensor> {
+        need_rank("col2im", self, 3)?;
+        apply(Col2Im { window, height, width }, &[self])
+    }
+
+    /// 2-D convolution (cross-correlation, as in PyTorch): `self` is `[N, Cin, H, W]`,
+    /// `weight` `[Cout, Cin/groups, kh, kw]`, `bias` `[Cout]`.
+    ///
+    /// ```
+    /// use tensorforge::{Tensor, Device, DType, ops::Conv2dOptions};
+    /// let x = Tensor::ones((1, 2, 5, 5), DType::F32, Device::Cpu)?;
+    /// let w = Tensor::ones((3, 2, 3, 3), DType::F32, Device::Cpu)?;
+    /// let y = x.conv2d(&w, None, Conv2dOptions { padding: (1, 1), ..Default::default() })?;
+    /// assert_eq!(y.dims(), &[1, 3, 5, 5]);
+    /// assert_eq!(y.to_vec_f64()?[6], 18.0); // an interior pixel sees 2·3·3 ones
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        need_rank("conv2d", self, 4)?;
+        need_rank("conv2d weight", weight, 4)?;
+        let (n, cin, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        let (cout, cin_g, kh, kw) = (weight.dims()[0], weight.dims()[1], weight.dims()[2], weight.dims()[3]);
+        let g = opt.groups;
+        if g == 0 || cin % g != 0 || cout % g != 0 || cin / g != cin_g {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: self.shape().clone(), rhs: weight.shape().clone() });
+        }
+        let window = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
+        let Some((oh, ow)) = window.output_size(h, w) else {
+            return Err(Error::BadShape {
+                op: "conv2d",
+                msg: format!("window {window:?} does not fit {:?}", self.shape()),
+            });
+        };
+        let (cout_g, k) = (cout / g, cin_g * kh * kw);
+        let mut outs = Vec::with_capacity(g);
+        for gi in 0..g {
+            let xg = if g == 1 { self.clone() } else { self.narrow(1, gi * cin_g, cin_g)? };
+            let cols = xg.im2col(window, 0.0)?; // [N, K, L]
+            let wg = if g == 1 { weight.clone() } else { weight.narrow(0, gi * cout_g, cout_g)? };
+            outs.push(wg.reshape((cout_g, k))?.matmul(&cols)?); // [N, Cout/g, L]
+        }
+        let y = Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?.reshape((n, cout, oh, ow))?;
+        match bias {
+            Some(b) => y.add(&b.reshape((1, cout, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    /// 1-D convolution: `self` `[N, Cin, L]`, `weight` `[Cout, Cin/groups, k]`; the options'
+    /// second components apply.
+    pub fn conv1d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        groups: usize,
+    ) -> Result<Tensor> {
+        need_rank("conv1d", self, 3)?;
+        need_rank("conv1d weight", weight, 3)?;
+        let opt = Conv2dOptions { stride: (1, stride), padding: (0, padding), dilation: (1, dilation), groups };
+        self.unsqueeze(2)?.conv2d(&weight.unsqueeze(2)?, bias, opt)?.squeeze(2)
+    }
+
+    /// Transposed 2-D convolution (the adjoint of `conv2d`): `self` `[N, Cin, H, W]`,
+    /// `weight` `[Cin, Cout/groups, kh, kw]`; `output_padding` adds rows/columns at the end.
+    pub fn conv_transpose2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opt: Conv2dOptions,
+        output_padding: (usize, usize),
+    ) -> Result<Tensor> {
+        need_rank("conv_transpose2d", self, 4)?;
+        need_rank("conv_transpose2d weight", weight, 4)?;
+        let (n, cin, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        let (wcin, cout_g, kh, kw) = (weight.dims()[0], weight.dims()[1], weight.dims()[2], weight.dims()[3]);
+        let g = opt.groups;
+        if g == 0
+            || cin != wcin
+            || cin % g != 0
+            || output_padding.0 >= opt.stride.0.max(opt.dilation.0)
+            || output_padding.1 >= opt.stride.1.max(opt.dilation.1)
+        {
+            return Err(Error::ShapeMismatch {
+                op: "conv_transpose2d",
+                lhs: self.shape().clone(),
+                rhs: weight.shape().clone(),
+            });
+        }
+        let size = |n: usize, s: usize, p: usize, d: usize, k: usize, op: usize| -> Option<usize> {
+            ((n - 1) * s + d * (k - 1) + op + 1).checked_sub(2 * p)
+        };
+        let window = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
+        let (Some(oh), Some(ow)) = (
+            size(h, opt.stride.0, opt.padding.0, opt.dilation.0, kh, output_padding.0),
+            size(w, opt.stride.1, opt.padding.1, opt.dilation.1, kw, output_padding.1),
+        ) else {
+            return Err(Error::BadShape { op: "conv_transpose2d", msg: "padding larger than the output".into() });
+        };
+        if h == 0 || w == 0 || window.output_size(oh, ow) != Some((h, w)) {
+            return Err(Error::BadShape {
+                op: "conv_transpose2d",
+                msg: format!("window {window:?} does not invert to {:?}", self.shape()),
+            });
+        }
+        let cin_g = cin / g;
+        let mut outs = Vec::with_capacity(g);
+        for gi in 0..g {
+            let xg = if g == 1 { self.clone() } else { self.narrow(1, gi * cin_g, cin_g)? };
+            let wg = if g == 1 { weight.clone() } else { weight.narrow(0, gi * cin_g, cin_g)? };
+            let cols = wg.reshape((cin_g, cout_g * kh * kw))?.t()?.matmul(&xg.reshape((n, cin_g, h * w))?)?;
+            outs.push(cols.col2im(window, oh, ow)?);
+        }
+        let y = Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?;
+        match bias {
+            Some(b) => y.add(&b.reshape((1, cout_g * g, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    /// Windows of each channel plane as `[N·C, kh·kw, OH·OW]` plus the output shape.
+    fn pool_columns(&self, op: &'static str, window: Window2d, pad_value: f64) -> Result<(Tensor, [usize; 4])> {
+        need_rank(op, self, 4)?;
+        let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        let (ph, pw) = window.padding;
+        if 2 * ph > window.kernel.0 || 2 * pw > window.kernel.1 {
+            return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
+        }
+        let Some((oh, ow)) = window.output_size(h, w) else {
+            return Err(Error::BadShape { op, msg: format!("window {window:?} does not fit {:?}", self.shape()) });
+        };
+        let cols = self.reshape((n * c, 1, h, w))?.im2col(window, pad_value)?;
+        Ok((cols, [n, c, oh, ow]))
+    }
+
+    /// 2-D max pooling over `[N, C, H, W]` with any kernel, stride and padding.
+    pub fn max_pool2d(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Tensor> {
+        let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
+        let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY)?;
+        cols.max(&[1])?.reshape(out.to_vec())
+    }
+
+    /// 2-D average pooling; `count_include_pad` as in PyTorch (true: divide by the kernel area).
+    pub fn avg_pool2d(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        count_include_pad: bool,
+    ) -> Result<Tensor> {
+        let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
+        let (cols, out) = self.pool_columns("avg_pool2d", window, 0.0)?;
+        if count_include_pad || padding == (0, 0) {
+            return cols.mean(&[1])?.reshape(out.to_vec());
+        }
+        let (h, w) = (self.dims()[2], self.dims()[3]);
+        let ones = Tensor::ones((1, 1, h, w), self.dtype(), self.device())?;
+        let counts = ones.im2col(window, 0.0)?.sum_keepdim(&[1])?; // [1, 1, L]
+        cols.sum_keepdim(&[1])?.div(&counts)?.reshape(out.to_vec())
+    }
+
+    /// Adaptive average pooling to `(oh, ow)` (PyTorch's window rule: rows
+    /// `⌊i·H/oh⌋ .. ⌈(i+1)·H/oh⌉`).
+    pub fn adaptive_avg_pool2d(&self, out: (usize, usize)) -> Result<Tensor> {
+        need_rank("adaptive_avg_pool2d", self, 4)?;
+        let (h, w) = (self.dims()[2], self.dims()[3]);
+        if out.0 == 0 || out.1 == 0 || h == 0 || w == 0 {
+            return Err(Error::BadShape {
+                op: "adaptive_avg_pool2d",
+                msg: format!("output {out:?} from {:?}", self.shape()),
+            });
+        }
+        if h % out.0 == 0 && w % out.1 == 0 {
+            let k = (h / out.0, w / out.1);
+            return self.avg_pool2d(k, k, (0, 0), true);
+        }
+        let mut rows = Vec::with_capacity(out.0);
+        for i in 0..out.0 {
+            let (y0, y1) = (i * h / out.0, ((i + 1) * h).div_ceil(out.0));
+            let mut cells = Vec::with_capacity(out.1);
+            for j in 0..out.1 {
+                let (x0, x1) = (j * w / out.1, ((j + 1) * w).div_ceil(out.1));
+                cells.push(self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)?.mean(&[2, 3])?);
+            }
+            rows.push(Tensor::stack(&cells.iter().collect::<Vec<_>>(), -1)?);
+        }
+        Tensor::stack(&rows.iter().collect::<Vec<_>>(), 2)
+    }
+
+    /// Global average pooling: `[N, C, H, W]` → `[N, C]`.
+    pub fn global_avg_pool2d(&self) -> Result<Tensor> {
+        need_rank("global_avg_pool2d", self, 4)?;
+        self.mean(&[2, 3])
+    }
+}
