@@ -2,12 +2,13 @@
 //! an op is added without an entry here.
 
 use std::collections::BTreeSet;
-use tensorforge::backend::{BinaryOp, ReduceOp, UnaryOp};
+use tensorforge::backend::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use tensorforge::gradcheck::{GradCheck, gradcheck_with};
 use tensorforge::nn::{
     BceWithLogitsLoss, CrossEntropyLoss, Dropout, Embedding, Linear, Loss, Module, MseLoss, NllLoss, ReLU, Reduction,
     Sequential, SquareError, Tanh,
 };
+use tensorforge::ops::Conv2dOptions;
 use tensorforge::{Device, Result, Tensor};
 
 type OpFn = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
@@ -189,6 +190,39 @@ fn table() -> Vec<Case> {
     case!("gather/axis0", [r(&[3, 3], 73), g_ids.clone()], |a| a[0].gather(0, &a[1]));
     case!("scatter_add", [r(&[2, 4], 74), g_ids.clone(), r(&[2, 3], 75)], |a| a[0].scatter_add(1, &a[1], &a[2]));
     case!("index_add", [r(&[3, 4], 76), sel.clone(), r(&[4, 4], 77)], |a| a[0].index_add(0, &a[1], &a[2]));
+
+    // ---- convolution and pooling (im2col / col2im and what is built on them) ----
+    let win = |k, s, p, d| Window2d { kernel: (k, k), stride: (s, s), padding: (p, p), dilation: (d, d) };
+    case!("im2col", [r(&[2, 2, 4, 5], 100)], move |a| a[0].im2col(win(2, 1, 0, 1), 0.0));
+    case!("im2col/stride_pad_dilation", [r(&[1, 2, 5, 5], 101)], move |a| a[0].im2col(win(2, 2, 1, 2), 0.0));
+    case!("col2im", [r(&[2, 8, 12], 102)], move |a| a[0].col2im(win(2, 1, 0, 1), 4, 5));
+    case!("col2im/overlapping_stride", [r(&[1, 9, 4], 103)], move |a| a[0].col2im(win(3, 2, 1, 1), 4, 4));
+    case!("conv2d", [r(&[2, 3, 5, 5], 104), r(&[4, 3, 3, 3], 105), r(&[4], 106)], |a| {
+        a[0].conv2d(&a[1], Some(&a[2]), Conv2dOptions::default())
+    });
+    case!("conv2d/stride_padding_dilation", [r(&[1, 2, 6, 6], 107), r(&[3, 2, 2, 2], 108)], |a| {
+        a[0].conv2d(&a[1], None, Conv2dOptions { stride: (2, 1), padding: (1, 1), dilation: (2, 2), groups: 1 })
+    });
+    case!("conv2d/groups", [r(&[1, 4, 4, 4], 109), r(&[6, 2, 2, 2], 110), r(&[6], 111)], |a| {
+        a[0].conv2d(&a[1], Some(&a[2]), Conv2dOptions { groups: 2, ..Default::default() })
+    });
+    case!("conv1d", [r(&[2, 2, 7], 112), r(&[3, 2, 3], 113), r(&[3], 114)], |a| {
+        a[0].conv1d(&a[1], Some(&a[2]), 2, 1, 1, 1)
+    });
+    case!("conv_transpose2d", [r(&[1, 2, 3, 3], 115), r(&[2, 3, 2, 2], 116), r(&[3], 117)], |a| {
+        a[0].conv_transpose2d(&a[1], Some(&a[2]), Conv2dOptions { stride: (2, 2), ..Default::default() }, (1, 1))
+    });
+    // Distinct values, so no window has a tie for its maximum.
+    let distinct = || {
+        let v: Vec<f64> = (0..50).map(|i| ((i * 37 % 50) as f64) * 0.05 - 1.2).collect();
+        f64s(&v, &[1, 2, 5, 5])
+    };
+    case!("max_pool2d", [distinct()], |a| a[0].max_pool2d((2, 2), (2, 2), (0, 0)));
+    case!("max_pool2d/overlapping_padded", [distinct()], |a| a[0].max_pool2d((3, 3), (2, 2), (1, 1)));
+    case!("avg_pool2d", [r(&[2, 2, 4, 4], 118)], |a| a[0].avg_pool2d((2, 2), (2, 2), (0, 0), true));
+    case!("avg_pool2d/padded_exclude_pad", [r(&[1, 2, 5, 5], 119)], |a| a[0].avg_pool2d((3, 3), (2, 2), (1, 1), false));
+    case!("adaptive_avg_pool2d", [r(&[1, 2, 5, 7], 120)], |a| a[0].adaptive_avg_pool2d((2, 3)));
+    case!("global_avg_pool2d", [r(&[2, 3, 3, 4], 121)], |a| a[0].global_avg_pool2d());
 
     // ---- losses ----
     let logits = || r(&[4, 5], 80);
