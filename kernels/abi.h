@@ -36,6 +36,14 @@ typedef struct TfOptim {
     double bc2;      /* Adam: 1 - beta2^step */
 } TfOptim;
 
+/* A 2-D sliding window over [n, c, h, w] with output oh x ow (see Window2d in
+ * src/backend/mod.rs), for im2col / col2im. */
+typedef struct TfWindow {
+    tf_u64 n, c, h, w;
+    tf_u64 kh, kw, sh, sw, ph, pw, dh, dw;
+    tf_u64 oh, ow;
+} TfWindow;
+
 enum TfUnaryOp {
     TF_UNARY_NEG = 0, TF_UNARY_ABS = 1, TF_UNARY_EXP = 2, TF_UNARY_LOG = 3, TF_UNARY_SQRT = 4,
     TF_UNARY_RSQRT = 5, TF_UNARY_RECIP = 6, TF_UNARY_SQR = 7, TF_UNARY_SIN = 8, TF_UNARY_COS = 9,

@@ -9,6 +9,15 @@ use crate::backend::{
 };
 use crate::{DType, Device, Error, Layout, Result, Shape};
 
+/// A distribution for [`Storage::random`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distribution {
+    /// Uniform in `[lo, hi)`.
+    Uniform { lo: f64, hi: f64 },
+    /// Normal with this mean and standard deviation.
+    Normal { mean: f64, std: f64 },
+}
+
 /// A buffer on one device.
 pub enum Storage {
     Cpu(CpuStorage),
@@ -88,16 +97,14 @@ impl Storage {
             Device::Cuda(_) => Err(Error::CudaUnavailable { reason: "built without the `cuda` feature".into() }),
         }
     }
-    /// Random values from the Philox stream `(seed, offset)`; `normal` picks the distribution.
+    /// Random values from the Philox stream `(seed, offset)`.
     pub fn random(
         shape: &Shape,
         dtype: DType,
         device: Device,
         seed: u64,
         offset: u64,
-        normal: bool,
-        a: f64,
-        b: f64,
+        dist: Distribution,
     ) -> Result<Storage> {
         fn go<D: BackendDevice>(
             d: &D,
@@ -105,20 +112,17 @@ impl Storage {
             dtype: DType,
             seed: u64,
             offset: u64,
-            normal: bool,
-            a: f64,
-            b: f64,
+            dist: Distribution,
         ) -> Result<D::Storage> {
-            if normal {
-                d.rand_normal(shape, dtype, seed, offset, a, b)
-            } else {
-                d.rand_uniform(shape, dtype, seed, offset, a, b)
+            match dist {
+                Distribution::Uniform { lo, hi } => d.rand_uniform(shape, dtype, seed, offset, lo, hi),
+                Distribution::Normal { mean, std } => d.rand_normal(shape, dtype, seed, offset, mean, std),
             }
         }
         match device {
-            Device::Cpu => Ok(Storage::Cpu(go(&CpuDevice, shape, dtype, seed, offset, normal, a, b)?)),
+            Device::Cpu => Ok(Storage::Cpu(go(&CpuDevice, shape, dtype, seed, offset, dist)?)),
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => Ok(Storage::Cuda(go(&*CudaDevice::get(n)?, shape, dtype, seed, offset, normal, a, b)?)),
+            Device::Cuda(n) => Ok(Storage::Cuda(go(&*CudaDevice::get(n)?, shape, dtype, seed, offset, dist)?)),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => Err(Error::CudaUnavailable { reason: "built without the `cuda` feature".into() }),
         }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use tensorforge::backend::cpu::{CpuDevice, CpuStorage};
 use tensorforge::backend::cuda::{CudaDevice, CudaStorage};
-use tensorforge::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use tensorforge::backend::{
+    BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp, Window2d,
+};
 use tensorforge::{DType, Error, Layout, Shape};
 
 const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
@@ -427,4 +429,37 @@ fn caching_allocator_reuses_and_empties() {
     drop(s);
     d.empty_cache();
     assert_eq!(d.bytes_cached(), 0);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn im2col_col2im_every_window() {
+    let windows = [
+        Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) },
+        Window2d { kernel: (2, 3), stride: (2, 1), padding: (0, 1), dilation: (1, 2) },
+        Window2d { kernel: (3, 2), stride: (3, 2), padding: (1, 0), dilation: (2, 1) },
+    ];
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I64, DType::U8] {
+        let x = data(2 * 3 * 7 * 6, dtype, 21, -1.0, 1.0);
+        // Contiguous and a transposed (H <-> W) view of the same buffer.
+        let base = Layout::contiguous((2, 3, 7, 6));
+        let views = [("contiguous", base.clone()), ("transposed", Layout::contiguous((2, 3, 6, 7)).transpose(2, 3))];
+        for w in &windows {
+            for (name, l) in &views {
+                let what = format!("im2col {dtype:?} {name} {w:?}");
+                let pad = if dtype.is_float() { f64::NEG_INFINITY } else { 0.0 };
+                let cpu = x.im2col(l, w, pad).unwrap();
+                let gpu = up(&x).im2col(l, w, pad).unwrap();
+                assert_close(&cpu, &gpu, 1.0, &what);
+                if dtype.is_float() {
+                    let (oh, ow) = w.output_size(l.dims()[2], l.dims()[3]).unwrap();
+                    let cl = Layout::contiguous((2, 3 * w.kernel.0 * w.kernel.1, oh * ow));
+                    let cols = data(cl.elem_count(), dtype, 22, -1.0, 1.0);
+                    let cpu = cols.col2im(&cl, w, l.dims()[2], l.dims()[3]).unwrap();
+                    let gpu = up(&cols).col2im(&cl, w, l.dims()[2], l.dims()[3]).unwrap();
+                    assert_close(&cpu, &gpu, 8.0, &format!("col2im {dtype:?} {name} {w:?}"));
+                }
+            }
+        }
+    }
 }

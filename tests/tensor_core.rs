@@ -120,7 +120,7 @@ fn autograd_basics() -> Result<()> {
     loss.backward()?;
     // d/dx = w (1 + 2xw)
     let gx = x.grad().unwrap().to_vec1::<f32>()?;
-    assert_eq!(gx, vec![0.5 * (1.0 + 1.0), -1.0 * (1.0 - 4.0), 2.0 * (1.0 + 12.0)]);
+    assert_eq!(gx, vec![0.5 * (1.0 + 1.0), -(1.0 - 4.0), 2.0 * (1.0 + 12.0)]);
     // Gradients accumulate across backward calls until zeroed.
     let loss2 = x.sum_all()?;
     loss2.backward()?;

@@ -1,7 +1,7 @@
 //! Creating tensors.
 
 use super::{Tensor, rng};
-use crate::storage::Storage;
+use crate::storage::{Distribution, Storage};
 use crate::{DType, Device, Error, Result, Shape, WithDType};
 
 impl Tensor {
@@ -80,7 +80,7 @@ impl Tensor {
     pub fn randn(mean: f64, std: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
         let shape = shape.into();
         let (seed, offset) = rng::reserve(shape.elem_count().div_ceil(2) as u64);
-        let s = Storage::random(&shape, dtype, device, seed, offset, true, mean, std)?;
+        let s = Storage::random(&shape, dtype, device, seed, offset, Distribution::Normal { mean, std })?;
         Ok(Tensor::from_contiguous(s, shape))
     }
     /// Uniform values from an explicit Philox stream `(seed, offset)`: the same bits on
@@ -95,7 +95,7 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let s = Storage::random(&shape, dtype, device, seed, offset, false, lo, hi)?;
+        let s = Storage::random(&shape, dtype, device, seed, offset, Distribution::Uniform { lo, hi })?;
         Ok(Tensor::from_contiguous(s, shape))
     }
 }

@@ -188,6 +188,7 @@ pub fn binary(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, op: Bina
             BinaryOp::Minimum => z!(|x: T::Acc, y| x.min_nan(y)),
         }
     }
+    #[allow(clippy::too_many_arguments)]
     fn int<T: WithDType + Ord>(
         a: &[T],
         la: &Layout,
@@ -221,17 +222,11 @@ pub fn binary(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, op: Bina
                 if q == 0 { 0 } else { p.wrapping_div(q) }
             })?
         }
-        (CpuStorage::U8(x), CpuStorage::U8(y)) => int(
-            x,
-            la,
-            y,
-            lb,
-            op,
-            u8::wrapping_add,
-            u8::wrapping_sub,
-            u8::wrapping_mul,
-            |p, q| if q == 0 { 0 } else { p / q },
-        )?,
+        (CpuStorage::U8(x), CpuStorage::U8(y)) => {
+            int(x, la, y, lb, op, u8::wrapping_add, u8::wrapping_sub, u8::wrapping_mul, |p, q| {
+                p.checked_div(q).unwrap_or(0)
+            })?
+        }
         _ => return Err(Error::DTypeMismatch { op: op.name(), lhs: a.dtype(), rhs: b.dtype() }),
     })
 }

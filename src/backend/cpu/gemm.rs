@@ -9,7 +9,6 @@
 //! Micro-kernels are chosen once at run time: AVX-512F, AVX2+FMA, or a portable
 //! scalar fallback (the only one compiled on non-x86_64 targets).
 
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::{Add, Mul};
 use std::sync::OnceLock;
@@ -245,10 +244,20 @@ fn gemm_with<T: GemmElem>(
         // same element.
         unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, &a, &b, cptr.get(), n) };
     };
-    if tasks.len() == 1 {
-        run(&tasks[0]);
+    let (first, rest) = tasks.split_first().expect("partition yields at least one task");
+    if rest.is_empty() {
+        run(first);
     } else {
-        tasks.par_iter().for_each(run);
+        // The calling thread computes one part itself instead of blocking
+        // while the pool does everything: from outside the pool this saves a
+        // thread wake-up on the critical path of every call.
+        let run = &run;
+        rayon::in_place_scope(|s| {
+            for t in rest {
+                s.spawn(move |_| run(t));
+            }
+            run(first);
+        });
     }
 }
 
@@ -660,17 +669,19 @@ macro_rules! simd_kernel {
             // SAFETY (whole block): every pointer offset stays inside the
             // panels / tile the caller vouches for.
             unsafe {
+                // Prefetch addresses may lie past the buffers (a hint never
+                // faults), hence `wrapping_add`: `add` would be UB there.
                 for i in 0..R {
                     // Warm the C tile while the k loop runs.
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + NR - 1).cast());
                 }
                 let (mut ap, mut bp) = (a, b);
                 for _ in 0..kc {
                     // The B micro-panel streams from L2; fetch it a few
                     // iterations ahead so the FMAs never wait on it.
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PF_DIST * NR).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(bp.add(PF_DIST * NR + NR - 1).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * NR).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * NR + NR - 1).cast());
                     let b0 = $loadu(bp);
                     let b1 = $loadu(bp.add($lanes));
                     for i in 0..R {
@@ -707,7 +718,10 @@ macro_rules! simd_kernel {
             }
         }
 
-        /// Dispatches on the valid row count. # Safety: see the inner kernel.
+        /// Dispatches on the number of valid rows (`1..=$mr`).
+        ///
+        /// # Safety
+        /// As for the inner kernel, with `rows` valid rows.
         #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn $name(
             kc: usize,

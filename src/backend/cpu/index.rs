@@ -179,6 +179,7 @@ pub fn index_add(
     let base = base_layout(&out_l, sl.shape(), axis);
     let st = out_l.strides()[axis];
     let inner = inner_count(sl.shape(), axis);
+    #[allow(clippy::too_many_arguments)]
     fn go<T: AddElem>(
         v: &[T],
         l: &Layout,

@@ -55,6 +55,13 @@ fn fold_view<T: Copy, A: Copy>(
     acc
 }
 
+/// True for NaN in any float type (`x != x`), without a float trait bound.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn is_nan<T: PartialEq>(x: T) -> bool {
+    x != x
+}
+
 /// Index of the first extreme element (`better(x, best)`), NaN counting as extreme.
 fn arg_view<T: Copy>(v: &[T], inner: &Layout, base: usize, better: impl Fn(T, T) -> bool) -> i64 {
     let mut best: Option<T> = None;
@@ -95,11 +102,13 @@ fn reduce_float<T: CpuFloat>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) 
             per_output(&outer, count, move |b| T::from_acc(fold_view(v, inner, b, T::Acc::ZERO, &m, &add) * scale))
         }
         ReduceOp::ArgMax => {
-            let am = per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x > y || (x != x && y == y)));
+            let am =
+                per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x > y || (is_nan(x) && !is_nan(y))));
             return CpuStorage::I64(am);
         }
         ReduceOp::ArgMin => {
-            let am = per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x < y || (x != x && y == y)));
+            let am =
+                per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x < y || (is_nan(x) && !is_nan(y))));
             return CpuStorage::I64(am);
         }
     };

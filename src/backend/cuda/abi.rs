@@ -27,6 +27,24 @@ pub struct TfOptim {
     pub bc1: f64,
     pub bc2: f64,
 }
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct TfWindow {
+    pub n: tf_u64,
+    pub c: tf_u64,
+    pub h: tf_u64,
+    pub w: tf_u64,
+    pub kh: tf_u64,
+    pub kw: tf_u64,
+    pub sh: tf_u64,
+    pub sw: tf_u64,
+    pub ph: tf_u64,
+    pub pw: tf_u64,
+    pub dh: tf_u64,
+    pub dw: tf_u64,
+    pub oh: tf_u64,
+    pub ow: tf_u64,
+}
 pub const TfUnaryOp_TF_UNARY_NEG: TfUnaryOp = 0;
 pub const TfUnaryOp_TF_UNARY_ABS: TfUnaryOp = 1;
 pub const TfUnaryOp_TF_UNARY_EXP: TfUnaryOp = 2;

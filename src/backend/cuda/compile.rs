@@ -18,6 +18,7 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
     ("matmul", include_str!("../../../kernels/matmul.cu")),
     ("index", include_str!("../../../kernels/index.cu")),
     ("optim", include_str!("../../../kernels/optim.cu")),
+    ("conv", include_str!("../../../kernels/conv.cu")),
 ];
 
 /// The source NVRTC sees: cudarc's NVRTC wrapper takes no in-memory headers, so the two

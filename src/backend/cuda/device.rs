@@ -1,6 +1,6 @@
 //! The CUDA device: context, its one stream, the caching allocator and the module cache.
 
-use super::abi::{TfLayout, TfOptim};
+use super::abi::{TfLayout, TfOptim, TfWindow};
 use super::compile;
 use crate::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 // kernels by value.
 unsafe impl DeviceRepr for TfLayout {}
 unsafe impl DeviceRepr for TfOptim {}
+// SAFETY: as above, a plain #[repr(C)] struct of integers mirrored from abi.h.
+unsafe impl DeviceRepr for TfWindow {}
 
 pub(crate) fn unavailable(reason: impl Into<String>) -> Error {
     Error::CudaUnavailable { reason: reason.into() }
@@ -34,10 +36,13 @@ pub(crate) enum Arg {
     Ptr(u64),
     U64(u64),
     U32(u32),
+    U16(u16),
+    U8(u8),
     I64(i64),
     F64(f64),
     Layout(TfLayout),
     Optim(TfOptim),
+    Window(TfWindow),
 }
 
 #[derive(Default)]
@@ -302,10 +307,13 @@ impl CudaDevice {
             match a {
                 Arg::Ptr(x) | Arg::U64(x) => b.arg(x),
                 Arg::U32(x) => b.arg(x),
+                Arg::U16(x) => b.arg(x),
+                Arg::U8(x) => b.arg(x),
                 Arg::I64(x) => b.arg(x),
                 Arg::F64(x) => b.arg(x),
                 Arg::Layout(x) => b.arg(x),
                 Arg::Optim(x) => b.arg(x),
+                Arg::Window(x) => b.arg(x),
             };
         }
         // SAFETY: every kernel's parameter list matches what its caller pushes (checked by the

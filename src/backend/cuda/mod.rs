@@ -9,6 +9,7 @@
 #[allow(clippy::all, missing_docs)]
 pub mod abi;
 mod compile;
+mod conv;
 mod device;
 mod elementwise;
 mod index;
@@ -20,7 +21,9 @@ pub use compile::{cache_dir, compile_all_kernels, nvrtc_version};
 pub use device::CudaDevice;
 
 use crate::backend::cpu::CpuStorage;
-use crate::backend::{BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp};
+use crate::backend::{
+    BackendDevice, BackendStorage, BinaryOp, CmpOp, OptimRule, ReduceOp, ScalarOp, UnaryOp, Window2d,
+};
 use crate::shape::MAX_DIMS;
 use crate::{DType, Device, Error, Layout, Result, Shape};
 use abi::TfLayout;
@@ -207,6 +210,12 @@ impl BackendStorage for CudaStorage {
         axis: usize,
     ) -> Result<Self> {
         index::index_add(self, layout, ids, ids_layout, src, src_layout, axis)
+    }
+    fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self> {
+        conv::im2col(self, layout, window, pad_value)
+    }
+    fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
+        conv::col2im(self, layout, window, height, width)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)

@@ -1,0 +1,99 @@
+//! Launches for kernels/conv.cu: im2col and col2im.
+
+use super::abi::TfWindow;
+use super::device::Arg;
+use super::elementwise::contiguous_copy;
+use super::{CudaStorage, byte_suffix};
+use crate::backend::Window2d;
+use crate::backend::cpu::CpuStorage;
+use crate::{DType, Error, Layout, Result, WithDType};
+
+fn window_abi(w: &Window2d, [n, c, h, wd]: [usize; 4], (oh, ow): (usize, usize)) -> TfWindow {
+    let u = |x: usize| x as u64;
+    TfWindow {
+        n: u(n),
+        c: u(c),
+        h: u(h),
+        w: u(wd),
+        kh: u(w.kernel.0),
+        kw: u(w.kernel.1),
+        sh: u(w.stride.0),
+        sw: u(w.stride.1),
+        ph: u(w.padding.0),
+        pw: u(w.padding.1),
+        dh: u(w.dilation.0),
+        dw: u(w.dilation.1),
+        oh: u(oh),
+        ow: u(ow),
+    }
+}
+
+/// The bits of `v` converted to `dtype`, widened to a u64 (the kernel reads the low bytes).
+fn pad_bits(v: f64, dtype: DType) -> u64 {
+    match CpuStorage::full(1, dtype, v) {
+        CpuStorage::F32(x) => x[0].to_bits() as u64,
+        CpuStorage::F64(x) => x[0].to_bits(),
+        CpuStorage::F16(x) => x[0].to_bits() as u64,
+        CpuStorage::BF16(x) => x[0].to_bits() as u64,
+        CpuStorage::I64(x) => x[0] as u64,
+        CpuStorage::U8(x) => x[0].to_f64() as u64,
+    }
+}
+
+pub(super) fn im2col(s: &CudaStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CudaStorage> {
+    let &[n, c, h, wd] = l.dims() else {
+        return Err(Error::BadShape { op: "im2col", msg: format!("needs [N, C, H, W], got {:?}", l.shape()) });
+    };
+    let Some(o) = w.output_size(h, wd) else {
+        return Err(Error::BadShape { op: "im2col", msg: format!("window {w:?} does not fit {:?}", l.shape()) });
+    };
+    let xl = s.abi_layout(l, "im2col")?;
+    let total = n * c * w.kernel.0 * w.kernel.1 * o.0 * o.1;
+    let out = CudaStorage::alloc(s.dev(), total, s.dtype)?;
+    if total > 0 {
+        let g = window_abi(w, [n, c, h, wd], o);
+        // The pad value travels in the kernel's element type: push it with the matching width.
+        let bits = pad_bits(pad, s.dtype);
+        let pad_arg = match s.dtype.size_in_bytes() {
+            8 => Arg::U64(bits),
+            4 => Arg::U32(bits as u32),
+            2 => Arg::U16(bits as u16),
+            _ => Arg::U8(bits as u8),
+        };
+        let args = [Arg::Ptr(s.ptr()), Arg::Layout(xl), Arg::Ptr(out.ptr()), Arg::Window(g), pad_arg];
+        let dev = s.dev().clone();
+        dev.launch("conv", &format!("im2col_{}", byte_suffix(s.dtype)), dev.grid_1d(total), &args)?;
+    }
+    Ok(out)
+}
+
+pub(super) fn col2im(s: &CudaStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<CudaStorage> {
+    if !s.dtype.is_float() {
+        return Err(Error::UnsupportedDType { op: "col2im", dtype: s.dtype });
+    }
+    let (kh, kw) = w.kernel;
+    let Some(o) = w.output_size(h, wd) else {
+        return Err(Error::BadShape { op: "col2im", msg: format!("window {w:?} does not fit {h}×{wd}") });
+    };
+    let &[n, ckk, cols] = l.dims() else {
+        return Err(Error::BadShape { op: "col2im", msg: format!("needs [N, C·kh·kw, L], got {:?}", l.shape()) });
+    };
+    if kh * kw == 0 || ckk % (kh * kw) != 0 || cols != o.0 * o.1 {
+        return Err(Error::BadShape {
+            op: "col2im",
+            msg: format!("columns {:?} do not match window {w:?}", l.shape()),
+        });
+    }
+    let c = ckk / (kh * kw);
+    let src = if l.is_contiguous() && l.offset() == 0 { None } else { Some(contiguous_copy(s, l)?) };
+    let cols_ptr = src.as_ref().map_or(s.ptr(), |x| x.ptr());
+    let total = n * c * h * wd;
+    let out = CudaStorage::alloc(s.dev(), total, s.dtype)?;
+    if total > 0 {
+        let g = window_abi(w, [n, c, h, wd], o);
+        let args = [Arg::Ptr(cols_ptr), Arg::Ptr(out.ptr()), Arg::Window(g)];
+        let dev = s.dev().clone();
+        dev.launch("conv", &format!("col2im_{}", s.dtype.as_str()), dev.grid_1d(total), &args)?;
+    }
+    Ok(out)
+}

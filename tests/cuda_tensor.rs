@@ -1,0 +1,66 @@
+//! Tensor-level behaviour across devices (run by scripts/gpu-check.sh on a GPU machine).
+#![cfg(feature = "cuda")]
+
+use tensorforge::{DType, Device, Error, Result, Tensor};
+
+fn gpu() -> Device {
+    Device::cuda(0).expect("these tests need a CUDA device and NVRTC")
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn ops_across_devices_are_errors_and_copies_are_explicit() -> Result<()> {
+    let a = Tensor::arange(0.0, 6.0, 1.0, DType::F32, Device::Cpu)?.reshape((2, 3))?;
+    let b = a.to_device(gpu())?;
+    assert_eq!(b.device(), gpu());
+    assert!(matches!(a.add(&b), Err(Error::DeviceMismatch { .. })));
+    assert!(matches!(a.matmul(&b.t()?), Err(Error::DeviceMismatch { .. })));
+    assert!(matches!(Tensor::cat(&[&a, &b], 0), Err(Error::DeviceMismatch { .. })));
+    // A strided view copies over correctly, and back.
+    let t = b.t()?.to_device(Device::Cpu)?;
+    assert_eq!(t.to_vec2::<f32>()?, a.t()?.to_vec2::<f32>()?);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn autograd_runs_on_the_device_and_matches_the_cpu() -> Result<()> {
+    let x = Tensor::randn(0.0, 1.0, (8, 5), DType::F32, Device::Cpu)?;
+    let w = Tensor::randn(0.0, 1.0, (5, 3), DType::F32, Device::Cpu)?;
+    let run = |dev: Device| -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = w.to_device(dev)?.requires_grad();
+        let y = x.to_device(dev)?.matmul(&w)?.tanh()?.softmax(-1)?;
+        let loss = y.sqr()?.sum_all()?;
+        loss.backward()?;
+        let g = w.grad().expect("a gradient");
+        assert_eq!(g.device(), dev);
+        Ok((y.to_vec::<f32>()?, g.to_vec::<f32>()?))
+    };
+    let (yc, gc) = run(Device::Cpu)?;
+    let (yg, gg) = run(gpu())?;
+    for (a, b) in yc.iter().zip(&yg).chain(gc.iter().zip(&gg)) {
+        assert!((a - b).abs() <= 1e-5 + 1e-4 * a.abs(), "cpu {a} vs cuda {b}");
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn conv_and_pooling_match_the_cpu() -> Result<()> {
+    let x = Tensor::randn(0.0, 1.0, (2, 4, 9, 9), DType::F32, Device::Cpu)?;
+    let w = Tensor::randn(0.0, 0.3, (6, 2, 3, 3), DType::F32, Device::Cpu)?;
+    let opt = tensorforge::ops::Conv2dOptions { stride: (2, 1), padding: (1, 1), dilation: (1, 1), groups: 2 };
+    let run = |dev: Device| -> Result<Vec<f32>> {
+        let y = x.to_device(dev)?.conv2d(&w.to_device(dev)?, None, opt)?;
+        let p = y.max_pool2d((3, 3), (2, 2), (1, 1))?;
+        let a = y.avg_pool2d((2, 2), (1, 1), (0, 0), true)?;
+        let mut v = p.flatten_all()?.to_vec::<f32>()?;
+        v.extend(a.flatten_all()?.to_vec::<f32>()?);
+        Ok(v)
+    };
+    let (c, g) = (run(Device::Cpu)?, run(gpu())?);
+    for (a, b) in c.iter().zip(&g) {
+        assert!((a - b).abs() <= 1e-4 + 1e-4 * a.abs(), "cpu {a} vs cuda {b}");
+    }
+    Ok(())
+}
