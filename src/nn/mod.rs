@@ -1,0 +1,108 @@
+//! Neural-network building blocks: the [`Module`] trait, layers, activations and losses.
+//!
+//! Layers hold their parameters as variables ([`Tensor::requires_grad`]); a forward pass is
+//! ordinary tensor ops, so autograd needs nothing layer-specific.
+//!
+//! ```
+//! use tensorforge::{Tensor, Device, DType};
+//! use tensorforge::nn::{Linear, Module, ReLU, Sequential, CrossEntropyLoss, Loss};
+//! tensorforge::manual_seed(0);
+//! let mlp = Sequential::new()
+//!     .add(Linear::new(4, 8, Device::Cpu)?)
+//!     .add(ReLU)
+//!     .add(Linear::new(8, 3, Device::Cpu)?);
+//! let x = Tensor::randn(0.0, 1.0, (5, 4), DType::F32, Device::Cpu)?;
+//! let y = Tensor::from_vec(vec![0i64, 2, 1, 1, 0], 5, Device::Cpu)?;
+//! let loss = CrossEntropyLoss::new().loss(&mlp.forward(&x)?, &y)?;
+//! loss.backward()?;
+//! assert!(mlp.parameters().iter().all(|p| p.grad().is_some()));
+//! # Ok::<(), tensorforge::Error>(())
+//! ```
+
+mod activation;
+mod dropout;
+mod embedding;
+mod linear;
+pub mod loss;
+
+pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use linear::Linear;
+pub use loss::{BceWithLogitsLoss, CrossEntropyLoss, Loss, MseLoss, NllLoss, Reduction, SquareError};
+
+use crate::{Result, Tensor};
+
+/// A layer or a model: a function of one tensor with (possibly) trainable parameters.
+pub trait Module {
+    /// Applies the module.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// The trainable parameters, named (`"weight"`, `"0.bias"`, …), in a stable order.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// The trainable parameters (what an optimizer takes).
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters().into_iter().map(|(_, p)| p).collect()
+    }
+    /// Switches training-only behaviour (dropout) on or off. Modules without any ignore it.
+    fn set_training(&mut self, _training: bool) {}
+    /// Number of trainable scalars.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(Tensor::elem_count).sum()
+    }
+}
+
+/// Modules applied one after another.
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Module + Send + Sync>>,
+}
+
+impl Sequential {
+    /// An empty sequence (the identity).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends a module (builder style).
+    // PyTorch's and candle's builder name; it is not arithmetic, so no `Add` impl.
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, m: impl Module + Send + Sync + 'static) -> Self {
+        self.layers.push(Box::new(m));
+        self
+    }
+    /// Appends a module.
+    pub fn push(&mut self, m: impl Module + Send + Sync + 'static) {
+        self.layers.push(Box::new(m));
+    }
+    /// Number of modules.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+    /// True when there are no modules.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = l.forward(&h)?;
+        }
+        Ok(h)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.extend(l.named_parameters().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
+        }
+        out
+    }
+    fn set_training(&mut self, training: bool) {
+        for l in &mut self.layers {
+            l.set_training(training);
+        }
+    }
+}
