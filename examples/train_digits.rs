@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--device cpu|cuda|cuda:N]
-//!     [--mnist DIR] [--out DIR] [--model mlp] [--batch-size B] [--lr LR] [--hidden H]
+//!     [--mnist DIR] [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
 //! ```
 //!
 //! Writes `loss.png` (the loss curve) and `model.tfps` (the trained parameters) to `--out`
@@ -12,18 +12,34 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use tensorforge::data::{BatchIter, Dataset};
-use tensorforge::nn::{CrossEntropyLoss, Linear, Loss, Module, ReLU, Sequential};
+use tensorforge::nn::{Conv2d, CrossEntropyLoss, Flatten, Linear, Loss, MaxPool2d, Module, ReLU, Sequential};
+use tensorforge::ops::Conv2dOptions;
 use tensorforge::optim::{Adam, AdamConfig, CosineLr, LrSchedule, Optimizer};
 use tensorforge::param::ParameterStore;
 use tensorforge::{Device, Result, Tensor, no_grad};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--device cpu|cuda|cuda:N] [--mnist DIR]
-                    [--out DIR] [--model mlp] [--batch-size B] [--lr LR] [--hidden H]";
+                    [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]";
 
-/// The architectures this example can train (`cnn` arrives with Conv2d).
+/// The architectures this example can train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ModelKind {
+    /// in → hidden → classes, ReLU.
     Mlp,
+    /// Two 3×3 convolutions (16 and 32 channels), 2×2 max pooling, a linear classifier.
+    Cnn,
+}
+
+/// Flat feature rows `[N, rows·cols]` as one-channel images `[N, 1, rows, cols]`.
+struct ToImage {
+    rows: usize,
+    cols: usize,
+}
+
+impl Module for ToImage {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.reshape((x.dims()[0], 1, self.rows, self.cols))
+    }
 }
 
 #[derive(Debug)]
@@ -86,8 +102,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--model" => {
                 a.model = match value()?.as_str() {
                     "mlp" => ModelKind::Mlp,
-                    "cnn" => return Err("--model cnn is not available yet (needs Conv2d); use mlp".into()),
-                    m => return Err(format!("--model: unknown model `{m}` (expected mlp)")),
+                    "cnn" => ModelKind::Cnn,
+                    m => return Err(format!("--model: unknown model `{m}` (expected mlp or cnn)")),
                 }
             }
             _ => return Err(format!("unknown flag `{flag}`")),
@@ -168,6 +184,19 @@ fn run(args: &Args) -> Result<()> {
             .add(Linear::from_store(&mut store, "fc1", train.dim, args.hidden)?)
             .add(ReLU)
             .add(Linear::from_store(&mut store, "fc2", args.hidden, classes)?),
+        ModelKind::Cnn => {
+            let same = Conv2dOptions { padding: (1, 1), ..Default::default() };
+            let flat = 32 * (train.rows / 2) * (train.cols / 2);
+            Sequential::new()
+                .add(ToImage { rows: train.rows, cols: train.cols })
+                .add(Conv2d::from_store(&mut store, "conv1", 1, 16, (3, 3), same)?)
+                .add(ReLU)
+                .add(Conv2d::from_store(&mut store, "conv2", 16, 32, (3, 3), same)?)
+                .add(ReLU)
+                .add(MaxPool2d::new((2, 2)))
+                .add(Flatten)
+                .add(Linear::from_store(&mut store, "fc", flat, classes)?)
+        }
     };
     eprintln!(
         "{name}: {} train / {} test samples, {} features, {classes} classes; {:?} with {} parameters on {device}",

@@ -213,3 +213,64 @@ fn pooling_backward_routes_gradients() -> Result<()> {
     assert!((g[5] - 4.0 / 9.0).abs() < 1e-15);
     Ok(())
 }
+
+#[test]
+fn batch_norm_tracks_running_statistics_and_eval_uses_them() -> Result<()> {
+    use tensorforge::nn::{BatchNorm, LayerNorm, Module};
+    let x = Tensor::from_vec((0..16).map(|v| v as f32).collect(), (2, 2, 2, 2), Device::Cpu)?;
+    let mut bn = BatchNorm::new_2d(2, Device::Cpu)?;
+    let y = bn.forward(&x)?;
+    // Train mode: each channel is normalized to mean 0, (biased) variance 1.
+    let m = y.mean(&[0, 2, 3])?.to_vec1::<f32>()?;
+    assert!(m.iter().all(|v| v.abs() < 1e-5), "{m:?}");
+    // Channel 0 holds 0,1,2,3,8,9,10,11: mean 5.5, unbiased variance 138/7 ≈ 19.71.
+    let (rm, rv) = bn.running_stats();
+    assert!((rm.to_vec1::<f32>()?[0] - 0.55).abs() < 1e-5);
+    assert!((rv.to_vec1::<f32>()?[0] - (0.9 + 0.1 * 138.0 / 7.0)).abs() < 1e-4);
+    bn.set_training(false);
+    let e = bn.forward(&x)?.to_vec_f64()?;
+    let want = (0.0 - 0.55) / (0.9f64 + 0.1 * 138.0 / 7.0 + 1e-5).sqrt();
+    assert!((e[0] - want).abs() < 1e-4, "{} vs {want}", e[0]);
+    assert!(bn.forward(&Tensor::zeros((2, 3, 2, 2), DType::F32, Device::Cpu)?).is_err());
+    let ln = LayerNorm::new(&[4], Device::Cpu)?;
+    let z = ln.forward(&Tensor::from_vec(vec![1f32, 2.0, 3.0, 4.0], (1, 4), Device::Cpu)?)?.to_vec2::<f32>()?;
+    assert!((z[0][0] + 1.3416).abs() < 1e-3 && (z[0][3] - 1.3416).abs() < 1e-3);
+    Ok(())
+}
+
+#[test]
+fn a_small_cnn_learns_the_digits() -> Result<()> {
+    use tensorforge::nn::{Conv2d, CrossEntropyLoss, Flatten, Linear, Loss, MaxPool2d, Module, ReLU, Sequential};
+    use tensorforge::optim::{Adam, AdamConfig, Optimizer};
+    tensorforge::manual_seed(3);
+    let (train, test) = tensorforge::data::digits::load().split(0.2, 3);
+    let same = Conv2dOptions { padding: (1, 1), ..Default::default() };
+    let model = Sequential::new()
+        .add(Conv2d::new(1, 8, (3, 3), same, Device::Cpu)?)
+        .add(ReLU)
+        .add(MaxPool2d::new((2, 2)))
+        .add(Flatten)
+        .add(Linear::new(8 * 4 * 4, 10, Device::Cpu)?);
+    let mut opt = Adam::new(model.parameters(), AdamConfig { lr: 1e-2, ..Default::default() })?;
+    let image = |d: &tensorforge::data::Dataset, idx: &[usize]| -> Result<(Tensor, Tensor)> {
+        let (x, y) = d.gather(idx);
+        Ok((Tensor::from_vec(x, (idx.len(), 1, 8, 8), Device::Cpu)?, Tensor::from_vec(y, idx.len(), Device::Cpu)?))
+    };
+    let mut batches = tensorforge::data::BatchIter::new(train.len(), 64, true, 3);
+    for _ in 0..4 {
+        for idx in &mut batches {
+            let (x, y) = image(&train, &idx)?;
+            let loss = CrossEntropyLoss::new().loss(&model.forward(&x)?, &y)?;
+            opt.zero_grad();
+            loss.backward()?;
+            opt.step()?;
+        }
+        batches.next_epoch();
+    }
+    let all: Vec<usize> = (0..test.len()).collect();
+    let (x, y) = image(&test, &all)?;
+    let pred = model.forward(&x)?.argmax(-1)?.to_vec1::<i64>()?;
+    let acc = pred.iter().zip(y.to_vec1::<i64>()?).filter(|(p, t)| **p == *t).count() as f64 / test.len() as f64;
+    assert!(acc >= 0.9, "test accuracy {acc}");
+    Ok(())
+}

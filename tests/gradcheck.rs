@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use tensorforge::backend::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use tensorforge::gradcheck::{GradCheck, gradcheck_with};
 use tensorforge::nn::{
-    BceWithLogitsLoss, CrossEntropyLoss, Dropout, Embedding, Linear, Loss, Module, MseLoss, NllLoss, ReLU, Reduction,
-    Sequential, SquareError, Tanh,
+    BatchNorm, BceWithLogitsLoss, Conv2d, CrossEntropyLoss, Dropout, Embedding, LayerNorm, Linear, Loss, Module,
+    MseLoss, NllLoss, ReLU, Reduction, Sequential, SquareError, Tanh,
 };
 use tensorforge::ops::Conv2dOptions;
 use tensorforge::{Device, Result, Tensor};
@@ -266,6 +266,20 @@ fn table() -> Vec<Case> {
     case!("embedding", [r(&[4, 3], 98), ids(&[1, 1, 2, 0, 3, 1], &[2, 3])], |a| {
         Embedding::from_tensor(a[0].clone())?.forward(&a[1])
     });
+    case!("conv2d_layer", [r(&[1, 2, 4, 4], 130), r(&[3, 2, 3, 3], 131), r(&[3], 132)], |a| {
+        Conv2d::from_tensors(a[1].clone(), Some(a[2].clone()), Conv2dOptions { padding: (1, 1), ..Default::default() })
+            .forward(&a[0])
+    });
+    case!("batch_norm_2d/train", [r(&[3, 2, 2, 2], 133)], |a| {
+        BatchNorm::new_2d(2, tensorforge::Device::Cpu)?.forward(&a[0])
+    });
+    case!("batch_norm_1d/train", [r(&[4, 3], 134)], |a| BatchNorm::new_1d(3, tensorforge::Device::Cpu)?.forward(&a[0]));
+    case!("batch_norm_2d/eval", [r(&[2, 2, 2, 2], 135)], |a| {
+        let mut bn = BatchNorm::new_2d(2, tensorforge::Device::Cpu)?;
+        bn.set_training(false);
+        bn.forward(&a[0])
+    });
+    case!("layer_norm", [r(&[3, 2, 4], 136)], |a| LayerNorm::new(&[2, 4], tensorforge::Device::Cpu)?.forward(&a[0]));
     case!("dropout", [r(&[4, 5], 99)], |a| {
         // Same mask on every call: gradcheck evaluates the function many times.
         tensorforge::manual_seed(1234);

@@ -20,16 +20,20 @@
 //! ```
 
 mod activation;
+mod conv;
 mod dropout;
 mod embedding;
 mod linear;
 pub mod loss;
+mod norm;
 
 pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, Flatten, MaxPool2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use loss::{BceWithLogitsLoss, CrossEntropyLoss, Loss, MseLoss, NllLoss, Reduction, SquareError};
+pub use norm::{BatchNorm, LayerNorm};
 
 use crate::{Result, Tensor};
 
