@@ -64,5 +64,23 @@ fn matmul(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, reduce, softmax, matmul);
+fn conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu/conv");
+    g.sample_size(10);
+    let x = randn((32, 64, 32, 32));
+    let w = randn((64, 64, 3, 3));
+    let opt = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
+    g.throughput(Throughput::Elements((2 * 32 * 64 * 64 * 9 * 32 * 32) as u64));
+    g.bench_function("conv2d_n32_c64_32x32_k64_3x3_p1", |b| b.iter(|| black_box(x.conv2d(&w, None, opt).unwrap())));
+    g.throughput(Throughput::Bytes((4 * 32 * 64 * 32 * 32) as u64));
+    g.bench_function("max_pool2d_2x2_n32_c64_32x32", |b| {
+        b.iter(|| black_box(x.max_pool2d((2, 2), (2, 2), (0, 0)).unwrap()))
+    });
+    g.bench_function("avg_pool2d_3x3_s1_p1_n32_c64_32x32", |b| {
+        b.iter(|| black_box(x.avg_pool2d((3, 3), (1, 1), (1, 1), true).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, reduce, softmax, matmul, conv);
 criterion_main!(benches);

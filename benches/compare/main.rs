@@ -26,6 +26,11 @@ fn case(name: &str) -> Result<Box<dyn Fn() -> Result<Tensor>>> {
             let (a, b) = (randn(1 << 24)?, randn(1 << 24)?);
             Box::new(move || a.add(&b))
         }
+        "conv2d_n32c64k64" => {
+            let (x, w) = (randn((32, 64, 32, 32))?, randn((64, 64, 3, 3))?);
+            let opt = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
+            Box::new(move || x.conv2d(&w, None, opt))
+        }
         "softmax4096x1024" => {
             let a = randn((4096, 1024))?;
             Box::new(move || a.softmax(-1))
