@@ -24,12 +24,14 @@ mod dropout;
 mod embedding;
 mod linear;
 pub mod loss;
+mod rnn;
 
 pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use loss::{BceWithLogitsLoss, CrossEntropyLoss, Loss, MseLoss, NllLoss, Reduction, SquareError};
+pub use rnn::{GRU, GRUCell, LSTM, LSTMCell, Nonlinearity, RNN, RNNCell, RnnOptions};
 
 use crate::{Result, Tensor};
 
