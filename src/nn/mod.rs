@@ -20,6 +20,7 @@
 //! ```
 
 mod activation;
+mod ctc;
 mod dropout;
 mod embedding;
 mod linear;
@@ -27,6 +28,7 @@ pub mod loss;
 mod rnn;
 
 pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
+pub use ctc::{CtcLoss, ctc_loss};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
