@@ -57,7 +57,8 @@ fn sample(all: &[f64], t: usize, n: usize, c: usize, i: usize) -> Vec<f64> {
 #[test]
 fn matches_brute_force_enumeration() -> Result<()> {
     // (T, C, blank, targets per sample, input lengths)
-    let cases: Vec<(usize, usize, usize, Vec<Vec<usize>>, Vec<usize>)> = vec![
+    type Case = (usize, usize, usize, Vec<Vec<usize>>, Vec<usize>);
+    let cases: Vec<Case> = vec![
         (5, 3, 0, vec![vec![1, 2], vec![1, 1], vec![2], vec![]], vec![5, 5, 3, 4]),
         (4, 3, 2, vec![vec![0, 1, 0], vec![1], vec![0, 0]], vec![4, 2, 3]),
         (5, 2, 0, vec![vec![1, 1], vec![1]], vec![5, 1]),
@@ -162,7 +163,11 @@ fn gradcheck_every_reduction() {
     for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
         let tg = tg.clone();
         let ctc = CtcLoss { reduction, ..Default::default() };
-        gradcheck_with(move |a| ctc.loss(&a[0], &tg, &[6, 5], &[3, 2]), &[lp.clone()], &GradCheck::default())
-            .unwrap_or_else(|e| panic!("{reduction:?}: {e}"));
+        gradcheck_with(
+            move |a| ctc.loss(&a[0], &tg, &[6, 5], &[3, 2]),
+            std::slice::from_ref(&lp),
+            &GradCheck::default(),
+        )
+        .unwrap_or_else(|e| panic!("{reduction:?}: {e}"));
     }
 }
