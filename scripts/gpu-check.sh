@@ -22,7 +22,7 @@ build() {
     local json
     json="$(mktemp)"
     cargo test --release --features cuda --no-run --message-format=json \
-        --test cuda_parity --test cuda_tensor --test nvrtc_compile --test cuda_unavailable >"$json"
+        --test cuda_parity --test cuda_tensor --test cuda_ctc --test nvrtc_compile --test cuda_unavailable >"$json"
     cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
     rm -rf "$bundle"
     mkdir -p "$bundle/bin" "$bundle/compare"
@@ -30,7 +30,7 @@ build() {
     python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-wanted = {"cuda_parity", "cuda_tensor", "nvrtc_compile", "cuda_unavailable", "cuda_kernels"}
+wanted = {"cuda_parity", "cuda_tensor", "cuda_ctc", "nvrtc_compile", "cuda_unavailable", "cuda_kernels"}
 found = set()
 for line in open(src):
     try:
@@ -73,7 +73,7 @@ run() {
         nvidia-smi -L || true
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
     } >"$out/env.txt" 2>&1
-    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_tensor; do
+    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_tensor cuda_ctc; do
         echo "== $t" | tee -a "$out/tests.log"
         if ! timeout 180 "$bin/$t" --include-ignored --test-threads=1 >>"$out/tests.log" 2>&1; then
             echo "FAILED: $t" | tee -a "$out/tests.log"

@@ -150,6 +150,31 @@ impl Storage {
         Ok(on_one!(self, |s| s.col2im(l, w, h, wd)))
     }
 
+    /// CTC loss and its gradient (see [`BackendStorage::ctc_loss`]).
+    pub fn ctc_loss(
+        &self,
+        l: &Layout,
+        targets: &Storage,
+        tl: &Layout,
+        input_lengths: &[usize],
+        target_lengths: &[usize],
+        blank: usize,
+    ) -> Result<(Storage, Storage)> {
+        match (self, targets) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let (loss, grad) = a.ctc_loss(l, b, tl, input_lengths, target_lengths, blank)?;
+                Ok((Storage::Cpu(loss), Storage::Cpu(grad)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => {
+                let (loss, grad) = a.ctc_loss(l, b, tl, input_lengths, target_lengths, blank)?;
+                Ok((Storage::Cuda(loss), Storage::Cuda(grad)))
+            }
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("ctc_loss", a.device(), b.device())),
+        }
+    }
+
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {
         match (self, dst) {
             (Storage::Cpu(a), Storage::Cpu(b)) => a.copy_strided(l, b, dl),

@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use tensorforge::backend::{BinaryOp, ReduceOp, UnaryOp, Window2d};
 use tensorforge::gradcheck::{GradCheck, gradcheck_with};
 use tensorforge::nn::{
-    BatchNorm, BceWithLogitsLoss, Conv2d, CrossEntropyLoss, Dropout, Embedding, LayerNorm, Linear, Loss, Module,
-    MseLoss, NllLoss, ReLU, Reduction, Sequential, SquareError, Tanh,
+    BatchNorm, BceWithLogitsLoss, Conv2d, CrossEntropyLoss, CtcLoss, Dropout, Embedding, GRU, GRUCell, LSTM, LSTMCell,
+    LayerNorm, Linear, Loss, Module, MseLoss, NllLoss, Nonlinearity, RNN, RNNCell, ReLU, Reduction, RnnOptions,
+    Sequential, SquareError, Tanh,
 };
 use tensorforge::ops::Conv2dOptions;
 use tensorforge::{Device, Result, Tensor};
@@ -251,6 +252,21 @@ fn table() -> Vec<Case> {
         |a| { BceWithLogitsLoss::new().loss(&a[0], &a[1]) }
     );
 
+    // ---- CTC (log-probabilities need not be normalized: the gradient is with respect to them) ----
+    let ctc_targets = || ids(&[1, 2, 2, 1, 1, 0], &[2, 3]);
+    case!("ctc_loss", [r(&[6, 2, 3], 130), ctc_targets()], |a| CtcLoss::new().loss(&a[0], &a[1], &[6, 5], &[3, 2]));
+    case!("ctc_loss/sum_blank_last", [r(&[5, 2, 3], 131), ids(&[0, 1, 1, 0], &[2, 2])], |a| {
+        CtcLoss { blank: 2, reduction: Reduction::Sum, ..Default::default() }.loss(&a[0], &a[1], &[5, 4], &[2, 2])
+    });
+    case!("ctc_loss/none_zero_infinity", [r(&[3, 2, 3], 132), ids(&[1, 2, 1, 1], &[2, 2])], |a| {
+        CtcLoss { reduction: Reduction::None, zero_infinity: true, ..Default::default() }.loss(
+            &a[0],
+            &a[1],
+            &[3, 2],
+            &[2, 2],
+        )
+    });
+
     // ---- layers ----
     case!("linear", [r(&[5, 4], 90), r(&[3, 4], 91), r(&[3], 92)], |a| {
         Linear::from_tensors(a[1].clone(), Some(a[2].clone()))?.forward(&a[0])
@@ -280,6 +296,92 @@ fn table() -> Vec<Case> {
         bn.forward(&a[0])
     });
     case!("layer_norm", [r(&[3, 2, 4], 136)], |a| LayerNorm::new(&[2, 4], tensorforge::Device::Cpu)?.forward(&a[0]));
+    // ---- recurrent layers (composites of matmul and gates; weights [G·H, I], [G·H, H], [G·H]) ----
+    let cell = |g: usize, i: usize, h: usize, seed: u64| {
+        vec![r(&[g * h, i], seed), r(&[g * h, h], seed + 1), r(&[g * h], seed + 2), r(&[g * h], seed + 3)]
+    };
+    let with = |mut first: Vec<Tensor>, rest: Vec<Vec<Tensor>>| {
+        for v in rest {
+            first.extend(v);
+        }
+        first
+    };
+    t.push(Case {
+        name: "rnn_cell/tanh",
+        inputs: with(vec![r(&[2, 3], 140), r(&[2, 4], 141)], vec![cell(1, 3, 4, 142)]),
+        f: Box::new(|a| {
+            RNNCell::from_tensors(
+                Nonlinearity::Tanh,
+                a[2].clone(),
+                a[3].clone(),
+                Some(a[4].clone()),
+                Some(a[5].clone()),
+            )?
+            .forward_with_state(&a[0], Some(&a[1]))
+        }),
+        cfg: d,
+    });
+    t.push(Case {
+        name: "rnn_cell/relu",
+        inputs: with(vec![r(&[2, 3], 143), r(&[2, 4], 144)], vec![cell(1, 3, 4, 145)]),
+        f: Box::new(|a| {
+            RNNCell::from_tensors(
+                Nonlinearity::Relu,
+                a[2].clone(),
+                a[3].clone(),
+                Some(a[4].clone()),
+                Some(a[5].clone()),
+            )?
+            .forward_with_state(&a[0], Some(&a[1]))
+        }),
+        cfg: d,
+    });
+    t.push(Case {
+        name: "lstm_cell",
+        inputs: with(vec![r(&[2, 3], 146), r(&[2, 2], 147), r(&[2, 2], 148)], vec![cell(4, 3, 2, 149)]),
+        f: Box::new(|a| {
+            let c = LSTMCell::from_tensors(a[3].clone(), a[4].clone(), Some(a[5].clone()), Some(a[6].clone()))?;
+            let (h, c) = c.forward_with_state(&a[0], Some((&a[1], &a[2])))?;
+            Tensor::cat(&[&h, &c], 1)
+        }),
+        cfg: d,
+    });
+    t.push(Case {
+        name: "gru_cell",
+        inputs: with(vec![r(&[2, 3], 150), r(&[2, 2], 151)], vec![cell(3, 3, 2, 152)]),
+        f: Box::new(|a| {
+            GRUCell::from_tensors(a[2].clone(), a[3].clone(), Some(a[4].clone()), Some(a[5].clone()))?
+                .forward_with_state(&a[0], Some(&a[1]))
+        }),
+        cfg: d,
+    });
+    let two_layer_bidir = RnnOptions { num_layers: 2, bidirectional: true, ..Default::default() };
+    let stack = |g: usize, seed: u64| {
+        with(
+            vec![r(&[3, 2, 2], seed)],
+            vec![cell(g, 2, 2, seed + 1), cell(g, 2, 2, seed + 5), cell(g, 4, 2, seed + 9), cell(g, 4, 2, seed + 13)],
+        )
+    };
+    t.push(Case {
+        name: "rnn/two_layer_bidirectional",
+        inputs: stack(1, 160),
+        f: Box::new(move |a| RNN::from_tensors(Nonlinearity::Tanh, two_layer_bidir, &a[1..])?.forward(&a[0])),
+        cfg: d,
+    });
+    t.push(Case {
+        name: "lstm/two_layer_bidirectional",
+        inputs: stack(4, 180),
+        f: Box::new(move |a| LSTM::from_tensors(two_layer_bidir, &a[1..])?.forward(&a[0])),
+        cfg: d,
+    });
+    t.push(Case {
+        name: "gru/two_layer_bidirectional_batch_first",
+        inputs: stack(3, 200),
+        f: Box::new(move |a| {
+            GRU::from_tensors(RnnOptions { batch_first: true, ..two_layer_bidir }, &a[1..])?.forward(&a[0])
+        }),
+        cfg: d,
+    });
     case!("dropout", [r(&[4, 5], 99)], |a| {
         // Same mask on every call: gradcheck evaluates the function many times.
         tensorforge::manual_seed(1234);

@@ -148,6 +148,20 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// The adjoint of `im2col`: folds columns `[N, C·kh·kw, OH·OW]` back into `[N, C, H, W]`,
     /// summing where windows overlap and dropping the padding.
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self>;
+    /// Connectionist temporal classification: `self` holds log-probabilities `[T, N, C]`,
+    /// `targets` i64 labels `[N, S]` (row `n` padded past `target_lengths[n]`); sample `n` uses
+    /// its first `input_lengths[n]` steps. Returns the per-sample negative log-likelihood `[N]`
+    /// and its gradient with respect to `self`, `[T, N, C]` (zero past each input length, and
+    /// zero for a sample whose loss is infinite because no alignment exists).
+    fn ctc_loss(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        input_lengths: &[usize],
+        target_lengths: &[usize],
+        blank: usize,
+    ) -> Result<(Self, Self)>;
     /// One fused optimizer update, in place over contiguous buffers of one length:
     /// `self` (the parameters), `grad`, and the state buffers the rule needs
     /// (see [`OptimRule::state_count`]).

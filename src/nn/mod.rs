@@ -21,19 +21,23 @@
 
 mod activation;
 mod conv;
+mod ctc;
 mod dropout;
 mod embedding;
 mod linear;
 pub mod loss;
 mod norm;
+mod rnn;
 
 pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, Flatten, MaxPool2d};
+pub use ctc::{CtcLoss, ctc_loss};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use loss::{BceWithLogitsLoss, CrossEntropyLoss, Loss, MseLoss, NllLoss, Reduction, SquareError};
 pub use norm::{BatchNorm, LayerNorm};
+pub use rnn::{GRU, GRUCell, LSTM, LSTMCell, Nonlinearity, RNN, RNNCell, RnnOptions};
 
 use crate::{Result, Tensor};
 

@@ -1,6 +1,7 @@
 //! The CPU backend: SIMD (run-time detected) + rayon kernels, one file per family.
 
 mod conv;
+pub(crate) mod ctc;
 mod elementwise;
 pub mod float;
 pub mod gemm;
@@ -311,6 +312,17 @@ impl BackendStorage for CpuStorage {
     }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)
+    }
+    fn ctc_loss(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        input_lengths: &[usize],
+        target_lengths: &[usize],
+        blank: usize,
+    ) -> Result<(Self, Self)> {
+        ctc::ctc_loss(self, layout, targets, targets_layout, input_lengths, target_lengths, blank)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)

@@ -19,6 +19,7 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
     ("index", include_str!("../../../kernels/index.cu")),
     ("optim", include_str!("../../../kernels/optim.cu")),
     ("conv", include_str!("../../../kernels/conv.cu")),
+    ("ctc", include_str!("../../../kernels/ctc.cu")),
 ];
 
 /// The source NVRTC sees: cudarc's NVRTC wrapper takes no in-memory headers, so the two

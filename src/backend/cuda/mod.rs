@@ -10,6 +10,7 @@
 pub mod abi;
 mod compile;
 mod conv;
+mod ctc;
 mod device;
 mod elementwise;
 mod index;
@@ -216,6 +217,17 @@ impl BackendStorage for CudaStorage {
     }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)
+    }
+    fn ctc_loss(
+        &self,
+        layout: &Layout,
+        targets: &Self,
+        targets_layout: &Layout,
+        input_lengths: &[usize],
+        target_lengths: &[usize],
+        blank: usize,
+    ) -> Result<(Self, Self)> {
+        ctc::ctc_loss(self, layout, targets, targets_layout, input_lengths, target_lengths, blank)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)
