@@ -35,7 +35,7 @@ impl Conv2d {
         device: Device,
     ) -> Result<Conv2d> {
         let g = options.groups.max(1);
-        if in_channels % g != 0 || out_channels % g != 0 {
+        if !in_channels.is_multiple_of(g) || !out_channels.is_multiple_of(g) {
             return Err(Error::BadShape {
                 op: "Conv2d",
                 msg: format!("channels {in_channels}→{out_channels} not divisible by groups {g}"),
@@ -57,7 +57,7 @@ impl Conv2d {
         options: Conv2dOptions,
     ) -> Result<Conv2d> {
         let g = options.groups.max(1);
-        if in_channels % g != 0 || out_channels % g != 0 {
+        if !in_channels.is_multiple_of(g) || !out_channels.is_multiple_of(g) {
             return Err(Error::BadShape {
                 op: "Conv2d",
                 msg: format!("channels {in_channels}→{out_channels} not divisible by groups {g}"),

@@ -49,14 +49,14 @@ impl Linear {
                 msg: format!("weight must be [out, in], got {:?}", weight.shape()),
             });
         }
-        if let Some(b) = &bias {
-            if b.dims() != [weight.dims()[0]] {
-                return Err(Error::ShapeMismatch {
-                    op: "Linear (bias)",
-                    lhs: weight.shape().clone(),
-                    rhs: b.shape().clone(),
-                });
-            }
+        if let Some(b) = &bias
+            && b.dims() != [weight.dims()[0]]
+        {
+            return Err(Error::ShapeMismatch {
+                op: "Linear (bias)",
+                lhs: weight.shape().clone(),
+                rhs: b.shape().clone(),
+            });
         }
         Ok(Linear { weight, bias })
     }

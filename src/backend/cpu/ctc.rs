@@ -64,7 +64,7 @@ fn sample(
         // No frames: only the empty target has an alignment (the empty one).
         return if labels.is_empty() { 0.0 } else { f64::INFINITY };
     }
-    let lab = |s: usize| if s % 2 == 0 { blank } else { labels[s / 2] };
+    let lab = |s: usize| if s.is_multiple_of(2) { blank } else { labels[s / 2] };
     // The skip transition s−2 → s is allowed onto a label that differs from the previous label.
     let can_skip = |s: usize| s >= 2 && s % 2 == 1 && lab(s) != lab(s - 2);
     let ninf = f64::NEG_INFINITY;
