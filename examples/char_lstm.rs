@@ -189,7 +189,7 @@ fn run(args: &Args) -> Result<()> {
         opt.step()?;
         recent.push(loss.item()?);
         step += 1;
-        if step % 50 == 0 {
+        if step.is_multiple_of(50) {
             let avg = recent.iter().sum::<f64>() / recent.len() as f64;
             recent.clear();
             println!(

@@ -69,6 +69,9 @@ pub fn apply(op: impl Operation, inputs: &[&Tensor]) -> Result<Tensor> {
 #[derive(Default)]
 pub struct Gradients {
     map: HashMap<TensorId, Tensor>,
+    /// Gradients this pass allocated itself (sums, scattered slices): no one else holds
+    /// them, so slice gradients may be added into them in place.
+    owned: HashSet<TensorId>,
 }
 
 impl Gradients {
@@ -87,10 +90,44 @@ impl Gradients {
         }
         let g = if g.dtype() != t.dtype() { g.to_dtype(t.dtype())? } else { g };
         let sum = match self.map.remove(&t.id()) {
-            Some(prev) => prev.add(&g)?,
+            Some(prev) => {
+                let s = prev.add(&g)?;
+                self.owned.insert(s.id());
+                s
+            }
             None => g,
         };
         self.map.insert(t.id(), sum);
+        Ok(())
+    }
+
+    /// Adds `g` to the elements `start, start+step, …` (`g.dims()[axis]` of them) along
+    /// `axis` of the gradient of `t` — the backward of a slice. Touches only those elements
+    /// when the accumulated gradient is this pass's own buffer, so slicing a sequence step by
+    /// step (an RNN) costs O(step) per slice instead of O(sequence).
+    pub fn accumulate_slice(&mut self, t: &Tensor, axis: usize, start: usize, step: usize, g: &Tensor) -> Result<()> {
+        if !t.tracks_grad() {
+            return Ok(());
+        }
+        let len = g.dims().get(axis).copied().unwrap_or(0);
+        let g = if g.dtype() != t.dtype() { g.to_dtype(t.dtype())? } else { g.clone() };
+        let full = match self.map.remove(&t.id()) {
+            Some(prev) if self.owned.contains(&prev.id()) && prev.is_contiguous() => prev,
+            Some(prev) => prev.copy()?,
+            None => t.zeros_like()?,
+        };
+        let view = full.layout().slice(axis, start, len, step);
+        if view.dims() != g.dims() {
+            return Err(Error::Autograd(format!(
+                "slice gradient {:?} for a slice of shape {:?}",
+                g.shape(),
+                view.shape()
+            )));
+        }
+        let sum = full.view_as(view.clone()).add(&g)?;
+        sum.storage().copy_strided(sum.layout(), &mut full.storage_mut(), &view)?;
+        self.owned.insert(full.id());
+        self.map.insert(t.id(), full);
         Ok(())
     }
     fn take(&mut self, t: &Tensor) -> Option<Tensor> {

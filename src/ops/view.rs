@@ -80,11 +80,7 @@ impl Operation for Slice {
         Ok(x[0].view_as(x[0].layout().slice(self.axis, self.start, self.len, self.step)))
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
-        // Scatter the gradient into zeros through the same slice of a fresh buffer.
-        let out = x[0].zeros_like()?;
-        let dst = out.layout().slice(self.axis, self.start, self.len, self.step);
-        g.storage().copy_strided(g.layout(), &mut out.storage_mut(), &dst)?;
-        grads.accumulate(&x[0], out)
+        grads.accumulate_slice(&x[0], self.axis, self.start, self.step, g)
     }
 }
 
