@@ -16,6 +16,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod custom;
 pub mod data;
 mod device;
 mod dtype;

@@ -8,9 +8,9 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod abi;
-mod compile;
+pub(crate) mod compile;
 mod conv;
-mod device;
+pub(crate) mod device;
 mod elementwise;
 mod index;
 mod matmul;
