@@ -16,6 +16,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod custom;
 pub mod data;
 mod device;
