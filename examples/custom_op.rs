@@ -21,7 +21,7 @@ use tensorforge::{DType, Device, Error, Result, Tensor, no_grad};
 /// The op's one constant: larger `b` makes the corner at 0 smoother.
 const B: f64 = 4.0;
 
-/// 1. The CPU function, generic over f32/f64 (f16/bf16 tensors are computed in f32).
+/// Step 1, the CPU function, generic over f32/f64 (f16/bf16 tensors are computed in f32).
 struct Squareplus;
 
 impl CpuKernel for Squareplus {
@@ -33,7 +33,7 @@ impl CpuKernel for Squareplus {
     }
 }
 
-/// 2. The CUDA kernel: one per dtype, named `squareplus_<dtype>`, taking
+/// Step 2, the CUDA kernel: one per dtype, named `squareplus_<dtype>`, taking
 /// `(const T* x, T* y, tf_u64 n, double b)` (inputs, output, element count, scalars).
 /// `Tr<T>` (from common.cuh) converts to the compute type: f32 for f32/f16/bf16, f64 for f64.
 const SQUAREPLUS_CU: &str = r#"
@@ -59,7 +59,7 @@ SQUAREPLUS(tf_f16, f16)
 SQUAREPLUS(tf_bf16, bf16)
 "#;
 
-/// 3. The op: CPU function + CUDA source + backward (in tensor ops).
+/// Step 3, the op: CPU function + CUDA source + backward (in tensor ops).
 fn squareplus_op() -> Result<CustomOp> {
     let op = CustomOp::new("squareplus", Squareplus)?
         .scalars(&[B])
@@ -102,7 +102,7 @@ fn run() -> Result<()> {
     }
 
     // The backward matches finite differences (gradcheck works in f64).
-    gradcheck(|a| op.apply(&[&a[0]]), &[x.clone()])?;
+    gradcheck(|a| op.apply(&[&a[0]]), std::slice::from_ref(&x))?;
     println!("gradcheck passed");
     Ok(())
 }

@@ -101,7 +101,7 @@ fn inputs_broadcast_and_gradients_sum_back() {
 fn gradcheck_passes_and_a_wrong_backward_is_caught() {
     let x = Tensor::from_vec(XS.to_vec(), 6, Device::Cpu).unwrap();
     let op = squareplus(2.0);
-    gradcheck(|t| op.apply(&[&t[0]]), &[x.clone()]).unwrap();
+    gradcheck(|t| op.apply(&[&t[0]]), std::slice::from_ref(&x)).unwrap();
     // d/dx is y/√(x²+b), not y: gradcheck must notice.
     let wrong = CustomOp::new("squareplus_wrong", Squareplus)
         .unwrap()
@@ -187,7 +187,7 @@ fn example_cuda_source_compiles_with_nvrtc() {
 fn parity_on_cuda_or_a_clear_unavailable() {
     let x = Tensor::from_vec((0..40).map(|i| i as f64 * 0.3 - 6.0).collect::<Vec<_>>(), (5, 8), Device::Cpu).unwrap();
     let op = squareplus(3.0);
-    match parity(|t| op.apply(&[&t[0]]), &[x.clone()]) {
+    match parity(|t| op.apply(&[&t[0]]), std::slice::from_ref(&x)) {
         Err(Error::CudaUnavailable { reason }) => {
             eprintln!("no CUDA device, parity skipped: {reason}");
             return;
