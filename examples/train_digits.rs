@@ -3,10 +3,17 @@
 //! ```text
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--device cpu|cuda|cuda:N]
 //!     [--mnist DIR] [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
+//!     [--resume] [--stop-after E]
 //! ```
 //!
 //! Writes `loss.png` (the loss curve) and `model.tfps` (the trained parameters) to `--out`
 //! (default `target/train_digits/`) and ends with the line `test accuracy: <fraction>`.
+//!
+//! At the end of every epoch it writes `checkpoint.safetensors` to `--out` (parameters,
+//! optimizer state, step, epoch, RNG state); `--resume` continues from it. A run stopped after
+//! epoch E (`--stop-after E` simulates an interruption) and resumed with the same flags ends
+//! with exactly the same model as an uninterrupted run. The learning-rate schedule spans
+//! `--epochs`, so resuming with a *different* `--epochs` continues on a different schedule.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +26,8 @@ use tensorforge::param::ParameterStore;
 use tensorforge::{Device, Result, Tensor, no_grad};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--device cpu|cuda|cuda:N] [--mnist DIR]
-                    [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]";
+                    [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
+                    [--resume] [--stop-after E]";
 
 /// The architectures this example can train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +61,10 @@ struct Args {
     batch_size: usize,
     lr: f64,
     hidden: usize,
+    /// Continue from `--out/checkpoint.safetensors`.
+    resume: bool,
+    /// Stop after this many epochs (as if interrupted); the checkpoint stays resumable.
+    stop_after: Option<usize>,
 }
 
 impl Default for Args {
@@ -67,6 +79,8 @@ impl Default for Args {
             batch_size: 32,
             lr: 1e-2,
             hidden: 256,
+            resume: false,
+            stop_after: None,
         }
     }
 }
@@ -95,6 +109,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--mnist" => a.mnist = Some(PathBuf::from(value()?)),
             "--epochs" => a.epochs = num(&flag, &value()?)?,
             "--seed" => a.seed = num(&flag, &value()?)?,
+            "--resume" => a.resume = true,
+            "--stop-after" => a.stop_after = Some(num(&flag, &value()?)?),
             "--out" => a.out = PathBuf::from(value()?),
             "--batch-size" => a.batch_size = num(&flag, &value()?)?,
             "--lr" => a.lr = num(&flag, &value()?)?,
@@ -213,16 +229,29 @@ fn run(args: &Args) -> Result<()> {
     let schedule = CosineLr::new(args.lr, args.lr * 0.01, total_steps);
     let loss_fn = CrossEntropyLoss::new();
 
+    // Checkpoints: resume from the last one (written at every epoch end, below) if asked.
+    let ckpt = args.out.join(tensorforge::checkpoint::FILE_NAME);
+    let (mut start_epoch, mut start_step) = (0, 0);
+    if args.resume {
+        let s = tensorforge::checkpoint::load(&ckpt, &mut store, &mut opt)?;
+        (start_epoch, start_step) = (s.epoch as usize, s.step as usize);
+        batches.set_epoch(s.epoch);
+        if s.extra.get("epochs") != Some(&args.epochs.to_string()) {
+            eprintln!("note: the checkpoint was written by a run with other --epochs; the LR schedule now differs");
+        }
+        eprintln!("resumed from {} at epoch {start_epoch}, step {start_step}", ckpt.display());
+    }
+
     let start = Instant::now();
     let mut step_losses = Vec::with_capacity(total_steps);
     let mut epoch_curves: Vec<(f64, f64)> = Vec::new();
     let mut test_acc = 0.0;
-    for epoch in 0..args.epochs {
+    for epoch in start_epoch..args.epochs {
         let t0 = Instant::now();
         let (mut sum_loss, mut right, mut seen) = (0.0, 0usize, 0usize);
         let nb = batches.num_batches();
         for (b, idx) in (&mut batches).enumerate() {
-            opt.set_lr(schedule.lr(step_losses.len()));
+            opt.set_lr(schedule.lr(start_step + step_losses.len()));
             let (x, y) = batch(&train, &idx, device)?;
             let logits = model.forward(&x)?;
             let loss = loss_fn.loss(&logits, &y)?;
@@ -251,8 +280,21 @@ fn run(args: &Args) -> Result<()> {
             acc,
             t0.elapsed().as_secs_f64()
         );
+        // Checkpoint at every epoch end, so an interrupted run can `--resume` from here.
+        let mut state =
+            tensorforge::checkpoint::TrainingState::new((start_step + step_losses.len()) as u64, epoch as u64 + 1);
+        state.extra.insert("epochs".into(), args.epochs.to_string());
+        std::fs::create_dir_all(&args.out).map_err(|e| tensorforge::Error::Io {
+            context: format!("creating {}", args.out.display()),
+            msg: e.to_string(),
+        })?;
+        tensorforge::checkpoint::save(&ckpt, &store, &opt, &state)?;
+        if args.stop_after == Some(epoch + 1) {
+            eprintln!("stopping after epoch {} (--stop-after); continue with --resume", epoch + 1);
+            break;
+        }
     }
-    if args.epochs == 0 {
+    if start_epoch >= args.epochs {
         test_acc = evaluate(&model, &test, device)?.1;
     }
     eprintln!("trained in {:.2}s", start.elapsed().as_secs_f64());
@@ -331,7 +373,9 @@ mod plot {
             steps.iter().chain(epochs.iter().flat_map(|(a, b)| [a, b])).copied().filter(|v| *v > 0.0 && v.is_finite())
         };
         let hi = all().fold(f64::MIN, f64::max).max(1e-12).log10().ceil();
-        let lo = all().fold(f64::MAX, f64::min).min(hi).log10().floor().min(hi - 1.0);
+        // (Clamped in log space: clamping the raw minimum to `hi` gave log10(-0.0) = -inf, and an
+        // endless grid loop, whenever every loss was below 1, e.g. in a resumed run.)
+        let lo = all().fold(f64::MAX, f64::min).log10().floor().min(hi - 1.0);
         for k in lo as i64..=hi as i64 {
             let y = y0 + (y1 - y0) * (k as f64 - lo) / (hi - lo);
             c.line((x0, y), (x1, y), [225, 225, 225], 1);

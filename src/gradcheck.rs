@@ -143,3 +143,128 @@ where
         None => Ok(()),
     }
 }
+
+/// Settings for [`parity_with`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Parity {
+    /// The CUDA device to compare against.
+    pub ordinal: usize,
+    /// Multiplies the per-dtype tolerances (see [`parity_tolerance`]); raise it for ops
+    /// whose CPU and GPU math libraries legitimately differ by more than a few ulps.
+    pub scale: f64,
+    /// Also compare the gradients of every float input (through a fixed random projection of
+    /// the output, as [`gradcheck`] does), which checks the backward on the GPU too.
+    pub gradients: bool,
+}
+
+impl Default for Parity {
+    fn default() -> Self {
+        Parity { ordinal: 0, scale: 1.0, gradients: true }
+    }
+}
+
+/// `(atol, rtol)` for comparing CPU and CUDA results of `dtype`: a value passes when
+/// `|cpu − cuda| ≤ scale·(atol + rtol·max(|cpu|, |cuda|))` (a few ulps for each float type,
+/// exact for integers).
+pub fn parity_tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-12, 1e-12),
+        DType::F32 => (1e-5, 1e-5),
+        DType::F16 => (2e-3, 2e-3),
+        DType::BF16 => (1.6e-2, 1.6e-2),
+        DType::I64 | DType::U8 => (0.0, 0.0),
+    }
+}
+
+/// [`parity_with`] with the default settings (device `cuda:0`, gradients compared).
+pub fn parity<F>(f: F, inputs: &[Tensor]) -> Result<()>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor>,
+{
+    parity_with(f, inputs, &Parity::default())
+}
+
+/// Runs `f` on copies of `inputs` on the CPU and on a CUDA device and compares the outputs
+/// (and, with [`Parity::gradients`], the float inputs' gradients) with dtype-aware tolerances.
+///
+/// Without a usable CUDA device this returns the `Err(Error::CudaUnavailable { .. })` of
+/// [`Device::cuda`](crate::Device::cuda), so a caller can tell "cannot check here" apart
+/// from "mismatch" and decide whether to skip:
+///
+/// ```
+/// use tensorforge::{Error, Tensor, Device, gradcheck::parity};
+/// let x = Tensor::from_vec(vec![0.3f32, -1.2, 2.0], 3, Device::Cpu)?;
+/// match parity(|xs| xs[0].tanh()?.mul(&xs[0]), &[x]) {
+///     Ok(()) => println!("CPU and CUDA agree"),
+///     Err(Error::CudaUnavailable { reason }) => println!("parity skipped: {reason}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+pub fn parity_with<F>(f: F, inputs: &[Tensor], cfg: &Parity) -> Result<()>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor>,
+{
+    let cuda = crate::Device::cuda(cfg.ordinal)?;
+    let run = |device: crate::Device| -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| {
+                let t = t.detach().to_device(device)?.copy()?.detach();
+                Ok(if cfg.gradients && t.dtype().is_float() { t.requires_grad() } else { t })
+            })
+            .collect::<Result<_>>()?;
+        let y = f(&xs)?;
+        if cfg.gradients && y.tracks_grad() {
+            let w = Tensor::from_vec(projection(y.elem_count(), 0x9A21), y.shape(), device)?;
+            y.to_dtype(DType::F64)?.mul(&w)?.sum_all()?.backward()?;
+        }
+        Ok((y.detach(), xs.iter().map(|x| x.grad()).collect()))
+    };
+    let (y_cpu, g_cpu) = run(crate::Device::Cpu)?;
+    let (y_gpu, g_gpu) = run(cuda)?;
+    compare("output", &y_cpu, &y_gpu, cfg.scale)?;
+    for (i, (a, b)) in g_cpu.iter().zip(&g_gpu).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => compare(&format!("gradient of input {i}"), a, b, cfg.scale)?,
+            (None, None) => {}
+            _ => return Err(Error::msg(format!("parity: input {i} has a gradient on one device only"))),
+        }
+    }
+    Ok(())
+}
+
+fn compare(what: &str, cpu: &Tensor, gpu: &Tensor, scale: f64) -> Result<()> {
+    if cpu.shape() != gpu.shape() || cpu.dtype() != gpu.dtype() {
+        return Err(Error::msg(format!(
+            "parity: {what} is {:?} {:?} on the CPU but {:?} {:?} on CUDA",
+            cpu.dtype(),
+            cpu.dims(),
+            gpu.dtype(),
+            gpu.dims()
+        )));
+    }
+    let (atol, rtol) = parity_tolerance(cpu.dtype());
+    let (a, b) = (cpu.to_vec_f64()?, gpu.to_vec_f64()?);
+    let mut worst: Option<(f64, usize)> = None;
+    for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        if (x.is_nan() && y.is_nan()) || x == y {
+            continue;
+        }
+        let tol = scale * (atol + rtol * x.abs().max(y.abs()));
+        let excess = if (x - y).is_nan() { f64::INFINITY } else { (x - y).abs() / tol.max(f64::MIN_POSITIVE) };
+        if excess > 1.0 && worst.is_none_or(|(e, _)| excess > e) {
+            worst = Some((excess, i));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((_, i)) => Err(Error::msg(format!(
+            "parity failed: {what} ({:?}, shape {:?}) element {i}: CPU {:e} vs CUDA {:e}",
+            cpu.dtype(),
+            cpu.dims(),
+            a[i],
+            b[i]
+        ))),
+    }
+}

@@ -16,6 +16,8 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
+pub mod custom;
 pub mod data;
 mod device;
 mod dtype;

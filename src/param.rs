@@ -15,8 +15,8 @@
 //! ```
 
 use crate::{DType, Device, Error, Result, Shape, Tensor};
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 
 /// How a new parameter is filled (draws use the global seeded stream).
@@ -87,6 +87,7 @@ pub struct ParameterStore {
     index: HashMap<String, usize>,
 }
 
+/// The legacy format (read only): see `read_legacy`.
 const MAGIC: &[u8; 8] = b"TFPARAMS";
 const VERSION: u32 = 1;
 
@@ -174,88 +175,95 @@ impl ParameterStore {
         }
     }
 
-    /// Writes every parameter to `path` in a simple little-endian format: `TFPARAMS`,
-    /// version, count, then per parameter its name, dtype, shape and raw values.
-    /// f32 and f64 parameters are supported.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut buf = Vec::new();
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for (name, t) in &self.entries {
-            buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            buf.extend_from_slice(name.as_bytes());
-            let code: u8 = match t.dtype() {
-                DType::F32 => 0,
-                DType::F64 => 1,
-                d => return Err(Error::UnsupportedDType { op: "ParameterStore::save", dtype: d }),
-            };
-            buf.push(code);
-            buf.extend_from_slice(&(t.rank() as u32).to_le_bytes());
-            for &d in t.dims() {
-                buf.extend_from_slice(&(d as u64).to_le_bytes());
-            }
-            match code {
-                0 => t.to_vec::<f32>()?.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-                _ => t.to_vec::<f64>()?.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-            }
-        }
-        let mut f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
-        f.write_all(&buf).map_err(|e| io_err(path, e))
+    /// `(name, parameter)` pairs in creation order (detached: the values, not the variables).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.entries.iter().map(|(n, t)| (n.clone(), t.detach())).collect()
     }
 
-    /// Reads a file written by [`ParameterStore::save`]. A parameter that already exists is
-    /// overwritten in place (its shape must match), so optimizers and modules holding it see
-    /// the loaded values; others are created.
+    /// Writes every parameter to `path` as safetensors (any dtype, any device), so the file
+    /// opens in Python's `safetensors`/PyTorch too. The creation order is kept in the
+    /// metadata (safetensors itself sorts by name), so [`ParameterStore::load`] into an empty
+    /// store recreates the parameters in their original order.
+    ///
+    /// ```
+    /// use tensorforge::{Device, param::{Init, ParameterStore}};
+    /// let path = std::env::temp_dir().join(format!("tf-params-doc-{}.safetensors", std::process::id()));
+    /// let mut a = ParameterStore::new(Device::Cpu);
+    /// a.get_or_init("w", (2, 3), Init::Normal { mean: 0.0, std: 1.0 })?;
+    /// a.save(&path)?;
+    /// let mut b = ParameterStore::new(Device::Cpu);
+    /// b.load(&path)?;
+    /// assert_eq!(b.get("w").unwrap().to_vec2::<f32>()?, a.get("w").unwrap().to_vec2::<f32>()?);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let named = self.named_tensors();
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let meta = self.order_metadata();
+        crate::io::write_safetensors(path, &refs, Some(&meta))
+    }
+
+    /// The creation order as safetensors metadata (names joined by newlines; omitted when a
+    /// name contains one, and then loading falls back to sorted order).
+    pub(crate) fn order_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        if !self.entries.iter().any(|(n, _)| n.contains('\n')) {
+            m.insert(
+                ORDER_KEY.to_string(),
+                self.entries.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("\n"),
+            );
+        }
+        m
+    }
+
+    /// Reads a file written by [`ParameterStore::save`] (safetensors; also any other
+    /// safetensors file, and the version-1 `TFPARAMS` files of earlier releases). A parameter
+    /// that already exists is overwritten in place (its shape must match), so optimizers and
+    /// modules holding it see the loaded values; others are created. Every shape is checked
+    /// before anything is written, so a bad file leaves the store as it was.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let mut bytes = Vec::new();
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_err(path, e))?;
-        let mut r = Reader { b: &bytes, at: 0, path };
-        if r.take(8)? != MAGIC {
-            return Err(io_err(path, "not a tensorforge parameter file (bad magic)"));
-        }
-        let version = r.u32()?;
-        if version != VERSION {
-            return Err(io_err(path, format!("unsupported version {version}")));
-        }
-        let count = r.u32()?;
-        for _ in 0..count {
-            let len = r.u32()? as usize;
-            let name = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| io_err(path, "a name is not UTF-8"))?;
-            let code = r.take(1)?[0];
-            let rank = r.u32()? as usize;
-            if rank > crate::shape::MAX_DIMS {
-                return Err(io_err(path, format!("`{name}` has rank {rank}")));
+        let named = if bytes.starts_with(MAGIC) {
+            read_legacy(&bytes, path)?
+        } else {
+            let (named, meta) = crate::io::safetensors::from_safetensors_bytes_with_metadata(&bytes)
+                .map_err(|e| crate::io::with_path(path, e))?;
+            in_saved_order(named, &meta)
+        };
+        self.load_tensors(named)
+    }
+
+    /// Checks that every `(name, value)` can be loaded: existing names need the same shape.
+    pub(crate) fn check_tensors(&self, named: &[(String, Tensor)]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (name, t) in named {
+            if !seen.insert(name.as_str()) {
+                return Err(Error::msg(format!("ParameterStore::load: parameter `{name}` appears twice")));
             }
-            let dims = (0..rank).map(|_| r.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
-            let n = dims
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .ok_or_else(|| io_err(path, "shape overflows"))?;
-            let t = match code {
-                0 => {
-                    let raw = r.take(n.checked_mul(4).ok_or_else(|| io_err(path, "shape overflows"))?)?;
-                    let v = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-                    Tensor::from_vec::<f32>(v, dims, Device::Cpu)?
-                }
-                1 => {
-                    let raw = r.take(n.checked_mul(8).ok_or_else(|| io_err(path, "shape overflows"))?)?;
-                    let v = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-                    Tensor::from_vec::<f64>(v, dims, Device::Cpu)?
-                }
-                c => return Err(io_err(path, format!("`{name}` has unknown dtype code {c}"))),
-            };
+            if let Some(p) = self.get(name)
+                && p.shape() != t.shape()
+            {
+                return Err(Error::ShapeMismatch {
+                    op: "ParameterStore::load",
+                    lhs: p.shape().clone(),
+                    rhs: t.shape().clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads named values: existing parameters are overwritten in place, others created.
+    /// All shapes are checked first, so an `Err` leaves the store untouched.
+    pub fn load_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<()> {
+        self.check_tensors(&named)?;
+        for (name, t) in named {
             match self.get(&name) {
                 Some(p) => {
-                    if p.shape() != t.shape() {
-                        return Err(Error::ShapeMismatch {
-                            op: "ParameterStore::load",
-                            lhs: p.shape().clone(),
-                            rhs: t.shape().clone(),
-                        });
-                    }
                     let src = t.to_dtype(p.dtype())?.to_device(p.device())?;
                     src.storage().copy_strided(src.layout(), &mut p.storage_mut(), p.layout())?;
                 }
@@ -264,11 +272,72 @@ impl ParameterStore {
                 }
             }
         }
-        if r.at != bytes.len() {
-            return Err(io_err(path, "trailing bytes after the last parameter"));
-        }
         Ok(())
     }
+}
+
+/// Metadata key of the creation order in files written by [`ParameterStore::save`].
+const ORDER_KEY: &str = "tensorforge.parameter_order";
+
+/// `named` (sorted by name, as safetensors returns it) in the saved creation order when the
+/// metadata holds a permutation of the names; else unchanged.
+pub(crate) fn in_saved_order(
+    mut named: Vec<(String, Tensor)>,
+    meta: &BTreeMap<String, String>,
+) -> Vec<(String, Tensor)> {
+    let Some(order) = meta.get(ORDER_KEY) else { return named };
+    let order: Vec<&str> = order.split('\n').collect();
+    let pos: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    if pos.len() != named.len() || named.iter().any(|(n, _)| !pos.contains_key(n.as_str())) {
+        return named;
+    }
+    named.sort_by_key(|(n, _)| pos[n.as_str()]);
+    named
+}
+
+/// The version-1 `TFPARAMS` format of earlier releases: magic, version, count, then per
+/// parameter its name, dtype code (0 f32, 1 f64), rank, dims and raw little-endian values.
+fn read_legacy(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut r = Reader { b: bytes, at: 0, path };
+    if r.take(8)? != MAGIC {
+        return Err(io_err(path, "not a tensorforge parameter file (bad magic)"));
+    }
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(io_err(path, format!("unsupported version {version}")));
+    }
+    let count = r.u32()?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let len = r.u32()? as usize;
+        let name = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| io_err(path, "a name is not UTF-8"))?;
+        let code = r.take(1)?[0];
+        let rank = r.u32()? as usize;
+        if rank > crate::shape::MAX_DIMS {
+            return Err(io_err(path, format!("`{name}` has rank {rank}")));
+        }
+        let dims = (0..rank).map(|_| r.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+        let n =
+            dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| io_err(path, "shape overflows"))?;
+        let t = match code {
+            0 => {
+                let raw = r.take(n.checked_mul(4).ok_or_else(|| io_err(path, "shape overflows"))?)?;
+                let v = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                Tensor::from_vec::<f32>(v, dims, Device::Cpu)?
+            }
+            1 => {
+                let raw = r.take(n.checked_mul(8).ok_or_else(|| io_err(path, "shape overflows"))?)?;
+                let v = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                Tensor::from_vec::<f64>(v, dims, Device::Cpu)?
+            }
+            c => return Err(io_err(path, format!("`{name}` has unknown dtype code {c}"))),
+        };
+        out.push((name, t));
+    }
+    if r.at != bytes.len() {
+        return Err(io_err(path, "trailing bytes after the last parameter"));
+    }
+    Ok(out)
 }
 
 struct Reader<'a> {

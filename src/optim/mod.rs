@@ -36,6 +36,47 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f64);
     /// The parameters being optimized.
     fn parameters(&self) -> &[Tensor];
+
+    /// A copy of the optimizer's state (step counts, moment buffers, learning rate), for
+    /// checkpoints ([`crate::checkpoint`]). The default says the optimizer cannot export it.
+    fn state(&self) -> Result<OptimizerState> {
+        Err(Error::msg("this optimizer does not support exporting its state"))
+    }
+    /// Restores a state from [`Optimizer::state`] of the same kind of optimizer over
+    /// parameters of the same shapes; everything is checked before anything changes.
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        let _ = state;
+        Err(Error::msg("this optimizer does not support loading a state"))
+    }
+}
+
+/// An optimizer's state, as [`Optimizer::state`] exports it: what a resumed run needs to
+/// continue exactly where it stopped.
+///
+/// ```
+/// use tensorforge::{Tensor, Device, optim::{Adam, AdamConfig, Optimizer}};
+/// let w = Tensor::from_vec(vec![1.0f32, -2.0], 2, Device::Cpu)?.requires_grad();
+/// let mut opt = Adam::new(vec![w.clone()], AdamConfig::default())?;
+/// w.sqr()?.sum_all()?.backward()?;
+/// opt.step()?;
+/// let s = opt.state()?;
+/// assert_eq!((s.kind.as_str(), s.steps[0], s.buffers[0].len()), ("Adam", 1, 2)); // m and v
+/// let mut again = Adam::new(vec![w.clone()], AdamConfig::default())?;
+/// again.load_state(&s)?;
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct OptimizerState {
+    /// The optimizer's type name (`Sgd`, `Adam`, `AdamW`, `RmsProp`, `Adagrad`); loading
+    /// into another kind is an error.
+    pub kind: String,
+    /// The learning rate at export (a schedule may have changed it).
+    pub lr: f64,
+    /// Updates applied so far, per parameter (Adam's bias correction depends on it).
+    pub steps: Vec<u64>,
+    /// The state buffers of each parameter (e.g. Adam's first and second moments), each of
+    /// the parameter's shape; empty before a parameter's first update.
+    pub buffers: Vec<Vec<Tensor>>,
 }
 
 /// Parameters with their lazily created state buffers and per-parameter step counts: the
@@ -58,6 +99,57 @@ impl ParamState {
         }
         let n = params.len();
         Ok(ParamState { params, state: vec![Vec::new(); n], steps: vec![0; n] })
+    }
+
+    /// Copies of the steps and buffers (the live ones are updated in place by later steps).
+    pub(crate) fn export(&self, kind: &str, lr: f64) -> Result<OptimizerState> {
+        let buffers = self
+            .state
+            .iter()
+            .map(|bs| bs.iter().map(|b| Ok(b.copy()?.detach())).collect::<Result<Vec<_>>>())
+            .collect::<Result<_>>()?;
+        Ok(OptimizerState { kind: kind.to_string(), lr, steps: self.steps.clone(), buffers })
+    }
+
+    /// Validates `s` against the parameters, then replaces steps and buffers.
+    pub(crate) fn import(&mut self, kind: &str, s: &OptimizerState) -> Result<()> {
+        if s.kind != kind {
+            return Err(Error::msg(format!("optimizer state is for {}, not {kind}", s.kind)));
+        }
+        let n = self.params.len();
+        if s.steps.len() != n || s.buffers.len() != n {
+            return Err(Error::msg(format!(
+                "optimizer state covers {} parameters ({} buffer lists), the optimizer has {n}",
+                s.steps.len(),
+                s.buffers.len()
+            )));
+        }
+        if !(s.lr >= 0.0 && s.lr.is_finite()) {
+            return Err(Error::msg(format!("optimizer state has an invalid learning rate {}", s.lr)));
+        }
+        let mut state = Vec::with_capacity(n);
+        for (i, (p, bs)) in self.params.iter().zip(&s.buffers).enumerate() {
+            let mut fresh = Vec::with_capacity(bs.len());
+            for b in bs {
+                if b.shape() != p.shape() {
+                    return Err(Error::ShapeMismatch {
+                        op: "Optimizer::load_state (state buffer)",
+                        lhs: p.shape().clone(),
+                        rhs: b.shape().clone(),
+                    });
+                }
+                if !b.dtype().is_float() {
+                    return Err(Error::msg(format!("optimizer state of parameter {i} is {:?}", b.dtype())));
+                }
+                // A fresh buffer of the parameter's dtype and device: the fused step updates it
+                // in place.
+                fresh.push(no_grad(|| b.to_dtype(p.dtype())?.to_device(p.device())?.copy())?.detach());
+            }
+            state.push(fresh);
+        }
+        self.state = state;
+        self.steps = s.steps.clone();
+        Ok(())
     }
 
     pub(crate) fn zero_grad(&self) {

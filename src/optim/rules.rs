@@ -1,6 +1,6 @@
 //! The optimizers: thin configs over [`OptimRule`], the fused kernel's update rules.
 
-use super::{Optimizer, ParamState};
+use super::{Optimizer, OptimizerState, ParamState};
 use crate::backend::OptimRule;
 use crate::{Error, Result, Tensor};
 
@@ -26,6 +26,16 @@ macro_rules! optimizer_impl {
             }
             fn parameters(&self) -> &[Tensor] {
                 &self.ps.params
+            }
+            fn state(&self) -> Result<OptimizerState> {
+                self.ps.export(stringify!($ty), self.cfg.lr)
+            }
+            fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+                self.ps.import(stringify!($ty), state)?;
+                // The saved rate, so a resumed run continues exactly (a schedule overrides it
+                // at its next step anyway).
+                self.cfg.lr = state.lr;
+                Ok(())
             }
         }
     };

@@ -121,18 +121,37 @@ pub(crate) fn module_ptx(module: &str, arch: &str) -> Result<String> {
         .find(|(name, _)| *name == module)
         .map(|(_, s)| expanded_source(s))
         .ok_or_else(|| Error::msg(format!("unknown kernel module {module}")))?;
+    cached_ptx(module, module, &src, arch)
+}
+
+/// PTX of a user-supplied source (a [`CustomOp`](crate::custom::CustomOp)'s CUDA code) for
+/// `arch`, through the same splicing of `abi.h` / `common.cuh`, options and disk cache as the
+/// built-in families. The cache key hashes the source, so editing it recompiles.
+pub(crate) fn user_ptx(name: &str, src: &str, arch: &str) -> Result<String> {
+    check_arch(arch)?;
+    // The name only labels the cache file and the error; keep it to a safe file-name alphabet.
+    let label: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
+    cached_ptx(name, &format!("user-{label}"), &expanded_source(src), arch)
+}
+
+/// A stable key of a user source, for the per-device module table.
+pub(crate) fn source_key(name: &str, src: &str) -> u64 {
+    fnv1a(&[name.as_bytes(), src.as_bytes()])
+}
+
+fn cached_ptx(module: &str, file_label: &str, src: &str, arch: &str) -> Result<String> {
     let (major, minor) = nvrtc_version()?;
     let opts = compile_options(arch).join(" ");
     let version = format!("{major}.{minor}");
     let key = fnv1a(&[src.as_bytes(), opts.as_bytes(), version.as_bytes()]);
-    let file = cache_dir().map(|d| d.join(format!("{module}-{arch}-{key:016x}.ptx")));
+    let file = cache_dir().map(|d| d.join(format!("{file_label}-{arch}-{key:016x}.ptx")));
     if let Some(f) = &file
         && let Ok(ptx) = std::fs::read_to_string(f)
         && ptx.contains(".entry")
     {
         return Ok(ptx);
     }
-    let ptx = nvrtc_compile(module, &src, arch)?;
+    let ptx = nvrtc_compile(module, src, arch)?;
     if let Some(f) = &file {
         // Write-then-rename so a concurrent reader never sees half a file.
         let tmp = f.with_extension(format!("tmp{}", std::process::id()));

@@ -61,6 +61,9 @@ pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// Kernels of user sources (custom ops), by (source key, kernel name): user modules are
+    /// not `'static`, so they get their own table keyed by a hash of name and source.
+    user_functions: Mutex<HashMap<(u64, String), CudaFunction>>,
     pool: Mutex<Pool>,
     in_use: AtomicUsize,
     sm_count: u32,
@@ -126,6 +129,7 @@ impl CudaDevice {
             stream,
             modules: Mutex::default(),
             functions: Mutex::default(),
+            user_functions: Mutex::default(),
             pool: Mutex::default(),
             in_use: AtomicUsize::new(0),
             sm_count: sm_count.max(1) as u32,
@@ -251,8 +255,14 @@ impl CudaDevice {
         if let Some(m) = modules.get(name) {
             return Ok(m.clone());
         }
-        let ptx = compile::module_ptx(name, &self.arch)?;
-        let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
+        let m = self.load_ptx(name, compile::module_ptx(name, &self.arch)?)?;
+        modules.insert(name, m.clone());
+        Ok(m)
+    }
+
+    /// Loads PTX into this context, explaining the one failure users hit in practice.
+    fn load_ptx(&self, name: &str, ptx: String) -> Result<Arc<CudaModule>> {
+        self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
             if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
                 let mut v = 0;
                 // SAFETY: the driver is loaded (a context exists); `v` is valid for writes.
@@ -270,9 +280,7 @@ impl CudaDevice {
             } else {
                 driver_err("load_module", e)
             }
-        })?;
-        modules.insert(name, m.clone());
-        Ok(m)
+        })
     }
 
     fn function(&self, module: &'static str, kernel: &str) -> Result<CudaFunction> {
@@ -302,7 +310,56 @@ impl CudaDevice {
     /// Queues `module::kernel` with `args` (by value, in order).
     pub(crate) fn launch(&self, module: &'static str, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.function(module, kernel)?;
-        let mut b = self.stream.launch_builder(&f);
+        // SAFETY: every kernel's parameter list matches what its caller pushes (checked by the
+        // CUDA parity tests); pointers are live blocks sized for the launch.
+        unsafe { self.launch_function(&f, module, kernel, cfg, args) }
+    }
+
+    /// Queues `kernel` of a user source `name` (compiled by NVRTC on first use through the
+    /// same header splicing and disk cache as the built-in families, then kept per device).
+    ///
+    /// # Safety
+    /// The kernel's parameter list must match `args`, and it must only touch the memory
+    /// those pointers cover: the driver cannot check either.
+    pub(crate) unsafe fn launch_user(
+        &self,
+        name: &str,
+        source: &str,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
+        let key = (compile::source_key(name, source), kernel.to_string());
+        let cached = self.user_functions.lock().map_err(|_| Error::msg("function table poisoned"))?.get(&key).cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let m = self.load_ptx(name, compile::user_ptx(name, source, &self.arch)?)?;
+                let f = m.load_function(kernel).map_err(|e| Error::Cuda {
+                    op: "load_function",
+                    msg: format!(
+                        "{name}: no kernel `{kernel}` in the CUDA source ({e:?}); is it declared extern \"C\"?"
+                    ),
+                })?;
+                self.user_functions.lock().map_err(|_| Error::msg("function table poisoned"))?.insert(key, f.clone());
+                f
+            }
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.launch_function(&f, name, kernel, cfg, args) }
+    }
+
+    /// # Safety
+    /// `args` must match `f`'s parameter list; pointers must be live blocks sized for the launch.
+    unsafe fn launch_function(
+        &self,
+        f: &CudaFunction,
+        module: &str,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
+        let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
                 Arg::Ptr(x) | Arg::U64(x) => b.arg(x),
@@ -316,8 +373,7 @@ impl CudaDevice {
                 Arg::Window(x) => b.arg(x),
             };
         }
-        // SAFETY: every kernel's parameter list matches what its caller pushes (checked by the
-        // CUDA parity tests); pointers are live blocks sized for the launch.
+        // SAFETY: guaranteed by the caller (see above).
         unsafe { b.launch(cfg) }
             .map_err(|e| Error::Cuda { op: "launch", msg: format!("{module}::{kernel}: {e:?}") })?;
         Ok(())

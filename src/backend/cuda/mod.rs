@@ -8,10 +8,10 @@
 
 #[allow(clippy::all, missing_docs)]
 pub mod abi;
-mod compile;
+pub(crate) mod compile;
 mod conv;
 mod ctc;
-mod device;
+pub(crate) mod device;
 mod elementwise;
 mod index;
 mod matmul;
