@@ -6,7 +6,7 @@
 //!     [--resume] [--stop-after E]
 //! ```
 //!
-//! Writes `loss.png` (the loss curve) and `model.tfps` (the trained parameters) to `--out`
+//! Writes `loss.png` (the loss curve) and `model.safetensors` (the trained parameters, loadable by numpy and PyTorch) to `--out`
 //! (default `target/train_digits/`) and ends with the line `test accuracy: <fraction>`.
 //!
 //! At the end of every epoch it writes `checkpoint.safetensors` to `--out` (parameters,
@@ -303,7 +303,7 @@ fn run(args: &Args) -> Result<()> {
         context: format!("creating {}", args.out.display()),
         msg: e.to_string(),
     })?;
-    let params = args.out.join("model.tfps");
+    let params = args.out.join("model.safetensors");
     store.save(&params)?;
     let png = args.out.join("loss.png");
     let image = plot::loss_curve(&step_losses, &epoch_curves);

@@ -230,7 +230,7 @@ fn store_shares_parameters_by_name() {
 fn store_save_load_roundtrip() {
     let dir = std::env::temp_dir().join(format!("tensorforge-param-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("p.tfps");
+    let path = dir.join("p.safetensors");
     let mut s = ParameterStore::new(Device::Cpu);
     let l = Linear::from_store(&mut s, "fc", 5, 3).unwrap();
     let mut s64 = ParameterStore::with_dtype(Device::Cpu, DType::F64);
@@ -253,7 +253,7 @@ fn store_save_load_roundtrip() {
     assert!(l2.weight().is_variable());
 
     // f64 too; a shape clash and a corrupt file are errors.
-    let p64 = dir.join("p64.tfps");
+    let p64 = dir.join("p64.safetensors");
     s64.save(&p64).unwrap();
     let mut back = ParameterStore::with_dtype(Device::Cpu, DType::F64);
     back.load(&p64).unwrap();
