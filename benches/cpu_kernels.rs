@@ -70,7 +70,7 @@ fn conv(c: &mut Criterion) {
     let x = randn((32, 64, 32, 32));
     let w = randn((64, 64, 3, 3));
     let opt = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
-    g.throughput(Throughput::Elements((2 * 32 * 64 * 64 * 9 * 32 * 32) as u64));
+    g.throughput(Throughput::Elements(2 * 32 * 64 * 64 * 9 * 32 * 32_u64));
     g.bench_function("conv2d_n32_c64_32x32_k64_3x3_p1", |b| b.iter(|| black_box(x.conv2d(&w, None, opt).unwrap())));
     g.throughput(Throughput::Bytes((4 * 32 * 64 * 32 * 32) as u64));
     g.bench_function("max_pool2d_2x2_n32_c64_32x32", |b| {
