@@ -28,8 +28,11 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
         let mb = MatRef { data: b, offset: bb.offset_of(i), row_stride: brs, col_stride: bcs };
         gemm(m, n, k, ma, mb, c, parallel);
     };
-    // Many small products: one thread per product. Few large ones: threads inside GEMM.
-    if batches > 1 && m * n * k < (1 << 21) && batches * m * n * k >= PAR_THRESHOLD {
+    // Enough products to keep every thread busy (or small ones): one thread per product,
+    // which avoids splitting thin matrices (conv's 64×L per image) across threads. Few large
+    // products: threads inside the GEMM.
+    let many = batches >= 2 * rayon::current_num_threads();
+    if batches > 1 && (many || m * n * k < (1 << 21)) && batches * m * n * k >= PAR_THRESHOLD {
         out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
     } else {
         out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
