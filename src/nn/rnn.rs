@@ -385,6 +385,33 @@ macro_rules! seq_layer_common {
     };
 }
 
+/// `new` / `from_store` / `from_tensors` for the layers whose cell kind has no options.
+macro_rules! gated_layer_constructors {
+    ($ty:ident, $kind:ident) => {
+        impl $ty {
+            /// A fresh f32 layer, initialized like PyTorch from the global seeded stream.
+            pub fn new(input_size: usize, hidden_size: usize, opts: RnnOptions, device: Device) -> Result<$ty> {
+                let mut store = ParameterStore::new(device);
+                $ty::from_store(&mut store, "", input_size, hidden_size, opts)
+            }
+            /// A layer whose weights live in `store` under `prefix` (see [`RNN::from_store`]).
+            pub fn from_store(
+                store: &mut ParameterStore,
+                prefix: &str,
+                input_size: usize,
+                hidden_size: usize,
+                opts: RnnOptions,
+            ) -> Result<$ty> {
+                Ok($ty(Stack::from_store(CellKind::$kind, store, prefix, input_size, hidden_size, opts)?))
+            }
+            /// A layer over given tensors (see [`RNN::from_tensors`]).
+            pub fn from_tensors(opts: RnnOptions, params: &[Tensor]) -> Result<$ty> {
+                Ok($ty(Stack::from_tensors(CellKind::$kind, opts, params)?))
+            }
+        }
+    };
+}
+
 /// A multi-layer Elman RNN: `h_t = act(W_ih·x_t + b_ih + W_hh·h_{t−1} + b_hh)`.
 ///
 /// Input `[T, N, I]` (or `[N, T, I]` with `batch_first`); output `[T, N, D·H]` (the last
@@ -435,27 +462,9 @@ impl RNN {
 #[derive(Clone)]
 pub struct LSTM(Stack);
 seq_layer_common!(LSTM);
+gated_layer_constructors!(LSTM, Lstm);
 
 impl LSTM {
-    /// A fresh f32 layer, initialized like PyTorch from the global seeded stream.
-    pub fn new(input_size: usize, hidden_size: usize, opts: RnnOptions, device: Device) -> Result<LSTM> {
-        let mut store = ParameterStore::new(device);
-        LSTM::from_store(&mut store, "", input_size, hidden_size, opts)
-    }
-    /// A layer whose weights live in `store` under `prefix` (see [`RNN::from_store`]).
-    pub fn from_store(
-        store: &mut ParameterStore,
-        prefix: &str,
-        input_size: usize,
-        hidden_size: usize,
-        opts: RnnOptions,
-    ) -> Result<LSTM> {
-        Ok(LSTM(Stack::from_store(CellKind::Lstm, store, prefix, input_size, hidden_size, opts)?))
-    }
-    /// A layer over given tensors (see [`RNN::from_tensors`]).
-    pub fn from_tensors(opts: RnnOptions, params: &[Tensor]) -> Result<LSTM> {
-        Ok(LSTM(Stack::from_tensors(CellKind::Lstm, opts, params)?))
-    }
     /// Runs the sequence from `(h0, c0)` (each `[L·D, N, H]`, zeros when `None`); returns the
     /// outputs and the final `(h_n, c_n)`.
     pub fn forward_with_state(
@@ -473,27 +482,9 @@ impl LSTM {
 #[derive(Clone)]
 pub struct GRU(Stack);
 seq_layer_common!(GRU);
+gated_layer_constructors!(GRU, Gru);
 
 impl GRU {
-    /// A fresh f32 layer, initialized like PyTorch from the global seeded stream.
-    pub fn new(input_size: usize, hidden_size: usize, opts: RnnOptions, device: Device) -> Result<GRU> {
-        let mut store = ParameterStore::new(device);
-        GRU::from_store(&mut store, "", input_size, hidden_size, opts)
-    }
-    /// A layer whose weights live in `store` under `prefix` (see [`RNN::from_store`]).
-    pub fn from_store(
-        store: &mut ParameterStore,
-        prefix: &str,
-        input_size: usize,
-        hidden_size: usize,
-        opts: RnnOptions,
-    ) -> Result<GRU> {
-        Ok(GRU(Stack::from_store(CellKind::Gru, store, prefix, input_size, hidden_size, opts)?))
-    }
-    /// A layer over given tensors (see [`RNN::from_tensors`]).
-    pub fn from_tensors(opts: RnnOptions, params: &[Tensor]) -> Result<GRU> {
-        Ok(GRU(Stack::from_tensors(CellKind::Gru, opts, params)?))
-    }
     /// Runs the sequence from `h0` (zeros when `None`); returns the outputs and `h_n`.
     pub fn forward_with_state(&self, x: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let (y, h, _) = self.0.run(x, h0, None)?;

@@ -161,13 +161,19 @@ fn check_pair(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: &'
     Ok(())
 }
 
-pub(super) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
-    check_pair(a, la, b, lb, op.name())?;
-    if op == BinaryOp::Pow && !a.dtype.is_float() {
-        return Err(Error::UnsupportedDType { op: "pow", dtype: a.dtype });
-    }
-    let (ta, tb) = (a.abi_layout(la, op.name())?, b.abi_layout(lb, op.name())?);
-    with_output(a, la, a.dtype, |out, n| {
+/// Launches `binary.cu::{kernel}_{dtype}` over two views of one shape with an op code.
+fn launch_pair(
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+    out_dtype: DType,
+    (kernel, code): (&str, u32),
+    op: &'static str,
+) -> Result<CudaStorage> {
+    check_pair(a, la, b, lb, op)?;
+    let (ta, tb) = (a.abi_layout(la, op)?, b.abi_layout(lb, op)?);
+    with_output(a, la, out_dtype, |out, n| {
         let args = [
             Arg::Ptr(a.ptr()),
             Arg::Layout(ta),
@@ -175,27 +181,21 @@ pub(super) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout,
             Arg::Layout(tb),
             Arg::Ptr(out.ptr()),
             Arg::U64(n as u64),
-            Arg::U32(binary_code(op)),
+            Arg::U32(code),
         ];
-        a.dev().launch("binary", &format!("binary_{}", a.dtype.as_str()), a.dev().grid_1d(n), &args)
+        a.dev().launch("binary", &format!("{kernel}_{}", a.dtype.as_str()), a.dev().grid_1d(n), &args)
     })
 }
 
+pub(super) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
+    if op == BinaryOp::Pow && !a.dtype.is_float() {
+        return Err(Error::UnsupportedDType { op: "pow", dtype: a.dtype });
+    }
+    launch_pair(a, la, b, lb, a.dtype, ("binary", binary_code(op)), op.name())
+}
+
 pub(super) fn cmp(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: CmpOp) -> Result<CudaStorage> {
-    check_pair(a, la, b, lb, op.name())?;
-    let (ta, tb) = (a.abi_layout(la, op.name())?, b.abi_layout(lb, op.name())?);
-    with_output(a, la, DType::U8, |out, n| {
-        let args = [
-            Arg::Ptr(a.ptr()),
-            Arg::Layout(ta),
-            Arg::Ptr(b.ptr()),
-            Arg::Layout(tb),
-            Arg::Ptr(out.ptr()),
-            Arg::U64(n as u64),
-            Arg::U32(cmp_code(op)),
-        ];
-        a.dev().launch("binary", &format!("cmp_{}", a.dtype.as_str()), a.dev().grid_1d(n), &args)
-    })
+    launch_pair(a, la, b, lb, DType::U8, ("cmp", cmp_code(op)), op.name())
 }
 
 pub(super) fn where_cond(
