@@ -143,7 +143,13 @@ pub fn exp_f32(x: f32) -> f32 {
     const HI: f32 = 88.722_84;
     const LO: f32 = -87.336_55;
     let xc = x.clamp(LO, HI);
-    let n = (xc * std::f32::consts::LOG2_E).round_ties_even();
+    // Adding 1.5·2²³ rounds to the nearest integer (ties to even) and leaves that integer in
+    // the low mantissa bits, so n comes out as a float and as an i32 without a float→int
+    // conversion (Rust's `as i32` saturates and checks NaN, which the vectorizer turns into
+    // per-lane scalar code).
+    const ROUND: f32 = 12_582_912.0;
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -152,7 +158,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let er = p * r * r + r + 1.0;
-    let ni = n as i32;
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let h = ni >> 1;
     let s1 = f32::from_bits(((h + 127) << 23) as u32);
     let s2 = f32::from_bits(((ni - h + 127) << 23) as u32);
