@@ -211,6 +211,15 @@ impl Storage {
             (a, b) => Err(mismatch("matmul", a.device(), b.device())),
         }
     }
+    pub fn conv2d(&self, l: &Layout, w: &Storage, wl: &Layout, window: &Window2d) -> Result<Storage> {
+        match (self, w) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.conv2d(l, b, wl, window)?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.conv2d(l, b, wl, window)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
+        }
+    }
     pub fn where_cond(&self, l: &Layout, t: &Storage, tl: &Layout, f: &Storage, fl: &Layout) -> Result<Storage> {
         match (self, t, f) {
             (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(m.where_cond(l, t, tl, f, fl)?)),

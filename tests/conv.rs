@@ -66,15 +66,20 @@ fn conv2d_matches_direct_loops() -> Result<()> {
         ((1, 1), (1, 1), (1, 1), 2, true),
         ((3, 2), (1, 2), (1, 2), 4, false),
     ];
-    for (stride, padding, dilation, groups, with_bias) in configs {
-        let (n, cin, h, w, cout, kh, kw) = (2, 4, 7, 6, 8, 3, 2);
+    // The small size fits one register panel; the large one spans several panels and more
+    // than one depth block of the packed product (K = 48·9 = 432 at one group).
+    let sizes = [(2, 4, 7, 6, 8, 3, 2), (3, 48, 19, 23, 12, 3, 3)];
+    for ((stride, padding, dilation, groups, with_bias), (n, cin, h, w, cout, kh, kw)) in
+        configs.into_iter().flat_map(|c| sizes.map(|s| (c, s)))
+    {
         let x = Img { n, c: cin, h, w, v: values(&mut rng, n * cin * h * w, DType::F64, -1.0, 1.0) };
         let ws = [cout, cin / groups, kh, kw];
         let wv = values(&mut rng, ws.iter().product(), DType::F64, -1.0, 1.0);
         let bv = values(&mut rng, cout, DType::F64, -1.0, 1.0);
         let opt = Conv2dOptions { stride, padding, dilation, groups };
         let (shape, want) = conv_ref(&x, &wv, ws, with_bias.then_some(&bv[..]), opt);
-        let xt = tensor(&x.v, &[n, cin, h, w]);
+        // A strided view of the same image, to cover the non-contiguous input path too.
+        let xt = tensor(&x.v, &[n, cin, h, w]).transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
         let bt = tensor(&bv, &[cout]);
         for dtype in [DType::F64, DType::F32] {
             let got = xt.to_dtype(dtype)?.conv2d(

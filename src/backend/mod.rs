@@ -145,6 +145,10 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Unfolds sliding windows of `[N, C, H, W]` into columns `[N, C·kh·kw, OH·OW]` (row
     /// `(c·kh + i)·kw + j`, column `oy·OW + ox`); positions in the padding read `pad_value`.
     fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self>;
+    /// Convolution (cross-correlation, one group) of `[N, C, H, W]` with `weight`
+    /// `[Cout, C, kh, kw]` over `window`, giving `[N, Cout, OH, OW]`: the product of the weight
+    /// with `im2col`'s columns, which a backend need not write out.
+    fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self>;
     /// The adjoint of `im2col`: folds columns `[N, C·kh·kw, OH·OW]` back into `[N, C, H, W]`,
     /// summing where windows overlap and dropping the padding.
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self>;

@@ -51,6 +51,43 @@ impl Operation for Col2Im {
     }
 }
 
+/// One group's convolution `[N, C, H, W]` ⊛ `[Cout, C, kh, kw]` → `[N, Cout, OH, OW]`: the
+/// weight times im2col's columns, which the backend may pack without writing them out. The
+/// backward is the same product's two adjoints, through im2col and col2im.
+pub struct Conv2d {
+    pub window: Window2d,
+}
+
+impl Operation for Conv2d {
+    fn name(&self) -> &str {
+        "conv2d"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (x, w) = (x[0], x[1]);
+        super::same_device("conv2d", &[x, w])?;
+        super::same_dtype("conv2d", x, w)?;
+        let s = x.storage().conv2d(x.layout(), &w.storage(), w.layout(), &self.window)?;
+        let d = x.dims();
+        let (oh, ow) = self.window.output_size(d[2], d[3]).expect("checked by the kernel");
+        Ok(Tensor::from_contiguous(s, (d[0], w.dims()[0], oh, ow)))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let (x, w) = (&x[0], &x[1]);
+        let (d, cout) = (x.dims(), w.dims()[0]);
+        let g = g.reshape((d[0], cout, g.dims()[2] * g.dims()[3]))?; // [N, Cout, L]
+        let w2 = w.reshape((cout, w.elem_count() / cout))?; // [Cout, K]
+        if x.tracks_grad() {
+            grads.accumulate(x, w2.t()?.matmul(&g)?.col2im(self.window, d[2], d[3])?)?;
+        }
+        if w.tracks_grad() {
+            let cols = x.im2col(self.window, 0.0)?; // [N, K, L]
+            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum(&[0])?;
+            grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Stride, padding, dilation and groups of a convolution (PyTorch's defaults: 1, 0, 1, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dOptions {
@@ -122,15 +159,19 @@ impl Tensor {
                 msg: format!("window {window:?} does not fit {:?}", self.shape()),
             });
         };
-        let (cout_g, k) = (cout / g, cin_g * kh * kw);
-        let mut outs = Vec::with_capacity(g);
-        for gi in 0..g {
-            let xg = if g == 1 { self.clone() } else { self.narrow(1, gi * cin_g, cin_g)? };
-            let cols = xg.im2col(window, 0.0)?; // [N, K, L]
-            let wg = if g == 1 { weight.clone() } else { weight.narrow(0, gi * cout_g, cout_g)? };
-            outs.push(wg.reshape((cout_g, k))?.matmul(&cols)?); // [N, Cout/g, L]
-        }
-        let y = Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?.reshape((n, cout, oh, ow))?;
+        let y = if g == 1 {
+            apply(Conv2d { window }, &[self, weight])?
+        } else {
+            let cout_g = cout / g;
+            let outs = (0..g)
+                .map(|gi| {
+                    let xg = self.narrow(1, gi * cin_g, cin_g)?;
+                    apply(Conv2d { window }, &[&xg, &weight.narrow(0, gi * cout_g, cout_g)?])
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?
+        };
+        debug_assert_eq!(y.dims(), &[n, cout, oh, ow]);
         match bias {
             Some(b) => y.add(&b.reshape((1, cout, 1, 1))?),
             None => Ok(y),

@@ -53,6 +53,20 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Tensor(Arc<Inner>);
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last tensor viewing a host buffer hands it to the buffer cache, so the next
+        // tensor of that size skips the system allocator's fresh (page-faulting) mapping.
+        if let Some(shared) = Arc::get_mut(&mut self.storage) {
+            let storage = shared.get_mut().unwrap_or_else(|e| e.into_inner());
+            #[allow(irrefutable_let_patterns)] // without the `cuda` feature there is one variant
+            if let Storage::Cpu(cpu) = storage {
+                crate::backend::cpu::pool::recycle(std::mem::replace(cpu, CpuStorage::U8(Vec::new())));
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves the data intact; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -264,7 +264,14 @@ pub fn where_cond(
     let CpuStorage::U8(m) = mask else {
         return Err(Error::UnsupportedDType { op: "where (mask must be u8)", dtype: mask.dtype() });
     };
-    fn go<T: Copy + Send + Sync>(m: &[u8], lm: &Layout, t: &[T], lt: &Layout, f: &[T], lf: &Layout) -> Vec<T> {
+    fn go<T: Copy + Send + Sync + 'static>(
+        m: &[u8],
+        lm: &Layout,
+        t: &[T],
+        lt: &Layout,
+        f: &[T],
+        lf: &Layout,
+    ) -> Vec<T> {
         // Pick from `t` first, then overwrite where the mask is 0: two streaming passes that
         // reuse the vectorized zip instead of a three-way strided walk.
         let picked_t = zip(m, lm, t, lt, |c, x| (c, x));

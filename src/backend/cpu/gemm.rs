@@ -116,6 +116,26 @@ impl<T: Copy> MatRef<'_, T> {
     }
 }
 
+/// The B operand as the packed GEMM reads it: in `kb × nb` blocks, packed into `nr`-wide
+/// micro-panels. A strided matrix is one kind; conv's implicit im2col matrix, packed straight
+/// from the image, is another, so the columns are never written out whole.
+pub trait PackB<T>: Sync {
+    /// Packs `B[pc..pc+kb, jc..jc+nb]` into `nr`-wide micro-panels (row `p` of panel `q` at
+    /// `q*kb*nr + p*nr`), zero-padding the last panel's missing columns.
+    ///
+    /// # Safety
+    /// The block lies inside the `k × n` shape the operand was built or checked for, and `dst`
+    /// holds `nb.div_ceil(nr) * kb * nr` elements.
+    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]);
+}
+
+impl<T: GemmElem> PackB<T> for MatRef<'_, T> {
+    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_b(self, pc, kb, jc, nb, nr, dst) }
+    }
+}
+
 /// Panics unless every element of a `rows × cols` view lies inside `data`;
 /// after this, unchecked accesses to the view are sound.
 fn check_operand<T>(x: &MatRef<'_, T>, rows: usize, cols: usize, name: &str) {
@@ -230,6 +250,49 @@ fn gemm_with<T: GemmElem>(
         return;
     }
 
+    packed(opts, m, n, k, a, &b, c, parallel);
+}
+
+/// `C = A·B` (overwriting `c`, row-major `m × n`) for any packable B: the packed path only, so
+/// tiny products pay for packing. The caller guarantees B's `k × n` shape is in bounds.
+///
+/// # Panics
+/// If `c.len() != m*n` or A reaches outside its `data`.
+pub fn gemm_packed<T: GemmElem, B: PackB<T>>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<T>,
+    b: &B,
+    c: &mut [T],
+    parallel: bool,
+) {
+    assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(T::ZERO);
+        return;
+    }
+    check_operand(&a, m, k, "a");
+    packed(Opts::DEFAULT, m, n, k, a, b, c, parallel);
+}
+
+/// The packed, optionally threaded product behind [`gemm`] and [`gemm_packed`]; operands are
+/// checked and `m, n, k > 0`.
+#[allow(clippy::too_many_arguments)]
+fn packed<T: GemmElem, B: PackB<T>>(
+    opts: Opts,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<T>,
+    b: &B,
+    c: &mut [T],
+    parallel: bool,
+) {
+    let mnk = m.saturating_mul(n).saturating_mul(k);
     let mut kern = T::kernel(usable_isa(opts.isa));
     if let Some((kc, nc)) = opts.blocking {
         kern.kc = kc.max(1);
@@ -242,7 +305,7 @@ fn gemm_with<T: GemmElem>(
         // SAFETY: operands were bounds-checked, `c` holds m*n elements and the
         // tasks cover disjoint rectangles of it, so no two threads write the
         // same element.
-        unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, &a, &b, cptr.get(), n) };
+        unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, &a, b, cptr.get(), n) };
     };
     let (first, rest) = tasks.split_first().expect("partition yields at least one task");
     if rest.is_empty() {
@@ -434,7 +497,7 @@ fn with_pack_buf<T: GemmElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R
 /// points to a row-major matrix with leading dimension `ldc` containing the
 /// rectangle, and no other thread accesses that rectangle meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rect<T: GemmElem>(
+unsafe fn gemm_rect<T: GemmElem, B: PackB<T>>(
     kern: &Kernel<T>,
     r0: usize,
     r1: usize,
@@ -442,7 +505,7 @@ unsafe fn gemm_rect<T: GemmElem>(
     c1: usize,
     k: usize,
     a: &MatRef<T>,
-    b: &MatRef<T>,
+    b: &B,
     c: *mut T,
     ldc: usize,
 ) {
@@ -460,7 +523,7 @@ unsafe fn gemm_rect<T: GemmElem>(
             for pc in (0..k).step_by(kc) {
                 let kb = kc.min(k - pc);
                 // SAFETY: the rectangle lies in the checked shape.
-                unsafe { pack_b(b, pc, kb, jc, nb, nr, bp) };
+                unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
                 for ir in (r0..r1).step_by(mr) {
                     let mb = mr.min(r1 - ir);
                     // SAFETY: as above.

@@ -19,7 +19,7 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     let (ba, ars, acs) = batch_view(la);
     let (bb, brs, bcs) = batch_view(lb);
     let batches = ba.elem_count();
-    let mut out = vec![T::default(); batches * m * n];
+    let mut out = super::pool::filled(batches * m * n, T::default());
     if m * n == 0 {
         return out;
     }

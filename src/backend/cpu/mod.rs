@@ -8,6 +8,7 @@ pub mod gemm;
 mod index;
 mod matmul;
 mod optim;
+pub mod pool;
 pub mod random;
 mod reduce;
 pub mod simd;
@@ -86,7 +87,7 @@ impl CpuStorage {
     /// A buffer of `n` copies of `v` converted to `dtype`.
     pub fn full(n: usize, dtype: DType, v: f64) -> CpuStorage {
         fn fill<T: WithDType>(n: usize, v: f64) -> CpuStorage {
-            T::into_cpu_storage(vec![T::from_f64(v); n])
+            T::into_cpu_storage(pool::filled(n, T::from_f64(v)))
         }
         match dtype {
             DType::F32 => fill::<f32>(n, v),
@@ -105,8 +106,8 @@ pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
 
 /// Allocates an output buffer and fills it through `fill`, which must write every slot.
 /// Skips zero-initialization: one pass over memory instead of two.
-pub(crate) fn fill_new<U>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
-    let mut out: Vec<U> = Vec::with_capacity(n);
+pub(crate) fn fill_new<U: Send + 'static>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
+    let mut out: Vec<U> = pool::alloc(n);
     fill(&mut out.spare_capacity_mut()[..n]);
     // SAFETY: every caller's `fill` writes all `n` slots (the map/zip loops cover the whole
     // output range), so the first `n` elements are initialized.
@@ -118,7 +119,7 @@ pub(crate) fn fill_new<U>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<U>])) ->
 pub(crate) fn map<T, U, F>(src: &[T], l: &Layout, f: F) -> Vec<U>
 where
     T: Copy + Send + Sync,
-    U: Send + Sync,
+    U: Send + Sync + 'static,
     F: Fn(T) -> U + Sync + Send,
 {
     let n = l.elem_count();
@@ -159,7 +160,7 @@ pub(crate) fn zip<A, B, U, F>(a: &[A], la: &Layout, b: &[B], lb: &Layout, f: F) 
 where
     A: Copy + Send + Sync,
     B: Copy + Send + Sync,
-    U: Send + Sync,
+    U: Send + Sync + 'static,
     F: Fn(A, B) -> U + Sync + Send,
 {
     let n = la.elem_count();
@@ -309,6 +310,9 @@ impl BackendStorage for CpuStorage {
     }
     fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self> {
         conv::im2col(self, layout, window, pad_value)
+    }
+    fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self> {
+        conv::conv2d(self, layout, weight, weight_layout, window)
     }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)

@@ -5,6 +5,7 @@ use super::{CpuStorage, PAR_THRESHOLD, fill_new, simd, with_float_vec};
 use crate::backend::ReduceOp;
 use crate::{Error, Layout, Result, Shape, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Splits a reduction into `(outer, inner)` views: `outer` walks the kept axes, and for each
 /// kept position `inner` (a layout at offset 0 over the reduced axes) walks what it reduces.
@@ -17,7 +18,11 @@ fn split_axes(l: &Layout, axes: &[usize]) -> (Layout, Layout) {
 
 /// Calls `f(base)` for each output position and collects the results; `base` is the storage
 /// offset of the first reduced element.
-fn per_output<U: Send + Sync>(outer: &Layout, work_per_out: usize, f: impl Fn(usize) -> U + Sync + Send) -> Vec<U> {
+fn per_output<U: Send + Sync + 'static>(
+    outer: &Layout,
+    work_per_out: usize,
+    f: impl Fn(usize) -> U + Sync + Send,
+) -> Vec<U> {
     let n = outer.elem_count();
     fill_new(n, |out| {
         let run = |(i, o): (usize, &mut std::mem::MaybeUninit<U>)| {
@@ -153,30 +158,28 @@ pub fn reduce(s: &CpuStorage, l: &Layout, op: ReduceOp, axes: &[usize]) -> Resul
     }
 }
 
-/// One row of softmax: `x` (gathered in compute precision, overwritten as scratch) → `out`.
+/// One row of softmax: `x` → `out`, with `scratch` holding the exponentials in compute
+/// precision (so f16 rows sum unrounded values). Three or four passes over a row that stays in
+/// L1: max, exp (+ sum for log-softmax), sum, scale.
 #[inline]
-fn softmax_row<T: CpuFloat>(x: &mut [T::Acc], out: &mut [T], log: bool) {
-    let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a| a, &|a: T::Acc, b| a.max_nan(b));
+fn softmax_row<T: CpuFloat>(x: &[T], scratch: &mut Vec<T::Acc>, out: &mut [MaybeUninit<T>], log: bool) {
+    let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a: T| a.to_acc(), &|a: T::Acc, b| a.max_nan(b));
     // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
     let shift = if max == T::Acc::NEG_INF { T::Acc::ZERO } else { max };
     if log {
-        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T::Acc| (a - shift).exp(), &|a, b| a + b);
+        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T| (a.to_acc() - shift).exp(), &|a, b| a + b);
         let lse = shift + sum.ln();
-        simd::map_slice(x, as_uninit(out), &|a: T::Acc| T::from_acc(a - lse));
+        simd::map_slice(x, out, &|a: T| T::from_acc(a.to_acc() - lse));
     } else {
-        // exp once, kept in the scratch row, then one scaling pass.
-        simd::update_slice(x, &|a: T::Acc| (a - shift).exp());
-        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a| a, &|a, b| a + b);
+        scratch.clear();
+        scratch.reserve(x.len());
+        simd::map_slice(x, &mut scratch.spare_capacity_mut()[..x.len()], &|a: T| (a.to_acc() - shift).exp());
+        // SAFETY: `map_slice` wrote all `x.len()` slots.
+        unsafe { scratch.set_len(x.len()) };
+        let sum = simd::fold_slice(scratch, T::Acc::ZERO, &|a| a, &|a, b| a + b);
         let inv = T::Acc::ONE / sum;
-        simd::map_slice(x, as_uninit(out), &|a: T::Acc| T::from_acc(a * inv));
+        simd::map_slice(scratch, out, &|a: T::Acc| T::from_acc(a * inv));
     }
-}
-
-/// Views initialized memory as writable slots (writing through them keeps it initialized).
-fn as_uninit<T>(s: &mut [T]) -> &mut [std::mem::MaybeUninit<T>] {
-    // SAFETY: MaybeUninit<T> has T's layout, and the slots are only ever written with valid
-    // values of T, so the slice stays initialized for its owner.
-    unsafe { &mut *(s as *mut [T] as *mut [std::mem::MaybeUninit<T>]) }
 }
 
 fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> CpuStorage {
@@ -194,41 +197,49 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
     let in_rows = l.permute(&perm).expect("a valid permutation");
     let out_rows = Layout::contiguous(l.shape().clone()).permute(&perm).expect("a valid permutation");
     let out_stride = out_rows.strides()[l.rank() - 1];
-    let gather = |r: usize, buf: &mut Vec<T::Acc>| {
-        let s = in_rows.offset_of(r * len);
-        buf.clear();
-        if stride == 1 {
-            buf.extend(v[s..s + len].iter().map(|x| x.to_acc()));
-        } else {
-            buf.extend((0..len).map(|j| v[s + j * stride].to_acc()));
-        }
+    let mut scratch = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let one_row = |(row, exps): &mut (Vec<T>, Vec<T::Acc>), r: usize, o: &mut [MaybeUninit<T>]| {
+        let x = strided_row(v, in_rows.offset_of(r * len), len, stride, row);
+        softmax_row::<T>(x, exps, o, log);
     };
-    let mut out = vec![T::default(); n];
     if out_stride == 1 {
-        // One scratch row per worker, not per row.
-        let work = |buf: &mut Vec<T::Acc>, (r, o): (usize, &mut [T])| {
-            gather(r, buf);
-            softmax_row::<T>(buf, o, log);
-        };
-        if n >= PAR_THRESHOLD {
-            out.par_chunks_mut(len).enumerate().for_each_init(|| Vec::with_capacity(len), work);
-        } else {
-            let mut buf = Vec::with_capacity(len);
-            out.chunks_mut(len).enumerate().for_each(|x| work(&mut buf, x));
-        }
-    } else {
-        let mut buf = Vec::with_capacity(len);
-        let mut row = vec![T::default(); len];
-        for r in 0..rows {
-            gather(r, &mut buf);
-            softmax_row::<T>(&mut buf, &mut row, log);
-            let o = out_rows.offset_of(r * len);
-            for (j, &y) in row.iter().enumerate() {
-                out[o + j * out_stride] = y;
+        let out = fill_new(n, |out: &mut [MaybeUninit<T>]| {
+            if n >= PAR_THRESHOLD {
+                let init = || (Vec::with_capacity(len), Vec::with_capacity(len));
+                out.par_chunks_mut(len).enumerate().for_each_init(init, |s, (r, o)| one_row(s, r, o));
+            } else {
+                out.chunks_mut(len).enumerate().for_each(|(r, o)| one_row(&mut scratch, r, o));
             }
+        });
+        return T::into_cpu_storage(out);
+    }
+    let mut out = super::pool::filled(n, T::default());
+    let mut y = vec![T::default(); len];
+    for r in 0..rows {
+        one_row(&mut scratch, r, as_uninit(&mut y));
+        let o = out_rows.offset_of(r * len);
+        for (j, &yj) in y.iter().enumerate() {
+            out[o + j * out_stride] = yj;
         }
     }
     T::into_cpu_storage(out)
+}
+
+/// `len` elements from `start` at `stride`: borrowed when contiguous, else gathered into `buf`.
+fn strided_row<'a, T: Copy>(v: &'a [T], start: usize, len: usize, stride: usize, buf: &'a mut Vec<T>) -> &'a [T] {
+    if stride == 1 {
+        return &v[start..start + len];
+    }
+    buf.clear();
+    buf.extend((0..len).map(|j| v[start + j * stride]));
+    buf
+}
+
+/// Views initialized memory as writable slots (writing through them keeps it initialized).
+fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the slots are only ever written with valid
+    // values of T, so the slice stays initialized for its owner.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 pub fn softmax(s: &CpuStorage, l: &Layout, axis: usize, log: bool) -> Result<CpuStorage> {

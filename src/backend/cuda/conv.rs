@@ -6,7 +6,7 @@ use super::elementwise::contiguous_copy;
 use super::{CudaStorage, byte_suffix};
 use crate::backend::Window2d;
 use crate::backend::cpu::CpuStorage;
-use crate::{DType, Error, Layout, Result, WithDType};
+use crate::{DType, Error, Layout, Result, Shape, WithDType};
 
 fn window_abi(w: &Window2d, [n, c, h, wd]: [usize; 4], (oh, ow): (usize, usize)) -> TfWindow {
     let u = |x: usize| x as u64;
@@ -96,4 +96,42 @@ pub(super) fn col2im(s: &CudaStorage, l: &Layout, w: &Window2d, h: usize, wd: us
         dev.launch("conv", &format!("col2im_{}", s.dtype.as_str()), dev.grid_1d(total), &args)?;
     }
     Ok(out)
+}
+
+/// Convolution as `im2col` then one batched product, the weight broadcast over the batch
+/// (a zero batch stride), so the columns' layout is what the tiled GEMM reads.
+pub(super) fn conv2d(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    window: &Window2d,
+) -> Result<CudaStorage> {
+    x.same_device(w, "conv2d")?;
+    let &[n, c, h, wd] = lx.dims() else {
+        return Err(Error::BadShape { op: "conv2d", msg: format!("needs [N, C, H, W], got {:?}", lx.shape()) });
+    };
+    let &[cout, wc, kh, kw] = lw.dims() else {
+        return Err(Error::BadShape {
+            op: "conv2d",
+            msg: format!("weight needs [Cout, C, kh, kw], got {:?}", lw.shape()),
+        });
+    };
+    if wc != c || (kh, kw) != window.kernel {
+        return Err(Error::ShapeMismatch { op: "conv2d", lhs: lx.shape().clone(), rhs: lw.shape().clone() });
+    }
+    let Some((oh, ow)) = window.output_size(h, wd) else {
+        return Err(Error::BadShape { op: "conv2d", msg: format!("window {window:?} does not fit {:?}", lx.shape()) });
+    };
+    let (k, l) = (c * kh * kw, oh * ow);
+    let cols = im2col(x, lx, window, 0.0)?;
+    let dense;
+    let (w, offset) = if lw.is_contiguous() {
+        (w, lw.offset())
+    } else {
+        dense = contiguous_copy(w, lw)?;
+        (&dense, 0)
+    };
+    let lw3 = Layout::new(Shape::from(vec![n, cout, k]), vec![0, k, 1], offset);
+    super::matmul::matmul(w, &lw3, &cols, &Layout::contiguous(Shape::from(vec![n, k, l])))
 }

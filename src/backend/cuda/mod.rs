@@ -215,6 +215,9 @@ impl BackendStorage for CudaStorage {
     fn im2col(&self, layout: &Layout, window: &Window2d, pad_value: f64) -> Result<Self> {
         conv::im2col(self, layout, window, pad_value)
     }
+    fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self> {
+        conv::conv2d(self, layout, weight, weight_layout, window)
+    }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)
     }
