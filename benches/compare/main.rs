@@ -1,58 +1,128 @@
 //! The engine's side of `benches/compare/run.sh`: times one case and prints its median.
 //!
-//! `cargo bench --bench compare -- <case> <threads> <reps>` prints `ours_ms=<median>`.
-//! Cases mirror `benches/compare/peers.py` exactly (shapes, dtype f32, fresh outputs).
+//! `compare <case> <threads> <reps>` prints `ours_ms=<median>`;
+//! `compare --check <case>` prints a checksum of the case's output (for `mlp_step`, the loss of
+//! five consecutive steps) to compare with `peers.py --check`.
+//! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32, fresh outputs, and the
+//! same input values (`det`), so the checksums of all sides agree.
 
 use std::time::Instant;
-use tensorforge::{DType, Device, Result, Tensor};
+use tensorforge::nn::{CrossEntropyLoss, Linear, Loss, Module, ReLU, Sequential};
+use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
+use tensorforge::param::ParameterStore;
+use tensorforge::{Device, Error, Result, Tensor};
 
-fn randn(shape: impl Into<tensorforge::Shape>) -> Result<Tensor> {
-    Tensor::randn(0.0, 1.0, shape, DType::F32, Device::Cpu)
+/// Uniform in [-1, 1) from an integer hash of (index, seed), exactly as `peers.py` computes
+/// it: the same inputs on every side without sharing an RNG.
+fn det(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 31;
+            x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^= x >> 29;
+            ((x >> 40) as f64 / (1u64 << 23) as f64 - 1.0) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, Device::Cpu)
+}
+
+type Run = Box<dyn FnMut() -> Result<Tensor>>;
+
+/// MLP 784-512-512-10 with ReLU on a batch of 128: one SGD step (lr 0.01) on softmax
+/// cross-entropy; returns the loss before the update.
+fn mlp_step() -> Result<Run> {
+    let mut store = ParameterStore::new(Device::Cpu);
+    let mut model = Sequential::new();
+    let sizes = [784, 512, 512, 10];
+    for (l, io) in sizes.windows(2).enumerate() {
+        let (fan_in, fan_out) = (io[0], io[1]);
+        // Inserted before `from_store` so the layer picks up these values instead of a random
+        // init; the scale is PyTorch's default bound, so the loss starts near ln 10.
+        let scale = 1.0 / (fan_in as f64).sqrt();
+        store.insert(&format!("fc{l}.weight"), det(&[fan_out, fan_in], 10 + l as u64)?.mul_scalar(scale)?)?;
+        store.insert(&format!("fc{l}.bias"), det(&[fan_out], 20 + l as u64)?.mul_scalar(scale)?)?;
+        model = model.add(Linear::from_store(&mut store, &format!("fc{l}"), fan_in, fan_out)?);
+        if l + 2 < sizes.len() {
+            model = model.add(ReLU);
+        }
+    }
+    let x = det(&[128, 784], 30)?;
+    let y = Tensor::from_vec((0..128).map(|i| i % 10).collect::<Vec<i64>>(), 128, Device::Cpu)?;
+    let mut opt = Sgd::new(store.parameters(), SgdConfig { lr: 0.01, ..Default::default() })?;
+    let loss_fn = CrossEntropyLoss::new();
+    Ok(Box::new(move || {
+        let loss = loss_fn.loss(&model.forward(&x)?, &y)?;
+        opt.zero_grad();
+        loss.backward()?;
+        opt.step()?;
+        Ok(loss)
+    }))
 }
 
 /// Builds the inputs of `case` and returns a closure running it once.
-fn case(name: &str) -> Result<Box<dyn Fn() -> Result<Tensor>>> {
+fn case(name: &str) -> Result<Run> {
     if let Some(n) = name.strip_prefix("sgemm") {
-        let n: usize = n.parse().map_err(|_| tensorforge::Error::msg(format!("bad case {name}")))?;
-        let (a, b) = (randn((n, n))?, randn((n, n))?);
+        let n: usize = n.parse().map_err(|_| Error::msg(format!("bad case {name}")))?;
+        let (a, b) = (det(&[n, n], 0)?, det(&[n, n], 1)?);
         return Ok(Box::new(move || a.matmul(&b)));
     }
     Ok(match name {
         "bmm64x128" => {
-            let (a, b) = (randn((64, 128, 128))?, randn((64, 128, 128))?);
+            let (a, b) = (det(&[64, 128, 128], 0)?, det(&[64, 128, 128], 1)?);
             Box::new(move || a.matmul(&b))
         }
         "add16M" => {
-            let (a, b) = (randn(1 << 24)?, randn(1 << 24)?);
+            let (a, b) = (det(&[1 << 24], 0)?, det(&[1 << 24], 1)?);
             Box::new(move || a.add(&b))
         }
         "conv2d_n32c64k64" => {
-            let (x, w) = (randn((32, 64, 32, 32))?, randn((64, 64, 3, 3))?);
+            let (x, w) = (det(&[32, 64, 32, 32], 0)?, det(&[64, 64, 3, 3], 1)?);
             let opt = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
             Box::new(move || x.conv2d(&w, None, opt))
         }
         "softmax4096x1024" => {
-            let a = randn((4096, 1024))?;
+            let a = det(&[4096, 1024], 0)?;
             Box::new(move || a.softmax(-1))
         }
-        _ => return Err(tensorforge::Error::msg(format!("unknown case {name}"))),
+        "mlp_step" => mlp_step()?,
+        _ => return Err(Error::msg(format!("unknown case {name}"))),
     })
+}
+
+/// Prints what `peers.py --check` prints for the same case.
+fn check(name: &str) -> Result<()> {
+    let mut run = case(name)?;
+    if name == "mlp_step" {
+        let losses = (0..5).map(|_| Ok(format!("{:.6}", run()?.item()?))).collect::<Result<Vec<_>>>()?;
+        println!("losses={}", losses.join(","));
+        return Ok(());
+    }
+    let v = run()?.flatten_all()?.to_vec1::<f32>()?;
+    let sum: f64 = v.iter().map(|&x| x as f64).sum();
+    let abs: f64 = v.iter().map(|&x| x.abs() as f64).sum();
+    let sq: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+    println!("sum={sum:.6e} abs={abs:.6e} sq={sq:.6e}");
+    Ok(())
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let [flag, name] = args.as_slice()
+        && flag == "--check"
+    {
+        return check(name);
+    }
     let [name, threads, reps] = args.as_slice() else {
-        eprintln!("usage: compare <case> <threads> <reps>");
+        eprintln!("usage: compare <case> <threads> <reps> | compare --check <case>");
         std::process::exit(2);
     };
     let threads: usize = threads.parse().unwrap_or(1);
     let reps: usize = reps.parse().unwrap_or(10);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| tensorforge::Error::msg(e.to_string()))?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::msg(e.to_string()))?;
     pool.install(|| -> Result<()> {
-        let run = case(name)?;
+        let mut run = case(name)?;
         run()?; // warm-up: page-in, thread start
         let mut times: Vec<f64> = (0..reps)
             .map(|_| {

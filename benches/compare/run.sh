@@ -1,35 +1,69 @@
 #!/usr/bin/env bash
-# Times the engine and numpy on the same cases in the same run, interleaved, and prints
-#   RESULT case=<name> threads=<n> ours_ms=<median> peer=numpy peer_ms=<median> speedup=<peer/ours>
-# Usage: benches/compare/run.sh [--quick]. Installs numpy into .venv-bench when missing.
+# Times the engine against numpy, torch and jax (CPU) on the same cases in the same run,
+# interleaved in rounds, and prints one line per case and peer:
+#   RESULT case=<name> threads=<n> ours_ms=<median> peer=<name> peer_ms=<median> speedup=<peer/ours>
+# Usage: benches/compare/run.sh [--quick | --check]
+#   --quick  a subset (conv2d and mlp_step included) with fewer reps: ~2 min on 2 cores + the build
+#   --check  no timing: prints each side's output checksum (mlp_step: its first 5 losses),
+#            which must agree across sides, since all of them compute on the same input values
+# Installs the peers from PyPI into $TF_BENCH_VENV (default .venv-bench) when missing.
+# Threads: the engine gets a rayon pool of n, torch set_num_threads(n), numpy
+# OPENBLAS/OMP_NUM_THREADS=n, jax its default pool, or for n=1 single-threaded Eigen via
+# XLA_FLAGS (see peers.py). Every 1-thread case also runs pinned to CPU 0 (taskset) on all
+# sides, since jax and torch start helper threads that the flags above do not cover.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-quick=0; [ "${1:-}" = "--quick" ] && quick=1
-venv=.venv-bench
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q numpy threadpoolctl
+mode=${1:-}
+case $mode in "" | --quick | --check) ;; *) sed -n '5,8s/^# \{0,1\}//p' "$0" >&2; exit 2 ;; esac
+venv=${TF_BENCH_VENV:-.venv-bench}
+py=$venv/bin/python
+[ -x "$py" ] || python3 -m venv "$venv"
+# find_spec instead of importing: importing torch alone takes seconds.
+if ! "$py" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ["numpy", "threadpoolctl", "torch", "jax"]))'; then
+  # Plain PyPI torch brings CUDA libraries (GBs) but runs fine on a CPU-only machine.
+  "$venv/bin/pip" install -q numpy threadpoolctl torch jax
 fi
-cargo bench --no-default-features --bench compare --no-run 2>/dev/null
-bin=$(ls -t target/release/deps/compare-* | grep -v '\.d$' | head -1)
-# The numpy side runs with OpenBLAS's own core detection.
-peer() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$1" OMP_NUM_THREADS="$1" "$venv/bin/python" benches/compare/peers.py "${@:2}"; }
+# The JSON messages name the binary wherever CARGO_TARGET_DIR puts it; diagnostics still go to stderr.
+bin=$(cargo bench -q --no-default-features --bench compare --no-run --message-format=json-render-diagnostics |
+  python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
+
+# The numpy side runs with OpenBLAS's own core detection; $pin is the current case's pinning.
+pin=()
+peer() { "${pin[@]}" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
+# numpy has no convolution or autograd.
+peers_of() { case $1 in conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
+
+all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"
+if [ "$mode" = --check ]; then
+  # sgemm2048 checks nothing that sgemm1024 does not, just slower.
+  for name in $(printf '%s\n' $all | cut -d: -f1 | grep -vx sgemm2048 | awk '!seen[$0]++'); do
+    echo "$name ours: $("$bin" --check "$name")"
+    for p in $(peers_of "$name"); do echo "$name $p: $(peer --check "$p" "$name")"; done
+  done
+  exit 0
+fi
+
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%F)"
-echo "peer: $(peer 1 --blas)"
-reps=20; rounds=3
-[ $quick = 1 ] && { reps=7; rounds=2; }
-cases="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2"
-[ $quick = 1 ] && cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2"
+peer --versions | sed 's/^/peer: /'
+declare -A theirs # peer -> its per-round medians
+reps=20; rounds=3; cases=$all
+# Each peer run pays its imports (torch: ~3 s), so quick keeps rounds and trims cases and reps.
+[ "$mode" = --quick ] && { reps=7; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"; }
 for c in $cases; do
   name=${c%%:*}; th=${c##*:}
   r=$reps; [ "$name" = sgemm2048 ] && r=5
-  ours=(); peers=()
-  # Interleave rounds so drift on the machine hits both sides alike; keep each side's best round.
+  pin=(); [ "$th" = 1 ] && pin=(taskset -c 0)
+  ours=(); theirs=()
+  # Interleave rounds so drift on the machine hits all sides alike; keep each side's best round.
   for _ in $(seq $rounds); do
-    ours+=("$(RAYON_NUM_THREADS=$th "$bin" "$name" "$th" "$r" | sed -n 's/ours_ms=//p')")
-    peers+=("$(peer "$th" "$name" "$r" | sed -n 's/peer_ms=//p')")
+    ours+=("$(RAYON_NUM_THREADS=$th "${pin[@]}" "$bin" "$name" "$th" "$r" | sed -n 's/ours_ms=//p')")
+    for p in $(peers_of "$name"); do
+      theirs[$p]+="$(peer "$p" "$name" "$th" "$r" | sed -n 's/peer_ms=//p') "
+    done
   done
   o=$(printf '%s\n' "${ours[@]}" | sort -g | head -1)
-  p=$(printf '%s\n' "${peers[@]}" | sort -g | head -1)
-  echo "RESULT case=$name threads=$th ours_ms=$o peer=numpy peer_ms=$p speedup=$(python3 -c "print(f'{$p/$o:.2f}')")"
+  for p in $(peers_of "$name"); do
+    t=$(printf '%s\n' ${theirs[$p]} | sort -g | head -1)
+    echo "RESULT case=$name threads=$th ours_ms=$o peer=$p peer_ms=$t speedup=$(awk "BEGIN { printf \"%.2f\", $t / $o }")"
+  done
 done
