@@ -1,7 +1,7 @@
 //! im2col / col2im: sliding windows as columns, so convolution is one GEMM.
 
 use super::float::{CpuFloat, Float};
-use super::gemm::{GemmElem, MatRef, PackB, gemm_packed};
+use super::gemm::{GemmElem, MatRef, PackB, copy_row, gemm_packed};
 use super::{CpuStorage, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
@@ -107,65 +107,138 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
 /// One image's im2col matrix `[C·kh·kw, OH·OW]`, never written out: the GEMM packs its blocks
 /// straight from the image, so a convolution reads the input instead of 9× its size in columns.
 struct ImplicitCols<'a, T> {
-    /// The image, contiguous `[C, H, W]`.
+    /// The image with its zero padding written out, contiguous `[C, H + 2·ph, W + 2·pw]`: every
+    /// window position is then in bounds, and a row segment is one plain copy.
     image: &'a [T],
-    h: usize,
-    wd: usize,
+    hp: usize,
+    wp: usize,
     ow: usize,
     window: &'a Window2d,
 }
 
-impl<T: GemmElem> PackB<T> for ImplicitCols<'_, T> {
-    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
-        let (kh, kw) = self.window.kernel;
+impl<T: GemmElem> ImplicitCols<'_, T> {
+    /// The `dst.len()` columns of im2col row `(ci, i, j)` from output position `at = (oy, ox)`
+    /// on, one output row at a time: within an output row the source is one input row read
+    /// with stride `sw`.
+    #[inline(always)]
+    fn row_segment(
+        &self,
+        (ci, i, j): (usize, usize, usize),
+        at: (usize, usize),
+        dst: &mut [T],
+        copy: &impl Fn(&mut [T], &[T]),
+    ) {
         let (sh, sw) = self.window.stride;
         let (dh, dw) = self.window.dilation;
-        let (ph, pw) = self.window.padding;
-        let (h, wd, ow) = (self.h, self.wd, self.ow);
+        let plane = &self.image[ci * self.hp * self.wp..(ci + 1) * self.hp * self.wp];
+        let (mut oy, mut ox) = at;
+        let mut t = 0;
+        while t < dst.len() {
+            let run = (dst.len() - t).min(self.ow - ox);
+            let seg = &mut dst[t..t + run];
+            let start = (oy * sh + i * dh) * self.wp + ox * sw + j * dw;
+            if sw == 1 {
+                copy(seg, &plane[start..start + run]);
+            } else {
+                for (u, d) in seg.iter_mut().enumerate() {
+                    *d = plane[start + u * sw];
+                }
+            }
+            t += run;
+            ox = 0;
+            oy += 1;
+        }
+    }
+}
+
+impl<T: GemmElem> PackB<T> for ImplicitCols<'_, T> {
+    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
+        // Compiled for the widest instruction set so a register-tile row (128 bytes for f32)
+        // copies in two vector moves instead of a `memcpy` call.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+        unsafe fn avx512<T: GemmElem>(c: &ImplicitCols<'_, T>, a: [usize; 5], dst: &mut [T]) {
+            use std::arch::x86_64::*;
+            // A row segment is at most one register-tile row (128 bytes): two masked vector
+            // moves. A plain copy (or a loop of vector moves) compiles to a `memcpy` call.
+            let copy = |d: &mut [T], s: &[T]| {
+                let n = std::mem::size_of_val(s);
+                if n > 128 || n != std::mem::size_of_val(d) {
+                    return d.copy_from_slice(s);
+                }
+                let (dp, sp) = (d.as_mut_ptr().cast::<u8>(), s.as_ptr().cast::<u8>());
+                let lo = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+                let hi = if n <= 64 {
+                    0
+                } else if n == 128 {
+                    u64::MAX
+                } else {
+                    (1u64 << (n - 64)) - 1
+                };
+                // SAFETY: the masks select the first `n` bytes of both slices; masked-out bytes
+                // are neither read nor written, and cannot fault.
+                unsafe {
+                    _mm512_mask_storeu_epi8(dp.cast(), lo, _mm512_maskz_loadu_epi8(lo, sp.cast()));
+                    _mm512_mask_storeu_epi8(dp.add(64).cast(), hi, _mm512_maskz_loadu_epi8(hi, sp.add(64).cast()));
+                }
+            };
+            c.pack_rows(a, dst, &copy)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<T: GemmElem>(c: &ImplicitCols<'_, T>, a: [usize; 5], dst: &mut [T]) {
+            c.pack_rows(a, dst, &copy_row)
+        }
+        let args = [pc, kb, jc, nb, nr];
+        match super::simd::isa() {
+            // SAFETY: `isa()` reports these only after run-time detection of the features.
+            #[cfg(target_arch = "x86_64")]
+            super::simd::Isa::Avx512 => unsafe { avx512(self, args, dst) },
+            #[cfg(target_arch = "x86_64")]
+            super::simd::Isa::Avx2Fma => unsafe { avx2(self, args, dst) },
+            _ => self.pack_rows(args, dst, &copy_row),
+        }
+    }
+}
+
+impl<T: GemmElem> ImplicitCols<'_, T> {
+    #[inline(always)]
+    fn pack_rows(&self, [pc, kb, jc, nb, nr]: [usize; 5], dst: &mut [T], copy: &impl Fn(&mut [T], &[T])) {
+        let (kh, kw) = self.window.kernel;
         for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
             let j0 = jc + q * nr;
             let width = nr.min(nb - q * nr);
-            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-                let r = pc + p;
-                let (ci, i, j) = (r / (kh * kw), r / kw % kh, r % kw);
-                let plane = &self.image[ci * h * wd..(ci + 1) * h * wd];
-                // Walk the panel's columns one output row at a time: within a row the source
-                // is one input row, read with stride `sw` (contiguous for stride 1).
-                let (mut oy, mut ox) = (j0 / ow, j0 % ow);
-                let mut t = 0;
-                while t < width {
-                    let run = (width - t).min(ow - ox);
-                    let dst = &mut row[t..t + run];
-                    let y = (oy * sh + i * dh) as isize - ph as isize;
-                    if y < 0 || y >= h as isize {
-                        dst.fill(T::ZERO);
-                    } else {
-                        let src = &plane[y as usize * wd..(y as usize + 1) * wd];
-                        // Output columns ox+u read input column x0 + u·sw; those inside [0, wd)
-                        // form one range of u.
-                        let x0 = (ox * sw + j * dw) as isize - pw as isize;
-                        let first = if x0 >= 0 { 0 } else { ((-x0) as usize).div_ceil(sw) };
-                        let end = (if x0 >= wd as isize { 0 } else { (wd as isize - x0) as usize }).div_ceil(sw);
-                        let (lo, hi) = (first.min(run), end.min(run).max(first.min(run)));
-                        dst[..lo].fill(T::ZERO);
-                        dst[hi..].fill(T::ZERO);
-                        if sw == 1 && hi > lo {
-                            let s0 = (x0 + lo as isize) as usize;
-                            dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                        } else {
-                            for (u, d) in dst[lo..hi].iter_mut().enumerate() {
-                                *d = src[(x0 + ((lo + u) * sw) as isize) as usize];
-                            }
-                        }
-                    }
-                    t += run;
-                    ox = 0;
-                    oy += 1;
-                }
+            let start = (j0 / self.ow, j0 % self.ow);
+            // Row pc + p of the columns is (channel, kernel row, kernel column), stepped
+            // like an odometer instead of divided out per row.
+            let mut at = (pc / (kh * kw), pc / kw % kh, pc % kw);
+            for row in panel.chunks_exact_mut(nr) {
+                self.row_segment(at, start, &mut row[..width], copy);
                 row[width..].fill(T::ZERO);
+                at.2 += 1;
+                if at.2 == kw {
+                    at.2 = 0;
+                    at.1 += 1;
+                    if at.1 == kh {
+                        at.1 = 0;
+                        at.0 += 1;
+                    }
+                }
             }
         }
     }
+}
+
+/// `[C, H, W]` with `ph` zero rows above and below and `pw` zero columns on each side.
+fn zero_padded<T: GemmElem>(img: &[T], c: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let mut out = vec![T::ZERO; c * hp * wp];
+    for (src, dst) in img.chunks_exact(h * wd).zip(out.chunks_exact_mut(hp * wp)) {
+        for (s, d) in src.chunks_exact(wd).zip(dst[ph * wp..].chunks_exact_mut(wp)) {
+            d[pw..pw + wd].copy_from_slice(s);
+        }
+    }
+    out
 }
 
 /// `y[n] = W · im2col(x[n])` for every image, with the columns packed straight from `x`.
@@ -177,9 +250,18 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
     if l == 0 || cout == 0 {
         return out;
     }
+    let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     let a = MatRef { data: w, offset: 0, row_stride: k, col_stride: 1 };
     let one = |(img, y): (usize, &mut [T]), parallel: bool| {
-        let cols = ImplicitCols { image: &x[img * c * h * wd..(img + 1) * c * h * wd], h, wd, ow, window };
+        let image = &x[img * c * h * wd..(img + 1) * c * h * wd];
+        let padded;
+        let image = if window.padding == (0, 0) {
+            image
+        } else {
+            padded = zero_padded(image, c, h, wd, window.padding);
+            &padded
+        };
+        let cols = ImplicitCols { image, hp, wp, ow, window };
         gemm_packed(cout, l, k, a, &cols, y, parallel);
     };
     // Images across threads when there are enough of them (no split of a thin product),

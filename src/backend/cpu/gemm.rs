@@ -602,7 +602,7 @@ unsafe fn pack_b<T: GemmElem>(b: &MatRef<T>, pc: usize, kb: usize, jc: usize, nb
 /// `dst.copy_from_slice(src)`, inlined for the usual register-tile widths:
 /// a `memcpy` call per 64-128 byte row is a measurable share of packing.
 #[inline(always)]
-fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     fn fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) -> bool {
         match (<&mut [T; N]>::try_from(dst), <&[T; N]>::try_from(src)) {
             (Ok(d), Ok(s)) => {
