@@ -58,6 +58,9 @@ fn sweep_simd<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S
     sweep(p, g, s, rule)
 }
 
+/// Matching pieces of the parameter, its gradient and its state buffers.
+type Chunk<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S]);
+
 /// Applies `rule` to every element, in parallel chunks for large parameters.
 fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule: impl ElemRule<T::Acc, S>) {
     const CHUNK: usize = 1 << 14;
@@ -65,7 +68,7 @@ fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule
         return sweep_simd(p, g, s, &rule);
     }
     // Every buffer cut at the same points, so chunk i of each lines up.
-    let mut parts: Vec<(&mut [T], &[T], [&mut [T]; S])> = Vec::with_capacity(p.len().div_ceil(CHUNK));
+    let mut parts: Vec<Chunk<'_, T, S>> = Vec::with_capacity(p.len().div_ceil(CHUNK));
     let (mut p, mut g, mut s) = (p, g, s);
     while !p.is_empty() {
         let k = CHUNK.min(p.len());
@@ -79,7 +82,7 @@ fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule
 }
 
 /// Each slice split at `k`: the heads and the tails.
-fn split_all<'a, T, const S: usize>(s: [&'a mut [T]; S], k: usize) -> ([&'a mut [T]; S], [&'a mut [T]; S]) {
+fn split_all<T, const S: usize>(s: [&mut [T]; S], k: usize) -> ([&mut [T]; S], [&mut [T]; S]) {
     fn array<'a, T, const S: usize>(v: Vec<&'a mut [T]>) -> [&'a mut [T]; S] {
         v.try_into().unwrap_or_else(|_| unreachable!("S slices in, S out"))
     }
