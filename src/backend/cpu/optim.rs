@@ -83,7 +83,7 @@ fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule
 
 /// Each slice split at `k`: the heads and the tails.
 fn split_all<T, const S: usize>(s: [&mut [T]; S], k: usize) -> ([&mut [T]; S], [&mut [T]; S]) {
-    fn array<'a, T, const S: usize>(v: Vec<&'a mut [T]>) -> [&'a mut [T]; S] {
+    fn array<T, const S: usize>(v: Vec<&mut [T]>) -> [&mut [T]; S] {
         v.try_into().unwrap_or_else(|_| unreachable!("S slices in, S out"))
     }
     let (heads, tails): (Vec<_>, Vec<_>) = s.into_iter().map(|x| x.split_at_mut(k)).unzip();
@@ -96,7 +96,7 @@ fn dispatch<T: CpuFloat>(p: &mut [T], g: &[T], s0: Option<&mut [T]>, s1: Option<
     // `optim_step` checked that the rule's state buffers are there (an empty one is never used).
     let (s0, s1) = (s0.unwrap_or_default(), s1.unwrap_or_default());
     match *rule {
-        OptimRule::Sgd { lr, momentum, weight_decay, .. } if momentum == 0.0 => {
+        OptimRule::Sgd { lr, momentum: 0.0, weight_decay, .. } => {
             let (lr, wd) = (c(lr), c(weight_decay));
             run(p, g, [], move |p, g, []| (p - lr * (g + wd * p), []))
         }
