@@ -43,10 +43,24 @@ impl Operation for MatMul {
             grads.accumulate(a, g.matmul(&b.t()?)?.sum_to(a.shape())?)?;
         }
         if b.tracks_grad() {
-            grads.accumulate(b, a.t()?.matmul(g)?.sum_to(b.shape())?)?;
+            // `x · Wᵀ` (a linear layer): b is a transposed view, and its gradient goes back
+            // through that transpose. Computing it as (gᵀ·a)ᵀ makes the weight's own gradient
+            // a contiguous product instead of a transposed copy of one.
+            let gb = if a.rank() == 2 && b.rank() == 2 && is_transposed(b) {
+                g.t()?.matmul(a)?.t()?
+            } else {
+                a.t()?.matmul(g)?.sum_to(b.shape())?
+            };
+            grads.accumulate(b, gb)?;
         }
         Ok(())
     }
+}
+
+/// True for the transpose of a row-major matrix (unit stride down the columns).
+fn is_transposed(t: &Tensor) -> bool {
+    let (d, s) = (t.dims(), t.layout().strides());
+    d[0] > 1 && d[1] > 1 && s[0] == 1 && s[1] == d[0]
 }
 
 impl Tensor {
