@@ -88,7 +88,60 @@ fn arg_view<T: Copy>(v: &[T], inner: &Layout, base: usize, better: impl Fn(T, T)
     best_i
 }
 
+/// Reduces a contiguous tensor over its leading axes (`rows`) to one value per trailing
+/// position (`cols`), e.g. a bias gradient summed over the batch. Rows are combined
+/// elementwise into an accumulator row, so the loop runs along memory instead of down each
+/// column; each column still adds its rows in order, as the strided walk does.
+fn reduce_leading<T: CpuFloat>(
+    v: &[T],
+    rows: usize,
+    cols: usize,
+    init: T::Acc,
+    f: impl Fn(T::Acc, T::Acc) -> T::Acc + Sync,
+) -> Vec<T::Acc> {
+    let fold_cols = |c0: usize, acc: &mut [T::Acc]| {
+        for r in 0..rows {
+            let row = &v[r * cols + c0..r * cols + c0 + acc.len()];
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = f(*a, x.to_acc());
+            }
+        }
+    };
+    let mut acc = vec![init; cols];
+    const COLS_PER_TASK: usize = 256;
+    if rows * cols >= PAR_THRESHOLD && cols >= 2 * COLS_PER_TASK {
+        acc.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(i, a)| fold_cols(i * COLS_PER_TASK, a));
+    } else {
+        fold_cols(0, &mut acc);
+    }
+    acc
+}
+
 fn reduce_float<T: CpuFloat>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) -> CpuStorage {
+    let leading = axes.iter().enumerate().all(|(i, &a)| i == a) && axes.len() < l.rank();
+    if let (Some((start, end)), true) = (l.contiguous_range(), leading) {
+        let rows: usize = l.dims()[..axes.len()].iter().product();
+        let (v, cols) = (&v[start..end], l.dims()[axes.len()..].iter().product::<usize>());
+        let done = |acc: Vec<T::Acc>, scale: T::Acc| {
+            T::into_cpu_storage(acc.into_iter().map(|a| T::from_acc(a * scale)).collect())
+        };
+        match op {
+            ReduceOp::Sum if rows > 0 => {
+                return done(reduce_leading(v, rows, cols, T::Acc::ZERO, |a, b| a + b), T::Acc::ONE);
+            }
+            ReduceOp::Mean if rows > 0 => {
+                let scale = T::Acc::from_f64(1.0 / rows as f64);
+                return done(reduce_leading(v, rows, cols, T::Acc::ZERO, |a, b| a + b), scale);
+            }
+            ReduceOp::Max if rows > 0 => {
+                return done(reduce_leading(v, rows, cols, T::Acc::NEG_INF, |a, b| a.max_nan(b)), T::Acc::ONE);
+            }
+            ReduceOp::Min if rows > 0 => {
+                return done(reduce_leading(v, rows, cols, T::Acc::INF, |a, b| a.min_nan(b)), T::Acc::ONE);
+            }
+            _ => {}
+        }
+    }
     let (outer, inner) = split_axes(l, axes);
     let count = inner.elem_count();
     let m = |x: T| x.to_acc();
@@ -244,4 +297,25 @@ fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
 
 pub fn softmax(s: &CpuStorage, l: &Layout, axis: usize, log: bool) -> Result<CpuStorage> {
     Ok(with_float_vec!(s, if log { "log_softmax" } else { "softmax" }, v => softmax_float(v, l, axis, log)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leading-axis reductions large enough to split columns across threads give, bit for
+    /// bit, what adding each column's rows in order gives.
+    #[test]
+    fn leading_axis_reductions_add_rows_in_order() {
+        let (rows, cols) = (37, 1300);
+        let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+        let l = Layout::contiguous(Shape::from(vec![rows, cols]));
+        let CpuStorage::F32(sum) = reduce_float(&v, &l, ReduceOp::Sum, &[0]) else { panic!("f32 in, f32 out") };
+        let CpuStorage::F32(max) = reduce_float(&v, &l, ReduceOp::Max, &[0]) else { panic!("f32 in, f32 out") };
+        for j in 0..cols {
+            let col = (0..rows).map(|r| v[r * cols + j]);
+            assert_eq!(sum[j].to_bits(), col.clone().fold(0.0f32, |a, b| a + b).to_bits(), "column {j}");
+            assert_eq!(max[j], col.fold(f32::NEG_INFINITY, f32::max), "column {j}");
+        }
+    }
 }
