@@ -6,6 +6,7 @@ use super::{CpuStorage, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The window's output size over `layout = [N, C, H, W]`, or a shape error.
 fn out_size(op: &'static str, layout: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<(usize, usize)> {
@@ -158,30 +159,7 @@ impl<T: GemmElem> PackB<T> for ImplicitCols<'_, T> {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
         unsafe fn avx512<T: GemmElem>(c: &ImplicitCols<'_, T>, a: [usize; 5], dst: &mut [T]) {
-            use std::arch::x86_64::*;
-            // A row segment is at most one register-tile row (128 bytes): two masked vector
-            // moves. A plain copy (or a loop of vector moves) compiles to a `memcpy` call.
-            let copy = |d: &mut [T], s: &[T]| {
-                let n = std::mem::size_of_val(s);
-                if n > 128 || n != std::mem::size_of_val(d) {
-                    return d.copy_from_slice(s);
-                }
-                let (dp, sp) = (d.as_mut_ptr().cast::<u8>(), s.as_ptr().cast::<u8>());
-                let lo = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-                let hi = if n <= 64 {
-                    0
-                } else if n == 128 {
-                    u64::MAX
-                } else {
-                    (1u64 << (n - 64)) - 1
-                };
-                // SAFETY: the masks select the first `n` bytes of both slices; masked-out bytes
-                // are neither read nor written, and cannot fault.
-                unsafe {
-                    _mm512_mask_storeu_epi8(dp.cast(), lo, _mm512_maskz_loadu_epi8(lo, sp.cast()));
-                    _mm512_mask_storeu_epi8(dp.add(64).cast(), hi, _mm512_maskz_loadu_epi8(hi, sp.add(64).cast()));
-                }
-            };
+            let copy = super::gemm::short_copy_avx512!(T);
             c.pack_rows(a, dst, &copy)
         }
         #[cfg(target_arch = "x86_64")]
@@ -246,13 +224,12 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
-    let mut out = super::pool::filled(n * cout * l, T::default());
     if l == 0 || cout == 0 {
-        return out;
+        return Vec::new();
     }
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     let a = MatRef { data: w, offset: 0, row_stride: k, col_stride: 1 };
-    let one = |(img, y): (usize, &mut [T]), parallel: bool| {
+    let one = |(img, y): (usize, &mut [MaybeUninit<T>]), parallel: bool| {
         let image = &x[img * c * h * wd..(img + 1) * c * h * wd];
         let padded;
         let image = if window.padding == (0, 0) {
@@ -265,13 +242,14 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
         gemm_packed(cout, l, k, a, &cols, y, parallel);
     };
     // Images across threads when there are enough of them (no split of a thin product),
-    // otherwise threads inside each product.
-    if n >= 2 * rayon::current_num_threads() {
-        out.par_chunks_mut(cout * l).enumerate().for_each(|x| one(x, false));
-    } else {
-        out.chunks_mut(cout * l).enumerate().for_each(|x| one(x, true));
-    }
-    out
+    // otherwise threads inside each product. Each product writes its whole output.
+    super::fill_new(n * cout * l, |out| {
+        if n >= 2 * rayon::current_num_threads() {
+            out.par_chunks_mut(cout * l).enumerate().for_each(|x| one(x, false));
+        } else {
+            out.chunks_mut(cout * l).enumerate().for_each(|x| one(x, true));
+        }
+    })
 }
 
 /// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]` (one group); f16/bf16 are

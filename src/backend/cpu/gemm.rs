@@ -10,6 +10,7 @@
 //! scalar fallback (the only one compiled on non-x86_64 targets).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 use std::sync::OnceLock;
 
@@ -131,10 +132,59 @@ pub trait PackB<T>: Sync {
 
 impl<T: GemmElem> PackB<T> for MatRef<'_, T> {
     unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
-        // SAFETY: forwarded from the caller.
-        unsafe { pack_b(self, pc, kb, jc, nb, nr, dst) }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+        unsafe fn avx512<T: GemmElem>(b: &MatRef<T>, a: [usize; 5], dst: &mut [T]) {
+            let copy = short_copy_avx512!(T);
+            // SAFETY: forwarded from the caller.
+            unsafe { pack_b(b, a, dst, &copy) }
+        }
+        let args = [pc, kb, jc, nb, nr];
+        // SAFETY: forwarded from the caller; the AVX-512 version runs only where
+        // `usable_isa` detected the features.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if usable_isa(Isa::Avx512) == Isa::Avx512 {
+                return avx512(self, args, dst);
+            }
+            pack_b(self, args, dst, &copy_row)
+        }
     }
 }
+
+/// A copy of at most 128 bytes (one register-tile row) as two masked AVX-512 moves; `$t` is
+/// the element type. To be expanded inside a function compiled with `avx512f,avx512bw`: a
+/// plain short copy, or a loop of vector moves, compiles to a `memcpy` call, which costs more
+/// than the copy when packing.
+#[cfg(target_arch = "x86_64")]
+macro_rules! short_copy_avx512 {
+    ($t:ty) => {
+        |d: &mut [$t], s: &[$t]| {
+            use std::arch::x86_64::{_mm512_mask_storeu_epi8, _mm512_maskz_loadu_epi8};
+            let n = std::mem::size_of_val(s);
+            if n > 128 || n != std::mem::size_of_val(d) {
+                return d.copy_from_slice(s);
+            }
+            let (dp, sp) = (d.as_mut_ptr().cast::<u8>(), s.as_ptr().cast::<u8>());
+            let lo = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+            let hi = if n <= 64 {
+                0
+            } else if n == 128 {
+                u64::MAX
+            } else {
+                (1u64 << (n - 64)) - 1
+            };
+            // SAFETY: the masks select the first `n` bytes of both slices; masked-out bytes are
+            // neither read nor written, and cannot fault.
+            unsafe {
+                _mm512_mask_storeu_epi8(dp.cast(), lo, _mm512_maskz_loadu_epi8(lo, sp.cast()));
+                _mm512_mask_storeu_epi8(dp.add(64).cast(), hi, _mm512_maskz_loadu_epi8(hi, sp.add(64).cast()));
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use short_copy_avx512;
 
 /// Panics unless every element of a `rows × cols` view lies inside `data`;
 /// after this, unchecked accesses to the view are sound.
@@ -250,11 +300,45 @@ fn gemm_with<T: GemmElem>(
         return;
     }
 
-    packed(opts, m, n, k, a, &b, c, parallel);
+    packed(opts, m, n, k, a, &b, as_uninit(c), parallel);
 }
 
-/// `C = A·B` (overwriting `c`, row-major `m × n`) for any packable B: the packed path only, so
-/// tiny products pay for packing. The caller guarantees B's `k × n` shape is in bounds.
+/// Views initialized memory as writable slots (writing valid values keeps it initialized).
+fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the GEMM only writes valid values of T.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
+/// [`gemm`] into uninitialized memory, which it fully writes: a new product's output needs no
+/// zero-filling pass first.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_uninit<T: GemmElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [MaybeUninit<T>],
+    parallel: bool,
+) {
+    assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
+    let mnk = m.saturating_mul(n).saturating_mul(k);
+    if m == 0 || n == 0 || k == 0 || mnk <= SMALL_MNK || m == 1 || n == 1 {
+        // The direct loop reads C as it accumulates: start from zeros.
+        c.fill(MaybeUninit::new(T::ZERO));
+        // SAFETY: every element was just written.
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) };
+        return gemm(m, n, k, a, b, c, parallel);
+    }
+    check_operand(&a, m, k, "a");
+    check_operand(&b, k, n, "b");
+    packed(Opts::DEFAULT, m, n, k, a, &b, c, parallel);
+}
+
+/// `C = A·B` (writing all of `c`, row-major `m × n`, which may start uninitialized) for any
+/// packable B: the packed path only, so tiny products pay for packing. The caller guarantees B's `k × n` shape is in bounds.
 ///
 /// # Panics
 /// If `c.len() != m*n` or A reaches outside its `data`.
@@ -264,7 +348,7 @@ pub fn gemm_packed<T: GemmElem, B: PackB<T>>(
     k: usize,
     a: MatRef<T>,
     b: &B,
-    c: &mut [T],
+    c: &mut [MaybeUninit<T>],
     parallel: bool,
 ) {
     assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
@@ -272,7 +356,7 @@ pub fn gemm_packed<T: GemmElem, B: PackB<T>>(
         return;
     }
     if k == 0 {
-        c.fill(T::ZERO);
+        c.fill(MaybeUninit::new(T::ZERO));
         return;
     }
     check_operand(&a, m, k, "a");
@@ -289,7 +373,7 @@ fn packed<T: GemmElem, B: PackB<T>>(
     k: usize,
     a: MatRef<T>,
     b: &B,
-    c: &mut [T],
+    c: &mut [MaybeUninit<T>],
     parallel: bool,
 ) {
     let mnk = m.saturating_mul(n).saturating_mul(k);
@@ -299,7 +383,9 @@ fn packed<T: GemmElem, B: PackB<T>>(
         kern.nc = nc.max(1);
     }
     let threads = if parallel && mnk >= opts.par_min_mnk { rayon::current_num_threads() } else { 1 };
-    let cptr = SendPtr(c.as_mut_ptr());
+    // The kernels write every element of C before reading it back (`acc` is false on the
+    // first depth block), so C may start uninitialized.
+    let cptr = SendPtr(c.as_mut_ptr().cast::<T>());
     let tasks = partition(m, n, kern.mr, kern.nr, threads);
     let run = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
         // SAFETY: operands were bounds-checked, `c` holds m*n elements and the
@@ -557,7 +643,13 @@ unsafe fn gemm_rect<T: GemmElem, B: PackB<T>>(
 ///
 /// # Safety
 /// `b` passed `check_operand` for a shape containing the block.
-unsafe fn pack_b<T: GemmElem>(b: &MatRef<T>, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
+#[inline(always)]
+unsafe fn pack_b<T: GemmElem>(
+    b: &MatRef<T>,
+    [pc, kb, jc, nb, nr]: [usize; 5],
+    dst: &mut [T],
+    copy_row: &impl Fn(&mut [T], &[T]),
+) {
     for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
         let j0 = jc + q * nr;
         let w = nr.min(nb - q * nr);

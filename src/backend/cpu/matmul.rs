@@ -1,10 +1,11 @@
 //! Batched matrix products over strided views, on top of the packed GEMM in `gemm.rs`.
 
 use super::float::CpuFloat;
-use super::gemm::{GemmElem, MatRef, gemm};
+use super::gemm::{GemmElem, MatRef, gemm_uninit};
 use super::{CpuStorage, PAR_THRESHOLD};
 use crate::{Error, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
 fn batch_view(l: &Layout) -> (Layout, usize, usize) {
@@ -19,25 +20,25 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     let (ba, ars, acs) = batch_view(la);
     let (bb, brs, bcs) = batch_view(lb);
     let batches = ba.elem_count();
-    let mut out = super::pool::filled(batches * m * n, T::default());
-    if m * n == 0 {
-        return out;
+    if m * n * batches == 0 {
+        return Vec::new();
     }
-    let one = |(i, c): (usize, &mut [T]), parallel: bool| {
+    let one = |(i, c): (usize, &mut [MaybeUninit<T>]), parallel: bool| {
         let ma = MatRef { data: a, offset: ba.offset_of(i), row_stride: ars, col_stride: acs };
         let mb = MatRef { data: b, offset: bb.offset_of(i), row_stride: brs, col_stride: bcs };
-        gemm(m, n, k, ma, mb, c, parallel);
+        gemm_uninit(m, n, k, ma, mb, c, parallel);
     };
     // Enough products to keep every thread busy (or small ones): one thread per product,
-    // which avoids splitting thin matrices (conv's 64×L per image) across threads. Few large
-    // products: threads inside the GEMM.
+    // which avoids splitting thin matrices across threads. Few large products: threads inside
+    // the GEMM. Every product writes its whole output.
     let many = batches >= 2 * rayon::current_num_threads();
-    if batches > 1 && (many || m * n * k < (1 << 21)) && batches * m * n * k >= PAR_THRESHOLD {
-        out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
-    } else {
-        out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
-    }
-    out
+    super::fill_new(batches * m * n, |out| {
+        if batches > 1 && (many || m * n * k < (1 << 21)) && batches * m * n * k >= PAR_THRESHOLD {
+            out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
+        } else {
+            out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
+        }
+    })
 }
 
 /// f16/bf16: widen both operands to f32 (contiguous), multiply, narrow the result.
