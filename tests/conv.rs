@@ -65,10 +65,12 @@ fn conv2d_matches_direct_loops() -> Result<()> {
         ((1, 2), (2, 0), (2, 1), 1, true),
         ((1, 1), (1, 1), (1, 1), 2, true),
         ((3, 2), (1, 2), (1, 2), 4, false),
+        ((1, 1), (1, 2), (2, 3), 1, true),
     ];
     // The small size fits one register panel; the large one spans several panels and more
     // than one depth block of the packed product (K = 48·9 = 432 at one group).
-    let sizes = [(2, 4, 7, 6, 8, 3, 2), (3, 48, 19, 23, 12, 3, 3)];
+    // The wide one has output rows longer than a register panel (the row-copy fast path).
+    let sizes = [(2, 4, 7, 6, 8, 3, 2), (3, 48, 19, 23, 12, 3, 3), (2, 4, 5, 75, 4, 3, 3)];
     for ((stride, padding, dilation, groups, with_bias), (n, cin, h, w, cout, kh, kw)) in
         configs.into_iter().flat_map(|c| sizes.map(|s| (c, s)))
     {

@@ -190,6 +190,31 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
             // Row pc + p of the columns is (channel, kernel row, kernel column), stepped
             // like an odometer instead of divided out per row.
             let mut at = (pc / (kh * kw), pc / kw % kh, pc % kw);
+            if self.window.stride.1 == 1 && width == nr && start.1 + nr <= self.ow {
+                // The panel lies in one output row: every row of it is `nr` contiguous input
+                // elements, whose start moves by a fixed step per kernel column, kernel row and
+                // channel.
+                let (dh, dw) = self.window.dilation;
+                let plane = self.hp * self.wp;
+                let mut src =
+                    at.0 * plane + (start.0 * self.window.stride.0 + at.1 * dh) * self.wp + start.1 + at.2 * dw;
+                for row in panel.chunks_exact_mut(nr) {
+                    copy(row, &self.image[src..src + nr]);
+                    at.2 += 1;
+                    src += dw;
+                    if at.2 == kw {
+                        at.2 = 0;
+                        at.1 += 1;
+                        src = src + dh * self.wp - kw * dw;
+                        if at.1 == kh {
+                            at.1 = 0;
+                            at.0 += 1;
+                            src = src + plane - kh * dh * self.wp;
+                        }
+                    }
+                }
+                continue;
+            }
             for row in panel.chunks_exact_mut(nr) {
                 self.row_segment(at, start, &mut row[..width], copy);
                 row[width..].fill(T::ZERO);
