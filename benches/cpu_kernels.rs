@@ -82,5 +82,20 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, reduce, softmax, matmul, conv);
+fn optim(c: &mut Criterion) {
+    use tensorforge::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+    let mut g = c.benchmark_group("cpu/optim");
+    let n = 1 << 20;
+    let p = randn(n).requires_grad();
+    // One backward gives the parameter a gradient; the steps below reuse it.
+    p.mul_scalar(2.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut sgd = Sgd::new(vec![p.clone()], SgdConfig { lr: 1e-3, ..Default::default() }).unwrap();
+    let mut adam = Adam::new(vec![p.clone()], AdamConfig::default()).unwrap();
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("sgd_step_1M", |b| b.iter(|| sgd.step().unwrap()));
+    g.bench_function("adam_step_1M", |b| b.iter(|| adam.step().unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, reduce, softmax, matmul, conv, optim);
 criterion_main!(benches);
