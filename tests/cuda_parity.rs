@@ -463,3 +463,31 @@ fn im2col_col2im_every_window() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn conv2d_every_window() {
+    let windows = [
+        Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) },
+        Window2d { kernel: (2, 3), stride: (2, 1), padding: (0, 1), dilation: (1, 2) },
+        Window2d { kernel: (3, 2), stride: (3, 2), padding: (1, 0), dilation: (2, 1) },
+    ];
+    for dtype in FLOATS {
+        // A wide image too, so output rows span more than one CPU register panel.
+        for (h, wd) in [(7, 6), (5, 40)] {
+            let x = data(2 * 3 * h * wd, dtype, 23, -1.0, 1.0);
+            let base = Layout::contiguous((2, 3, h, wd));
+            let views = [("contiguous", base), ("transposed", Layout::contiguous((2, 3, wd, h)).transpose(2, 3))];
+            for win in &windows {
+                let wl = Layout::contiguous((4, 3, win.kernel.0, win.kernel.1));
+                let w = data(wl.elem_count(), dtype, 24, -1.0, 1.0);
+                for (name, l) in &views {
+                    let cpu = x.conv2d(l, &w, &wl, win).unwrap();
+                    let gpu = up(&x).conv2d(l, &up(&w), &wl, win).unwrap();
+                    // A sum of C·kh·kw = up to 18 products.
+                    assert_close(&cpu, &gpu, 18.0, &format!("conv2d {dtype:?} {name} {h}x{wd} {win:?}"));
+                }
+            }
+        }
+    }
+}
