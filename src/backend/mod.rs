@@ -7,7 +7,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::{DType, Device, Layout, Result, Shape};
+use crate::{DType, Device, Error, Layout, Result, Shape};
 
 macro_rules! op_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $kname:literal),* $(,)? }) => {
@@ -193,6 +193,25 @@ impl Window2d {
             one(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
             one(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
         ))
+    }
+
+    /// The sizes of a `conv2d` of `x` `[N, C, H, W]` by `weight` `[Cout, C, kh, kw]` over this
+    /// window, `[N, C, H, W, Cout, OH, OW]`, or the shape error both backends report.
+    pub fn conv2d_dims(&self, x: &Layout, weight: &Layout) -> Result<[usize; 7]> {
+        let &[n, c, h, wd] = x.dims() else {
+            return Err(Error::BadShape { op: "conv2d", msg: format!("needs [N, C, H, W], got {:?}", x.shape()) });
+        };
+        let &[cout, wc, kh, kw] = weight.dims() else {
+            let msg = format!("weight needs [Cout, C, kh, kw], got {:?}", weight.shape());
+            return Err(Error::BadShape { op: "conv2d", msg });
+        };
+        if wc != c || (kh, kw) != self.kernel {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.shape().clone(), rhs: weight.shape().clone() });
+        }
+        let Some((oh, ow)) = self.output_size(h, wd) else {
+            return Err(Error::BadShape { op: "conv2d", msg: format!("window {self:?} does not fit {:?}", x.shape()) });
+        };
+        Ok([n, c, h, wd, cout, oh, ow])
     }
 }
 

@@ -280,20 +280,7 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
 /// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]` (one group); f16/bf16 are
 /// widened to f32 for the product.
 pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: &Window2d) -> Result<CpuStorage> {
-    let &[n, c, h, wd] = lx.dims() else {
-        return Err(Error::BadShape { op: "conv2d", msg: format!("needs [N, C, H, W], got {:?}", lx.shape()) });
-    };
-    let &[cout, wc, kh, kw] = lw.dims() else {
-        return Err(Error::BadShape {
-            op: "conv2d",
-            msg: format!("weight needs [Cout, C, kh, kw], got {:?}", lw.shape()),
-        });
-    };
-    if wc != c || (kh, kw) != window.kernel {
-        return Err(Error::ShapeMismatch { op: "conv2d", lhs: lx.shape().clone(), rhs: lw.shape().clone() });
-    }
-    let (oh, ow) = out_size("conv2d", lx, window, h, wd)?;
-    let dims = [n, c, h, wd, cout, oh, ow];
+    let dims = window.conv2d_dims(lx, lw)?;
     fn widened<T: CpuFloat<Acc = f32>>(
         x: &[T],
         lx: &Layout,

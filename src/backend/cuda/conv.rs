@@ -108,21 +108,8 @@ pub(super) fn conv2d(
     window: &Window2d,
 ) -> Result<CudaStorage> {
     x.same_device(w, "conv2d")?;
-    let &[n, c, h, wd] = lx.dims() else {
-        return Err(Error::BadShape { op: "conv2d", msg: format!("needs [N, C, H, W], got {:?}", lx.shape()) });
-    };
-    let &[cout, wc, kh, kw] = lw.dims() else {
-        return Err(Error::BadShape {
-            op: "conv2d",
-            msg: format!("weight needs [Cout, C, kh, kw], got {:?}", lw.shape()),
-        });
-    };
-    if wc != c || (kh, kw) != window.kernel {
-        return Err(Error::ShapeMismatch { op: "conv2d", lhs: lx.shape().clone(), rhs: lw.shape().clone() });
-    }
-    let Some((oh, ow)) = window.output_size(h, wd) else {
-        return Err(Error::BadShape { op: "conv2d", msg: format!("window {window:?} does not fit {:?}", lx.shape()) });
-    };
+    let [n, c, _, _, cout, oh, ow] = window.conv2d_dims(lx, lw)?;
+    let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
     let cols = im2col(x, lx, window, 0.0)?;
     let dense;
