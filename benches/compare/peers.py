@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+WARMUP = 5  # calls before timing; benches/compare/main.rs makes the same number
+
 
 def set_threads(n):
     # Read once when numpy/OpenBLAS and XLA load, so they must be set before the imports below.
@@ -211,7 +213,10 @@ def main():
     peer, name, threads, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     set_threads(threads)
     run = make(peer, name, threads)
-    run()  # warm-up: page-in, thread start, jax compilation
+    # Warm-up: page-in, thread-pool start, jax compilation; torch's first calls in a fresh
+    # process stay slow for a few calls, so one is not enough (every side does the same).
+    for _ in range(WARMUP):
+        run()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
