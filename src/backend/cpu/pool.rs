@@ -20,7 +20,7 @@ pub const MIN_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Cache {
-    /// Free buffers by (element type, capacity); each is a `Vec<T>` of length 0.
+    /// Free buffers by (element type, capacity in bytes); each is a `Vec<T>` of length 0.
     free: HashMap<(TypeId, usize), Vec<Box<dyn Any + Send>>>,
     bytes: usize,
 }
@@ -58,12 +58,13 @@ pub fn alloc<T: Send + 'static>(n: usize) -> Vec<T> {
     if bytes < MIN_BYTES {
         return Vec::with_capacity(n);
     }
-    let cap = class_bytes(bytes) / size;
+    let class = class_bytes(bytes);
+    let cap = class / size;
     let reused = {
         let mut c = lock();
-        let hit = c.free.get_mut(&(TypeId::of::<T>(), cap)).and_then(|list| list.pop());
+        let hit = c.free.get_mut(&(TypeId::of::<T>(), class)).and_then(|list| list.pop());
         if hit.is_some() {
-            c.bytes -= cap * size;
+            c.bytes -= class;
         }
         hit
     };
@@ -100,27 +101,16 @@ pub fn recycle(s: CpuStorage) {
                 let Some(key) = c.free.iter().find(|(_, l)| !l.is_empty()).map(|(k, _)| *k) else { break };
                 let list = c.free.get_mut(&key).expect("key just found");
                 evicted.push(list.pop().expect("list is not empty"));
-                c.bytes -= key.1 * size_of_type(key.0);
+                c.bytes -= key.1;
             }
             c.bytes += bytes;
-            c.free.entry((TypeId::of::<T>(), v.capacity())).or_default().push(Box::new(v));
+            c.free.entry((TypeId::of::<T>(), bytes)).or_default().push(Box::new(v));
             evicted
         };
         // Freed after the lock is released: unmapping takes time.
         drop(evicted);
     }
     super::with_vec!(s, v => keep(v))
-}
-
-fn size_of_type(t: TypeId) -> usize {
-    use half::{bf16, f16};
-    macro_rules! size {
-        ($($ty:ty),*) => {
-            $(if t == TypeId::of::<$ty>() { return std::mem::size_of::<$ty>(); })*
-        };
-    }
-    size!(f32, f64, f16, bf16, i64, u8);
-    1
 }
 
 /// Bytes held by the cache, free for reuse.
