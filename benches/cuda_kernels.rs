@@ -5,7 +5,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 use tensorforge::backend::cuda::{CudaDevice, CudaStorage};
-use tensorforge::backend::{BackendDevice, BackendStorage, BinaryOp, ReduceOp, UnaryOp};
+use tensorforge::backend::{BackendDevice, BackendStorage, BinaryOp, ReduceOp, UnaryOp, Window2d};
 use tensorforge::{DType, Layout, Shape};
 
 fn rand(d: &Arc<CudaDevice>, n: usize, dt: DType) -> CudaStorage {
@@ -67,6 +67,25 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("{s}x{s}x{s}"), |bench| {
             bench.iter(|| {
                 let _o = a.matmul(&l2, &b, &l2).unwrap();
+                d.synchronize().unwrap();
+            })
+        });
+        g.finish();
+    }
+    // The CPU comparison's conv2d case (N32 C64 32×32, K64 3×3, padding 1), scaled up 8× in
+    // batch so the launch does not hide the kernel.
+    for dt in [DType::F32, DType::BF16] {
+        let (n, ch, hw, k) = (256, 64, 32, 64);
+        let x = rand(&d, n * ch * hw * hw, dt);
+        let w = rand(&d, k * ch * 9, dt);
+        let (xl, wl) = (Layout::contiguous((n, ch, hw, hw)), Layout::contiguous((k, ch, 3, 3)));
+        let window = Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) };
+        let mut g = c.benchmark_group(format!("cuda/conv2d/{}", dt.as_str()));
+        g.sample_size(20);
+        g.throughput(Throughput::Elements((2 * n * k * ch * 9 * hw * hw) as u64));
+        g.bench_function(format!("n{n}c{ch}h{hw}k{k}"), |bench| {
+            bench.iter(|| {
+                let _o = x.conv2d(&xl, &w, &wl, &window).unwrap();
                 d.synchronize().unwrap();
             })
         });

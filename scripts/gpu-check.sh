@@ -2,15 +2,18 @@
 # Build here, run on the GPU machine.
 #
 #   scripts/gpu-check.sh build          (build machine: needs Rust; no GPU)
-#       Builds release test binaries (cuda_parity, nvrtc_compile, cuda_unavailable) and the
-#       cuda_kernels bench with --features cuda, strips them and copies them with the
-#       comparison script into gpu-bundle/ (git-ignored), checking the bundle is under 64 MiB.
+#       Builds release test binaries (cuda_parity, cuda_tensor, cuda_ctc, nvrtc_compile,
+#       cuda_unavailable), the cuda_kernels bench and the examples train_digits, ctc_toy and
+#       char_lstm with --features cuda, strips them and copies them with the comparison script
+#       into gpu-bundle/ (git-ignored), checking the bundle is under 64 MiB.
 #
 #   scripts/gpu-check.sh run OUT_DIR    (GPU machine: no Rust; python3 + PyTorch)
 #       From the repository root (or with GPU_BUNDLE=path): runs every test including the
-#       ignored GPU ones, the CUDA benches, and benches/compare/torch_ops.py; writes logs and
-#       summary.txt (op, dtype, size, ours, torch, ratio, GB/s or TFLOP/s) to OUT_DIR.
-#       Budget: under 8 minutes in all (each step has its own timeout).
+#       ignored GPU ones, the examples on `--device cuda`, the CUDA benches, and
+#       benches/compare/torch_ops.py; writes seven files to OUT_DIR (env.txt, tests.log,
+#       examples.log, bench_ours.log, bench_torch.log, bench_torch.json and summary.txt: op,
+#       dtype, size, ours, torch, ratio, GB/s or TFLOP/s). Expect about 4 minutes; each step
+#       has its own timeout (14 minutes at worst).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,13 +27,16 @@ build() {
     cargo test --release --features cuda --no-run --message-format=json \
         --test cuda_parity --test cuda_tensor --test cuda_ctc --test nvrtc_compile --test cuda_unavailable >"$json"
     cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
+    cargo build --release --features cuda --message-format=json \
+        --example train_digits --example ctc_toy --example char_lstm >>"$json"
     rm -rf "$bundle"
     mkdir -p "$bundle/bin" "$bundle/compare"
     # Each compiler-artifact line with an executable names one test or bench binary.
     python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-wanted = {"cuda_parity", "cuda_tensor", "cuda_ctc", "nvrtc_compile", "cuda_unavailable", "cuda_kernels"}
+wanted = {"cuda_parity", "cuda_tensor", "cuda_ctc", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
+          "train_digits", "ctc_toy", "char_lstm"}
 found = set()
 for line in open(src):
     try:
@@ -68,20 +74,45 @@ run() {
     fi
     local bin="$bundle/bin" status=0
     export TENSORFORGE_REQUIRE_NVRTC=1
-    export TENSORFORGE_CACHE_DIR="$out/ptx-cache"
+    # The PTX cache stays out of OUT_DIR: the device tool brings back at most eight files.
+    export TENSORFORGE_CACHE_DIR="${TMPDIR:-/tmp}/tensorforge-ptx-cache"
+    # cudarc opens libnvrtc by name, so its folder must be on the loader's path: the CUDA
+    # toolkit's, or the one PyTorch's nvidia-cuda-nvrtc wheel brings.
+    local d
+    for d in /usr/local/cuda/lib64 \
+        "$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null)"; do
+        if [ -n "$d" ] && ls "$d"/libnvrtc.so* >/dev/null 2>&1; then
+            export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        fi
+    done
     {
         nvidia-smi -L || true
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
+        echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     } >"$out/env.txt" 2>&1
     for t in cuda_unavailable nvrtc_compile cuda_parity cuda_tensor cuda_ctc; do
         echo "== $t" | tee -a "$out/tests.log"
-        if ! timeout 180 "$bin/$t" --include-ignored --test-threads=1 >>"$out/tests.log" 2>&1; then
+        if ! timeout "$([ "$t" = cuda_parity ] && echo 150 || echo 60)" "$bin/$t" --include-ignored --test-threads=1 >>"$out/tests.log" 2>&1; then
             echo "FAILED: $t" | tee -a "$out/tests.log"
             status=1
         fi
     done
-    timeout 200 "$bin/cuda_kernels" --bench --warm-up-time 1 --measurement-time 2 >"$out/bench_ours.log" 2>&1 || status=1
-    timeout 120 python3 "$bundle/compare/torch_ops.py" --json "$out/bench_torch.json" >"$out/bench_torch.log" 2>&1 || status=1
+    # End to end: each example trains on the GPU and prints its result line.
+    : >"$out/examples.log"
+    local ex
+    local tmp="${TMPDIR:-/tmp}/tf-examples"
+    for ex in "train_digits --device cuda --epochs 5 --out $tmp" \
+        "train_digits --device cuda --model cnn --epochs 2 --out $tmp" \
+        "ctc_toy --device cuda" "char_lstm --device cuda --seconds 20"; do
+        echo "== $ex" | tee -a "$out/examples.log"
+        # shellcheck disable=SC2086 # the words are the example and its flags
+        if ! timeout 60 "$bin"/$ex >>"$out/examples.log" 2>&1; then
+            echo "FAILED: $ex" | tee -a "$out/examples.log"
+            status=1
+        fi
+    done
+    timeout 150 "$bin/cuda_kernels" --bench --warm-up-time 1 --measurement-time 2 >"$out/bench_ours.log" 2>&1 || status=1
+    timeout 90 python3 "$bundle/compare/torch_ops.py" --json "$out/bench_torch.json" >"$out/bench_torch.log" 2>&1 || status=1
     python3 - "$out/bench_ours.log" "$out/bench_torch.json" >"$out/summary.txt" <<'PY' || status=1
 import json, re, sys
 units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -100,10 +131,10 @@ except (OSError, ValueError):
     torch = {}
 print(f"{'op':<14}{'dtype':<7}{'size':<20}{'ours':>12}{'torch':>12}{'ratio':>8}  rate")
 for key, t in sorted(ours.items()):
-    # key: cuda/<family>/<dtype>/<op>/<size>  or  cuda/matmul/<dtype>/<MxNxK>
+    # key: cuda/<family>/<dtype>/<op>/<size>, or cuda/matmul|conv2d/<dtype>/<size>
     parts = key.split("/")
-    if parts[1] == "matmul":
-        op, dt, size = "matmul", parts[2], parts[3]
+    if parts[1] in ("matmul", "conv2d"):
+        op, dt, size = parts[1], parts[2], parts[3]
     else:
         op, dt, size = parts[3], parts[2], parts[4]
     ref = torch.get(f"{op}/{dt}/{size}", {})

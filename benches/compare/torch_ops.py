@@ -50,6 +50,13 @@ def main():
         a = torch.rand(s, s, device="cuda", dtype=DT[name])
         b = torch.rand(s, s, device="cuda", dtype=DT[name])
         out[f"matmul/{name}/{s}x{s}x{s}"] = {"seconds": timeit(lambda: a @ b, 20), "work": 2 * s**3, "unit": "flop"}
+    n, c, hw, k = 256, 64, 32, 64
+    for name in ["f32", "bf16"]:
+        x = torch.rand(n, c, hw, hw, device="cuda", dtype=DT[name]) * 2 - 1
+        w = torch.rand(k, c, 3, 3, device="cuda", dtype=DT[name]) * 2 - 1
+        key = f"conv2d/{name}/n{n}c{c}h{hw}k{k}"
+        fn = lambda: torch.nn.functional.conv2d(x, w, padding=1)
+        out[key] = {"seconds": timeit(fn, 20), "work": 2 * n * k * c * 9 * hw * hw, "unit": "flop"}
     json.dump(out, open(args.json, "w"), indent=1)
     for k, v in out.items():
         print(f"{k}: {v['seconds'] * 1e6:.1f} us")
