@@ -42,9 +42,7 @@ template <typename T>
 __device__ void binary_float(const T* a, TfLayout la, const T* b, TfLayout lb, T* y, tf_u64 n, tf_u32 op) {
     typedef typename Tr<T>::acc A;
     if (la.contiguous && lb.contiguous) {
-        const T* pa = a + la.offset;
-        const T* pb = b + lb.offset;
-        TF_FOR(i, n) y[i] = Tr<T>::from(float_op<A>(Tr<T>::to(pa[i]), Tr<T>::to(pb[i]), op));
+        tf_zip_contiguous(a + la.offset, b + lb.offset, y, n, [op](A x, A z) { return float_op<A>(x, z, op); });
         return;
     }
     TF_FOR(i, n) {

@@ -166,3 +166,175 @@ __device__ void matmul_tc(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const
     }
 MATMUL_TC(tf_f16, f16, false)
 MATMUL_TC(tf_bf16, bf16, true)
+
+// ---- Tensor-core fast path: 128×128 block tiles, 32 deep, two shared-memory stages ----
+// For f16/bf16 operands whose rows start on 16 bytes: each operand is read either along k
+// ("k-major": A row-major, B column-major, i.e. a transposed weight) or along its rows/columns
+// ("mn-major": A transposed, B row-major), 16 bytes per cp.async; the host picks one of the
+// four kernels (`matmul_mma_<dtype>_<a><b>`, each `k` or `m`/`n`) and falls back to `matmul_tc_*` for
+// anything else. 8 warps sit 2 (rows) × 4 (columns), each owning 64×32 of C as 4×4 m16n8
+// accumulators fed by ldmatrix (with .trans for mn-major tiles). A tile element out of range
+// is zero-filled by cp.async's source size, so edges need no separate path.
+#define MMA_BM 128
+#define MMA_BN 128
+#define MMA_BK 32
+#define MMA_KROW (MMA_BK + 8)   // k-major tile row (halfs): rows 80 bytes apart, conflict-free ldmatrix
+#define MMA_MNROW (MMA_BM + 8)  // mn-major tile row (halfs): rows 272 bytes apart
+#define MMA_TILE 5120           // halfs per operand tile: max(128 × 40, 32 × 136)
+
+TF_DEV unsigned tf_smem_addr(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// One 16-byte copy global -> shared, zero-filled when `full` is false (nothing is read then).
+TF_DEV void tf_cp_async16(unsigned dst, const void* src, bool full) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(full ? 16 : 0));
+}
+
+// Stages rows [r0, r0+128) × k [k0, k0+32) of one operand into `tile` (512 chunks of 8
+// halfs, two per thread). `rs`/`ks`: strides along rows and k; `rows`: rows in range.
+template <bool KMAJOR>
+TF_DEV void mma_stage(unsigned short* tile, const unsigned short* p, tf_u64 rs, tf_u64 ks, tf_u64 r0, tf_u64 rows,
+                      tf_u64 k0, tf_u64 k) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int c = threadIdx.x + 256 * i;
+        if (KMAJOR) {
+            const int r = c >> 2, kc = (c & 3) * 8;
+            const bool in = r0 + r < rows && k0 + kc < k;
+            const unsigned short* src = in ? p + (r0 + r) * rs + (k0 + kc) : p;
+            tf_cp_async16(tf_smem_addr(tile + r * MMA_KROW + kc), src, in);
+        } else {
+            const int kr = c >> 4, rc = (c & 15) * 8;
+            const bool in = k0 + kr < k && r0 + rc < rows;
+            const unsigned short* src = in ? p + (k0 + kr) * ks + (r0 + rc) : p;
+            tf_cp_async16(tf_smem_addr(tile + kr * MMA_MNROW + rc), src, in);
+        }
+    }
+}
+
+TF_DEV void tf_ldmatrix_x4(unsigned (&r)[4], const unsigned short* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(tf_smem_addr(p)));
+}
+TF_DEV void tf_ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(tf_smem_addr(p)));
+}
+
+// A fragment (16 rows × 16 k at `m`, `kk`): registers (rows 0-7 | 8-15) × (k 0-7 | 8-15).
+template <bool KMAJOR>
+TF_DEV void mma_frag_a(unsigned (&r)[4], const unsigned short* tile, int m, int kk, int lane) {
+    const int i = lane >> 3, j = lane & 7;
+    if (KMAJOR) tf_ldmatrix_x4(r, tile + (m + j + (i & 1) * 8) * MMA_KROW + kk + (i >> 1) * 8);
+    else tf_ldmatrix_x4_trans(r, tile + (kk + j + (i >> 1) * 8) * MMA_MNROW + m + (i & 1) * 8);
+}
+// B fragments of two n8 tiles at `n` (16 columns × 16 k): {b0, b1} of tile n, then of n + 8.
+template <bool KMAJOR>
+TF_DEV void mma_frag_b(unsigned (&r)[4], const unsigned short* tile, int n, int kk, int lane) {
+    const int i = lane >> 3, j = lane & 7;
+    if (KMAJOR) tf_ldmatrix_x4(r, tile + (n + j + (i >> 1) * 8) * MMA_KROW + kk + (i & 1) * 8);
+    else tf_ldmatrix_x4_trans(r, tile + (kk + j + (i & 1) * 8) * MMA_MNROW + n + (i >> 1) * 8);
+}
+
+template <bool BF16>
+TF_DEV void tf_mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    if (BF16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+template <typename T, bool BF16, bool AK, bool BK>
+__device__ void matmul_mma(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const T* b, TfLayout bb, tf_u64 brs,
+                           tf_u64 bcs, T* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ alignas(16) unsigned short smem[2][2][MMA_TILE];  // [stage][A | B]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+    const tf_u64 row0 = (tf_u64)blockIdx.y * MMA_BM, col0 = (tf_u64)blockIdx.x * MMA_BN;
+    const tf_u64 ktiles = (k + MMA_BK - 1) / MMA_BK;
+    for (tf_u64 z = blockIdx.z; z < batches; z += gridDim.z) {
+        const unsigned short* pa = (const unsigned short*)(a + tf_offset(ba, z));
+        const unsigned short* pb = (const unsigned short*)(b + tf_offset(bb, z));
+        float acc[4][4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+        // B's rows are C's columns: its row stride is bcs and its k stride brs.
+        mma_stage<AK>(smem[0][0], pa, ars, acs, row0, m, 0, k);
+        mma_stage<BK>(smem[0][1], pb, bcs, brs, col0, n, 0, k);
+        asm volatile("cp.async.commit_group;");
+        for (tf_u64 kt = 0; kt < ktiles; ++kt) {
+            const int s = (int)(kt & 1);
+            if (kt + 1 < ktiles) {
+                mma_stage<AK>(smem[s ^ 1][0], pa, ars, acs, row0, m, (kt + 1) * MMA_BK, k);
+                mma_stage<BK>(smem[s ^ 1][1], pb, bcs, brs, col0, n, (kt + 1) * MMA_BK, k);
+                asm volatile("cp.async.commit_group;");
+                asm volatile("cp.async.wait_group 1;" ::: "memory");
+            } else {
+                asm volatile("cp.async.wait_group 0;" ::: "memory");
+            }
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < MMA_BK; kk += 16) {
+                unsigned fa[4][4], fb[2][4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) mma_frag_a<AK>(fa[i], smem[s][0], wm + 16 * i, kk, lane);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) mma_frag_b<BK>(fb[j], smem[s][1], wn + 16 * j, kk, lane);
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        tf_mma16816<BF16>(acc[i][j], fa[i], fb[j >> 1][(j & 1) * 2], fb[j >> 1][(j & 1) * 2 + 1]);
+            }
+            __syncthreads();
+        }
+        T* pc = c + z * m * n;
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const tf_u64 gi = row0 + wm + 16 * i + g + 8 * h, gj = col0 + wn + 8 * j + 2 * t;
+                    if (gi >= m) continue;
+                    if (gj < n) pc[gi * n + gj] = Tr<T>::from(acc[i][j][2 * h]);
+                    if (gj + 1 < n) pc[gi * n + gj + 1] = Tr<T>::from(acc[i][j][2 * h + 1]);
+                }
+    }
+#else
+    asm volatile("trap;");  // the host selects these kernels on sm_80 and newer only
+#endif
+}
+
+#define MATMUL_MMA(T, N, IS_BF16, AK, BK, SUFFIX)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) matmul_mma_##N##_##SUFFIX(const T* a, TfLayout ba,         \
+        tf_u64 ars, tf_u64 acs, const T* b, TfLayout bb, tf_u64 brs, tf_u64 bcs, T* c, tf_u64 batches, tf_u64 m, \
+        tf_u64 n, tf_u64 k) {                                                                                   \
+        matmul_mma<T, IS_BF16, AK, BK>(a, ba, ars, acs, b, bb, brs, bcs, c, batches, m, n, k);                  \
+    }
+MATMUL_MMA(tf_f16, f16, false, true, true, kk)
+MATMUL_MMA(tf_f16, f16, false, true, false, kn)
+MATMUL_MMA(tf_f16, f16, false, false, true, mk)
+MATMUL_MMA(tf_f16, f16, false, false, false, mn)
+MATMUL_MMA(tf_bf16, bf16, true, true, true, kk)
+MATMUL_MMA(tf_bf16, bf16, true, true, false, kn)
+MATMUL_MMA(tf_bf16, bf16, true, false, true, mk)
+MATMUL_MMA(tf_bf16, bf16, true, false, false, mn)

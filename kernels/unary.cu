@@ -47,8 +47,7 @@ template <typename A> __device__ __forceinline__ A unary_op(A x, tf_u32 op) {
 template <typename T> __device__ void unary_impl(const T* x, TfLayout l, T* y, tf_u64 n, tf_u32 op) {
     typedef typename Tr<T>::acc A;
     if (l.contiguous) {
-        const T* s = x + l.offset;
-        TF_FOR(i, n) y[i] = Tr<T>::from(unary_op<A>(Tr<T>::to(s[i]), op));
+        tf_map_contiguous(x + l.offset, y, n, [op](A v) { return unary_op<A>(v, op); });
         return;
     }
     TF_FOR(i, n) y[i] = Tr<T>::from(unary_op<A>(Tr<T>::to(x[tf_offset(l, i)]), op));
@@ -70,14 +69,16 @@ template <typename T>
 __device__ void scalar_impl(const T* x, TfLayout l, T* y, tf_u64 n, tf_u32 op, double p, double q) {
     typedef typename Tr<T>::acc A;
     const A a = (A)p, b = (A)q;
-    TF_FOR(i, n) {
-        A v = Tr<T>::to(x[tf_offset(l, i)]);
-        A r;
-        if (op == TF_SCALAR_AFFINE) r = v * a + b;
-        else if (op == TF_SCALAR_POWF) r = pow(v, a);
-        else r = v < a ? a : (v > b ? b : v);
-        y[i] = Tr<T>::from(r);
+    auto f = [op, a, b](A v) {
+        if (op == TF_SCALAR_AFFINE) return v * a + b;
+        if (op == TF_SCALAR_POWF) return (A)pow(v, a);
+        return v < a ? a : (v > b ? b : v);
+    };
+    if (l.contiguous) {
+        tf_map_contiguous(x + l.offset, y, n, f);
+        return;
     }
+    TF_FOR(i, n) y[i] = Tr<T>::from(f(Tr<T>::to(x[tf_offset(l, i)])));
 }
 
 // i64 affine (integral parameters, wrapping) and clamp (bounds already rounded inward).

@@ -296,26 +296,47 @@ fn softmax_and_log_softmax() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn matmul_strided_and_batched() {
+    // Sizes that take the 16-byte-staged tensor-core kernels for f16/bf16 (k and the
+    // mn-major extents multiples of 8, with ragged 128-tiles and a partial 32-deep k tile), and
+    // sizes that fall back to the tiled kernels.
+    let sizes = [
+        (1usize, 1usize, 1usize, 1usize),
+        (1, 65, 17, 70),
+        (3, 33, 129, 64),
+        (2, 128, 64, 200),
+        (2, 200, 136, 264),
+        (1, 256, 520, 136),
+    ];
     for dt in FLOATS {
-        for (b, m, k, n) in [(1usize, 1usize, 1usize, 1usize), (1, 65, 17, 70), (3, 33, 129, 64), (2, 128, 64, 200)] {
+        for (b, m, k, n) in sizes {
             let (a, w) = (data(b * m * k, dt, 11, -1.0, 1.0), data(b * k * n, dt, 12, -1.0, 1.0));
             let (ga, gw) = (up(&a), up(&w));
-            let la = Layout::contiguous((b, m, k));
-            let lw = Layout::contiguous((b, k, n));
             let scale = (k as f64).sqrt() * 4.0;
-            let what = format!("matmul {dt:?} {b}x{m}x{k}x{n}");
-            assert_close(&a.matmul(&la, &w, &lw).unwrap(), &ga.matmul(&la, &gw, &lw).unwrap(), scale, &what);
-            // A transposed view of the same data ([b, k, m] read as [b, m, k]) costs no copy.
-            let lat = Layout::contiguous((b, k, m)).transpose(1, 2);
-            let lwt = Layout::contiguous((b, n, k)).transpose(1, 2);
-            assert_close(&a.matmul(&lat, &w, &lwt).unwrap(), &ga.matmul(&lat, &gw, &lwt).unwrap(), scale, &what);
+            // Each operand as stored or as a transposed view of the same data ([b, k, m] read as
+            // [b, m, k]): transposes cost no copy, and each pairing picks its own kernel.
+            let las = [Layout::contiguous((b, m, k)), Layout::contiguous((b, k, m)).transpose(1, 2)];
+            let lws = [Layout::contiguous((b, k, n)), Layout::contiguous((b, n, k)).transpose(1, 2)];
+            for (i, la) in las.iter().enumerate() {
+                for (j, lw) in lws.iter().enumerate() {
+                    let what = format!("matmul {dt:?} {b}x{m}x{k}x{n} a{i} w{j}");
+                    assert_close(&a.matmul(la, &w, lw).unwrap(), &ga.matmul(la, &gw, lw).unwrap(), scale, &what);
+                }
+            }
             // A broadcast batch (stride 0).
+            let la = &las[0];
             let lb = Layout::new(Shape::from((1, k, n)), vec![k * n, n, 1], 0)
                 .broadcast_as(&Shape::from((b, k, n)))
                 .unwrap();
-            assert_close(&a.matmul(&la, &w, &lb).unwrap(), &ga.matmul(&la, &gw, &lb).unwrap(), scale, &what);
+            let what = format!("matmul {dt:?} {b}x{m}x{k}x{n} broadcast");
+            assert_close(&a.matmul(la, &w, &lb).unwrap(), &ga.matmul(la, &gw, &lb).unwrap(), scale, &what);
         }
     }
+    // An operand starting off a 16-byte boundary takes the fallback and still agrees.
+    let dt = DType::BF16;
+    let (a, w) = (data(1 + 64 * 64, dt, 13, -1.0, 1.0), data(64 * 64, dt, 14, -1.0, 1.0));
+    let la = Layout::new(Shape::from((64, 64)), vec![64, 1], 1);
+    let lw = Layout::contiguous((64, 64));
+    assert_close(&a.matmul(&la, &w, &lw).unwrap(), &up(&a).matmul(&la, &up(&w), &lw).unwrap(), 32.0, "offset 1");
 }
 
 #[test]

@@ -153,6 +153,10 @@ impl CudaDevice {
     pub fn arch(&self) -> &str {
         &self.arch
     }
+    /// The compute capability's major version (8 for sm_80/sm_86, 9 for sm_90).
+    pub(crate) fn compute_major(&self) -> u32 {
+        self.arch.trim_start_matches("sm_").parse::<u32>().map_or(0, |v| v / 10)
+    }
     /// Bytes held by live storages (rounded up to their size classes).
     pub fn bytes_in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)

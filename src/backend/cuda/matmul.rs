@@ -37,15 +37,17 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
     if k == 0 {
         return super::BackendDevice::full(&**a.dev(), &Shape::from(batches * m * n), a.dtype, 0.0);
     }
-    let grid_y = m.div_ceil(64);
+    let mma = mma_kernel(a, la, b, lb, (m, k, n));
+    let tile = if mma.is_some() { 128 } else { 64 };
+    let grid_y = m.div_ceil(tile);
     if grid_y > 65535 {
         return Err(Error::BadShape {
             op: "matmul",
-            msg: format!("{m} rows exceed the CUDA kernel's limit of 4194240"),
+            msg: format!("{m} rows exceed the CUDA kernel's limit of {}", 65535 * tile),
         });
     }
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(64).min(u32::MAX as usize) as u32, grid_y as u32, batches.min(65535) as u32),
+        grid_dim: (n.div_ceil(tile).min(u32::MAX as usize) as u32, grid_y as u32, batches.min(65535) as u32),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -64,10 +66,57 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
         Arg::U64(n as u64),
         Arg::U64(k as u64),
     ];
-    // 16-bit floats use tensor cores unless TENSORFORGE_NO_TENSOR_CORES is set (to compare
-    // against the tiled kernel); both kernels take the same arguments and grid.
-    let tc = matches!(a.dtype, DType::F16 | DType::BF16) && std::env::var_os("TENSORFORGE_NO_TENSOR_CORES").is_none();
-    let kernel = format!("matmul_{}{}", if tc { "tc_" } else { "" }, a.dtype.as_str());
+    // Every kernel takes the same arguments; only the grid's tile differs.
+    let kernel = match mma {
+        Some(name) => name,
+        None if tensor_cores(a.dtype) => format!("matmul_tc_{}", a.dtype.as_str()),
+        None => format!("matmul_{}", a.dtype.as_str()),
+    };
     a.dev().launch("matmul", &kernel, cfg, &args)?;
     Ok(out)
+}
+
+/// 16-bit floats use tensor cores unless TENSORFORGE_NO_TENSOR_CORES is set (to compare
+/// against the tiled kernel).
+fn tensor_cores(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && std::env::var_os("TENSORFORGE_NO_TENSOR_CORES").is_none()
+}
+
+/// The tensor-core kernel with 16-byte staging (`matmul_mma_<dtype>_<a><b>`) for these
+/// operands, when it applies: sm_80 or newer, and each operand read along k (`k`: A
+/// row-major, B a transposed row-major matrix) or along its other axis (`m` / `n`), with
+/// every row of 8-element chunks starting on 16 bytes and never straddling the edge.
+fn mma_kernel(
+    a: &CudaStorage,
+    la: &Layout,
+    b: &CudaStorage,
+    lb: &Layout,
+    (m, k, n): (usize, usize, usize),
+) -> Option<String> {
+    if !tensor_cores(a.dtype) || a.dev().compute_major() < 8 {
+        return None;
+    }
+    let r = la.rank();
+    let aligned = |s: &CudaStorage, l: &Layout| {
+        let bytes = s.ptr() as usize + l.offset() * 2;
+        bytes % 16 == 0 && l.strides()[..r - 2].iter().all(|st| st % 8 == 0)
+    };
+    if !aligned(a, la) || !aligned(b, lb) {
+        return None;
+    }
+    // `rows`: the operand's extent across C (m for A, n for B); `rs`/`ks`: strides along it and k.
+    let major = |rs: usize, ks: usize, rows: usize, kch: char, rch: char| {
+        if ks == 1 && rs % 8 == 0 && k % 8 == 0 {
+            Some(kch)
+        } else if rs == 1 && ks % 8 == 0 && rows % 8 == 0 {
+            Some(rch)
+        } else {
+            None
+        }
+    };
+    let (ars, acs) = (la.strides()[r - 2], la.strides()[r - 1]);
+    let (brs, bcs) = (lb.strides()[r - 2], lb.strides()[r - 1]);
+    let am = major(ars, acs, m, 'k', 'm')?;
+    let bm = major(bcs, brs, n, 'k', 'n')?;
+    Some(format!("matmul_mma_{}_{am}{bm}", a.dtype.as_str()))
 }
