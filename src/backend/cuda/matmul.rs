@@ -99,16 +99,16 @@ fn mma_kernel(
     let r = la.rank();
     let aligned = |s: &CudaStorage, l: &Layout| {
         let bytes = s.ptr() as usize + l.offset() * 2;
-        bytes % 16 == 0 && l.strides()[..r - 2].iter().all(|st| st % 8 == 0)
+        bytes.is_multiple_of(16) && l.strides()[..r - 2].iter().all(|st| st.is_multiple_of(8))
     };
     if !aligned(a, la) || !aligned(b, lb) {
         return None;
     }
     // `rows`: the operand's extent across C (m for A, n for B); `rs`/`ks`: strides along it and k.
     let major = |rs: usize, ks: usize, rows: usize, kch: char, rch: char| {
-        if ks == 1 && rs % 8 == 0 && k % 8 == 0 {
+        if ks == 1 && rs.is_multiple_of(8) && k.is_multiple_of(8) {
             Some(kch)
-        } else if rs == 1 && ks % 8 == 0 && rows % 8 == 0 {
+        } else if rs == 1 && ks.is_multiple_of(8) && rows.is_multiple_of(8) {
             Some(rch)
         } else {
             None
