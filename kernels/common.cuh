@@ -115,13 +115,15 @@ struct alignas(16) tf_vec16 { unsigned w[4]; };
 
 TF_DEV bool tf_aligned16(const void* p) { return ((tf_u64)p & 15) == 0; }
 
-// y[i] = f(x[i]) for contiguous x and y; `f` maps the accumulation type.
-template <typename T, typename F> TF_DEV void tf_map_contiguous(const T* x, T* y, tf_u64 n, F f) {
+// y[i] = f(x[i]) for i = first, first + step, … over contiguous x and y (in vectors when
+// both are aligned): a grid (grid-stride ids) or one row's group (lane, group width).
+template <typename T, typename F>
+TF_DEV void tf_map_lanes(const T* x, T* y, tf_u64 n, tf_u64 first, tf_u64 step, F f) {
     constexpr int V = 16 / sizeof(T);
     tf_u64 done = 0;
     if (tf_aligned16(x) && tf_aligned16(y)) {
         const tf_u64 nv = n / V;
-        TF_FOR(j, nv) {
+        for (tf_u64 j = first; j < nv; j += step) {
             tf_vec16 v = ((const tf_vec16*)x)[j], r;
             const T* e = (const T*)&v;
             T* o = (T*)&r;
@@ -131,7 +133,29 @@ template <typename T, typename F> TF_DEV void tf_map_contiguous(const T* x, T* y
         }
         done = nv * V;
     }
-    TF_FOR(i, n - done) y[done + i] = Tr<T>::from(f(Tr<T>::to(x[done + i])));
+    for (tf_u64 i = done + first; i < n; i += step) y[i] = Tr<T>::from(f(Tr<T>::to(x[i])));
+}
+template <typename T, typename F> TF_DEV void tf_map_contiguous(const T* x, T* y, tf_u64 n, F f) {
+    tf_map_lanes(x, y, n, (tf_u64)blockIdx.x * blockDim.x + threadIdx.x, (tf_u64)blockDim.x * gridDim.x, f);
+}
+
+// acc = f(acc, x[i]) for i = first, first + step, … over contiguous x (in vectors when aligned).
+template <typename T, typename A, typename F>
+TF_DEV A tf_fold_lanes(const T* x, tf_u64 n, tf_u64 first, tf_u64 step, A acc, F f) {
+    constexpr int V = 16 / sizeof(T);
+    tf_u64 done = 0;
+    if (tf_aligned16(x)) {
+        const tf_u64 nv = n / V;
+        for (tf_u64 j = first; j < nv; j += step) {
+            tf_vec16 v = ((const tf_vec16*)x)[j];
+            const T* e = (const T*)&v;
+#pragma unroll
+            for (int q = 0; q < V; ++q) acc = f(acc, Tr<T>::to(e[q]));
+        }
+        done = nv * V;
+    }
+    for (tf_u64 i = done + first; i < n; i += step) acc = f(acc, Tr<T>::to(x[i]));
+    return acc;
 }
 
 // y[i] = f(a[i], b[i]) for contiguous a, b and y.

@@ -76,6 +76,103 @@ MATMUL(double, f64)
 MATMUL(tf_f16, f16)
 MATMUL(tf_bf16, bf16)
 
+// f32 on the CUDA cores for larger products: 128×128 tiles 8 deep, 8×8 outputs per thread
+// (two 4×4 blocks 64 apart in each direction, so a warp's shared-memory reads are 16-byte
+// vectors without conflicts), the next tile's elements fetched into registers while the
+// current one is multiplied. Global reads follow whichever operand stride is 1.
+#define SG_BM 128
+#define SG_BK 8
+#define SG_PAD 4  // rows of 132 floats: a column of 8 k lands on 8 distinct banks
+
+TF_DEV float4 tf_ld4(const float* p) { return *(const float4*)p; }
+
+__device__ void matmul_simt_f32_impl(const float* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const float* b, TfLayout bb,
+                                     tf_u64 brs, tf_u64 bcs, float* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
+    __shared__ alignas(16) float As[2][SG_BK][SG_BM + SG_PAD];
+    __shared__ alignas(16) float Bs[2][SG_BK][SG_BM + SG_PAD];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const tf_u64 row0 = (tf_u64)blockIdx.y * SG_BM, col0 = (tf_u64)blockIdx.x * SG_BM;
+    // Element q (0..3) of this thread's share of a tile: (row, k) for A, (k, col) for B.
+    const bool a_mn = ars == 1 && acs != 1, b_n = bcs == 1;
+    int ar[4], ak[4], bk[4], bc[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const int e = tid + 256 * q;
+        ar[q] = a_mn ? e % SG_BM : e / SG_BK;
+        ak[q] = a_mn ? e / SG_BM : e % SG_BK;
+        bk[q] = b_n ? e / SG_BM : e % SG_BK;
+        bc[q] = b_n ? e % SG_BM : e / SG_BK;
+    }
+    for (tf_u64 z = blockIdx.z; z < batches; z += gridDim.z) {
+        const float* pa = a + tf_offset(ba, z);
+        const float* pb = b + tf_offset(bb, z);
+        float ra[4], rb[4];
+        auto fetch = [&](tf_u64 k0) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const tf_u64 gi = row0 + ar[q], ga = k0 + ak[q], gb = k0 + bk[q], gj = col0 + bc[q];
+                ra[q] = (gi < m && ga < k) ? pa[gi * ars + ga * acs] : 0.0f;
+                rb[q] = (gb < k && gj < n) ? pb[gb * brs + gj * bcs] : 0.0f;
+            }
+        };
+        auto stash = [&](int s) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                As[s][ak[q]][ar[q]] = ra[q];
+                Bs[s][bk[q]][bc[q]] = rb[q];
+            }
+        };
+        float acc[8][8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+        fetch(0);
+        stash(0);
+        __syncthreads();
+        const tf_u64 ktiles = (k + SG_BK - 1) / SG_BK;
+        for (tf_u64 kt = 0; kt < ktiles; ++kt) {
+            const int s = (int)(kt & 1);
+            if (kt + 1 < ktiles) fetch((kt + 1) * SG_BK);
+#pragma unroll
+            for (int p = 0; p < SG_BK; ++p) {
+                const float4 a0 = tf_ld4(&As[s][p][ty * 4]), a1 = tf_ld4(&As[s][p][64 + ty * 4]);
+                const float4 b0 = tf_ld4(&Bs[s][p][tx * 4]), b1 = tf_ld4(&Bs[s][p][64 + tx * 4]);
+                const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+                const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                for (int i = 0; i < 8; ++i)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            }
+            if (kt + 1 < ktiles) stash(s ^ 1);
+            __syncthreads();
+        }
+        float* pc = c + z * m * n;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const tf_u64 gi = row0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+            if (gi >= m) continue;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const tf_u64 gj = col0 + h * 64 + tx * 4;
+                if (gj + 3 < n && n % 4 == 0) {
+                    *(float4*)&pc[gi * n + gj] = make_float4(acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2], acc[i][4 * h + 3]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (gj + j < n) pc[gi * n + gj + j] = acc[i][4 * h + j];
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) matmul_simt_f32(const float* a, TfLayout ba, tf_u64 ars, tf_u64 acs,
+    const float* b, TfLayout bb, tf_u64 brs, tf_u64 bcs, float* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
+    matmul_simt_f32_impl(a, ba, ars, acs, b, bb, brs, bcs, c, batches, m, n, k);
+}
+
 // Tensor-core path for 16-bit floats. The block computes the same 64×64 tile as the tiled
 // kernel (so the host launches both alike); its 8 warps sit 4 (rows) × 2 (columns), each
 // owning 16×32 of C as four m16n8 accumulators. Per 16-deep k step the block stages A as
@@ -325,7 +422,7 @@ __device__ void matmul_mma(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, cons
 }
 
 #define MATMUL_MMA(T, N, IS_BF16, AK, BK, SUFFIX)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) matmul_mma_##N##_##SUFFIX(const T* a, TfLayout ba,         \
+    extern "C" __global__ void __launch_bounds__(256, 2) matmul_mma_##N##_##SUFFIX(const T* a, TfLayout ba,         \
         tf_u64 ars, tf_u64 acs, const T* b, TfLayout bb, tf_u64 brs, tf_u64 bcs, T* c, tf_u64 batches, tf_u64 m, \
         tf_u64 n, tf_u64 k) {                                                                                   \
         matmul_mma<T, IS_BF16, AK, BK>(a, ba, ars, acs, b, bb, brs, bcs, c, batches, m, n, k);                  \

@@ -87,7 +87,11 @@ __device__ void reduce_float(const T* x, TfLayout outer, TfLayout inner, tf_u64 
     FOR_OUTPUT(o, n_out, block_mode) {
         const T* base = x + tf_offset(outer, o);
         A acc = red_init<A>(op);
-        for (tf_u64 j = lane_; j < count; j += width_) acc = red_combine(acc, Tr<T>::to(base[tf_offset(inner, j)]), op);
+        if (inner.contiguous) {
+            acc = tf_fold_lanes(base + inner.offset, count, lane_, width_, acc, [op](A a, A v) { return red_combine(a, v, op); });
+        } else {
+            for (tf_u64 j = lane_; j < count; j += width_) acc = red_combine(acc, Tr<T>::to(base[tf_offset(inner, j)]), op);
+        }
         acc = group_allreduce<FloatRed>(acc, op, block_mode != 0);
         if (op == TF_REDUCE_MEAN) acc = acc * (A)(1.0 / (double)count);
         if (lane_ == 0) y[o] = Tr<T>::from(acc);
@@ -163,11 +167,11 @@ TF_DEV tf_i64 load_i64(tf_i64 v) { return v; }
 TF_DEV int load_u8(tf_u8 v) { return v; }
 
 #define REDUCE_FLOAT(T_, N)                                                                                  \
-    extern "C" __global__ void reduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,          \
+    extern "C" __global__ void __launch_bounds__(1024) reduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,          \
                                           tf_u64 count, T_* y, tf_u32 op, tf_u32 block_mode) {                \
         reduce_float<T_, T_>(x, outer, inner, n_out, count, y, op, block_mode);                              \
     }                                                                                                        \
-    extern "C" __global__ void argreduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,       \
+    extern "C" __global__ void __launch_bounds__(1024) argreduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,       \
                                              tf_u64 count, tf_i64* y, tf_u32 is_min, tf_u32 block_mode) {     \
         argreduce<T_, typename Tr<T_>::acc>(x, outer, inner, n_out, count, y, is_min, block_mode, load_acc<T_>); \
     }
@@ -178,22 +182,22 @@ REDUCE_FLOAT(tf_bf16, bf16)
 
 // Sum/Prod of integers give i64 (`reduce_wide_*`); Max/Min keep the dtype.
 #define REDUCE_INT(T_, N)                                                                                     \
-    extern "C" __global__ void reduce_wide_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,      \
+    extern "C" __global__ void __launch_bounds__(1024) reduce_wide_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,      \
                                                tf_u64 count, tf_i64* y, tf_u32 op, tf_u32 block_mode) {        \
         reduce_int<T_, tf_i64>(x, outer, inner, n_out, count, y, op, block_mode);                             \
     }                                                                                                         \
-    extern "C" __global__ void reduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,           \
+    extern "C" __global__ void __launch_bounds__(1024) reduce_##N(const T_* x, TfLayout outer, TfLayout inner, tf_u64 n_out,           \
                                           tf_u64 count, T_* y, tf_u32 op, tf_u32 block_mode) {                 \
         reduce_int<T_, T_>(x, outer, inner, n_out, count, y, op, block_mode);                                 \
     }
 REDUCE_INT(tf_i64, i64)
 REDUCE_INT(tf_u8, u8)
 
-extern "C" __global__ void argreduce_i64(const tf_i64* x, TfLayout outer, TfLayout inner, tf_u64 n_out, tf_u64 count,
+extern "C" __global__ void __launch_bounds__(1024) argreduce_i64(const tf_i64* x, TfLayout outer, TfLayout inner, tf_u64 n_out, tf_u64 count,
                                          tf_i64* y, tf_u32 is_min, tf_u32 block_mode) {
     argreduce<tf_i64, tf_i64>(x, outer, inner, n_out, count, y, is_min, block_mode, load_i64);
 }
-extern "C" __global__ void argreduce_u8(const tf_u8* x, TfLayout outer, TfLayout inner, tf_u64 n_out, tf_u64 count,
+extern "C" __global__ void __launch_bounds__(1024) argreduce_u8(const tf_u8* x, TfLayout outer, TfLayout inner, tf_u64 n_out, tf_u64 count,
                                         tf_i64* y, tf_u32 is_min, tf_u32 block_mode) {
     argreduce<tf_u8, int>(x, outer, inner, n_out, count, y, is_min, block_mode, load_u8);
 }

@@ -1,6 +1,7 @@
 // Softmax / log-softmax along one axis: a warp per row for short rows, a block per row for
-// long ones. `in_rows`/`out_rows` are the layouts with the axis moved last, so element j of
-// row r sits at tf_offset(layout, r * len + j) on both sides (contiguous rows take the fast path).
+// long ones (up to 1024 threads, hence the launch bounds: f64 must fit 64 registers).
+// `in_rows`/`out_rows` are the layouts with the axis moved last, so element j of row r sits at
+// tf_offset(layout, r * len + j) on both sides; contiguous rows are read in 16-byte vectors.
 #include "abi.h"
 #include "common.cuh"
 
@@ -33,26 +34,39 @@ __device__ void softmax_impl(const T* x, TfLayout in_rows, T* y, TfLayout out_ro
     const tf_u64 groups = block_mode ? gridDim.x : ((tf_u64)gridDim.x * blockDim.x) / 32;
     const tf_u32 lane = block_mode ? threadIdx.x : threadIdx.x % 32;
     const tf_u32 width = block_mode ? blockDim.x : 32;
+    const bool fast = in_rows.contiguous && out_rows.contiguous;
     for (tf_u64 r = group; r < rows; r += groups) {
         const tf_u64 first = r * len;
         A m = neg_inf;
-        for (tf_u64 j = lane; j < len; j += width) m = tf_max_nan(m, Tr<T>::to(x[tf_offset(in_rows, first + j)]));
+        if (fast) {
+            m = tf_fold_lanes(x + in_rows.offset + first, len, lane, width, m, [](A a, A v) { return tf_max_nan(a, v); });
+        } else {
+            for (tf_u64 j = lane; j < len; j += width) m = tf_max_nan(m, Tr<T>::to(x[tf_offset(in_rows, first + j)]));
+        }
         m = sm_allreduce(m, true, block_mode != 0);
         // A fully masked row (all -inf) shifts by 0, as the CPU kernel.
         const A shift = m == neg_inf ? (A)0 : m;
         A s = (A)0;
-        for (tf_u64 j = lane; j < len; j += width) s += exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift);
+        if (fast) {
+            s = tf_fold_lanes(x + in_rows.offset + first, len, lane, width, s, [shift](A a, A v) { return a + exp(v - shift); });
+        } else {
+            for (tf_u64 j = lane; j < len; j += width) s += exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift);
+        }
         s = sm_allreduce(s, false, block_mode != 0);
         const A lse = shift + log(s), inv = (A)1 / s;
-        for (tf_u64 j = lane; j < len; j += width) {
-            A v = Tr<T>::to(x[tf_offset(in_rows, first + j)]);
-            y[tf_offset(out_rows, first + j)] = Tr<T>::from(log_out ? v - lse : exp(v - shift) * inv);
+        auto out = [=](A v) { return log_out ? v - lse : exp(v - shift) * inv; };
+        if (fast) {
+            tf_map_lanes(x + in_rows.offset + first, y + out_rows.offset + first, len, lane, width, out);
+        } else {
+            for (tf_u64 j = lane; j < len; j += width) {
+                y[tf_offset(out_rows, first + j)] = Tr<T>::from(out(Tr<T>::to(x[tf_offset(in_rows, first + j)])));
+            }
         }
     }
 }
 
 #define SOFTMAX(T, N)                                                                                         \
-    extern "C" __global__ void softmax_##N(const T* x, TfLayout in_rows, T* y, TfLayout out_rows, tf_u64 rows, \
+    extern "C" __global__ void __launch_bounds__(1024) softmax_##N(const T* x, TfLayout in_rows, T* y, TfLayout out_rows, tf_u64 rows, \
                                            tf_u64 len, tf_u32 log_out, tf_u32 block_mode) {                   \
         softmax_impl<T>(x, in_rows, y, out_rows, rows, len, log_out, block_mode);                             \
     }

@@ -37,8 +37,10 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
     if k == 0 {
         return super::BackendDevice::full(&**a.dev(), &Shape::from(batches * m * n), a.dtype, 0.0);
     }
+    // f32 products of at least one 64-tile each way take the 128-tile CUDA-core kernel.
+    let simt = a.dtype == DType::F32 && m >= 64 && n >= 64;
     let mma = mma_kernel(a, la, b, lb, (m, k, n));
-    let tile = if mma.is_some() { 128 } else { 64 };
+    let tile = if mma.is_some() || simt { 128 } else { 64 };
     let grid_y = m.div_ceil(tile);
     if grid_y > 65535 {
         return Err(Error::BadShape {
@@ -69,6 +71,7 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
     // Every kernel takes the same arguments; only the grid's tile differs.
     let kernel = match mma {
         Some(name) => name,
+        None if simt => "matmul_simt_f32".to_string(),
         None if tensor_cores(a.dtype) => format!("matmul_tc_{}", a.dtype.as_str()),
         None => format!("matmul_{}", a.dtype.as_str()),
     };
