@@ -211,25 +211,40 @@ pub fn reduce(s: &CpuStorage, l: &Layout, op: ReduceOp, axes: &[usize]) -> Resul
     }
 }
 
-/// One row of softmax: `x` → `out`, with `scratch` holding the exponentials in compute
-/// precision (so f16 rows sum unrounded values). Three or four passes over a row that stays in
-/// L1: max, exp (+ sum for log-softmax), sum, scale.
+/// One row of softmax: `x` → `out`. Max, then the exponentials with their sum in one pass,
+/// then the scale. Where the element type is its own compute type (f32, f64) the exponentials
+/// go straight into `out` and are scaled there while the row is in L1, so the stores to
+/// memory overlap the exp arithmetic; f16/bf16 keep them unrounded in `scratch` and round once.
 #[inline]
 fn softmax_row<T: CpuFloat>(x: &[T], scratch: &mut Vec<T::Acc>, out: &mut [MaybeUninit<T>], log: bool) {
     let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a: T| a.to_acc(), &|a: T::Acc, b| a.max_nan(b));
     // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
     let shift = if max == T::Acc::NEG_INF { T::Acc::ZERO } else { max };
+    let add = |a: T::Acc, b: T::Acc| a + b;
     if log {
-        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T| (a.to_acc() - shift).exp(), &|a, b| a + b);
+        let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T| (a.to_acc() - shift).exp(), &add);
         let lse = shift + sum.ln();
         simd::map_slice(x, out, &|a: T| T::from_acc(a.to_acc() - lse));
+    } else if std::mem::size_of::<T>() == std::mem::size_of::<T::Acc>() {
+        // T::Acc is T itself: `from_acc` and `to_acc` are exact.
+        let sum = simd::map_fold_slice(
+            x,
+            out,
+            &|a: T| T::from_acc((a.to_acc() - shift).exp()),
+            T::from_acc(T::Acc::ZERO),
+            &|a, b| T::from_acc(a.to_acc() + b.to_acc()),
+        );
+        let inv = T::Acc::ONE / sum.to_acc();
+        // SAFETY: `map_fold_slice` wrote every slot of `out`.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<T>] as *mut [T]) };
+        simd::update_slice(out, &|a: T| T::from_acc(a.to_acc() * inv));
     } else {
         scratch.clear();
         scratch.reserve(x.len());
-        simd::map_slice(x, &mut scratch.spare_capacity_mut()[..x.len()], &|a: T| (a.to_acc() - shift).exp());
-        // SAFETY: `map_slice` wrote all `x.len()` slots.
+        let exps = &mut scratch.spare_capacity_mut()[..x.len()];
+        let sum = simd::map_fold_slice(x, exps, &|a: T| (a.to_acc() - shift).exp(), T::Acc::ZERO, &add);
+        // SAFETY: `map_fold_slice` wrote all `x.len()` slots.
         unsafe { scratch.set_len(x.len()) };
-        let sum = simd::fold_slice(scratch, T::Acc::ZERO, &|a| a, &|a, b| a + b);
         let inv = T::Acc::ONE / sum;
         simd::map_slice(scratch, out, &|a: T::Acc| T::from_acc(a * inv));
     }
