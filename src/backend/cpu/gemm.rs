@@ -209,10 +209,6 @@ const SMALL_MNK: usize = 32 * 1024;
 /// Below this many multiply-adds splitting across threads costs more than it
 /// gains, on a thread of the rayon pool.
 const PAR_MIN_MNK: usize = 64 * 64 * 64;
-/// From a thread outside the pool (a program's main thread) a split also wakes the
-/// pool's sleeping threads and runs one more thread than there are cores, so it pays
-/// only for products this many times larger.
-const OUTSIDE_POOL_FACTOR: usize = 16;
 
 /// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F), detected once.
 fn cpu_support() -> (bool, bool) {
@@ -389,7 +385,8 @@ fn packed<T: GemmElem, B: PackB<T>>(
     let par_min = if rayon::current_thread_index().is_some() {
         opts.par_min_mnk
     } else {
-        opts.par_min_mnk.saturating_mul(OUTSIDE_POOL_FACTOR)
+        // Waking the pool from outside costs more (see `super::OUTSIDE_POOL_FACTOR`).
+        opts.par_min_mnk.saturating_mul(super::OUTSIDE_POOL_FACTOR)
     };
     let threads = if parallel && mnk >= par_min { rayon::current_num_threads() } else { 1 };
     // The kernels write every element of C before reading it back (`acc` is false on the

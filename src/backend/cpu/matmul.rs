@@ -2,7 +2,7 @@
 
 use super::float::CpuFloat;
 use super::gemm::{GemmElem, MatRef, gemm_uninit};
-use super::{CpuStorage, PAR_THRESHOLD};
+use super::{CpuStorage, worth_splitting};
 use crate::{Error, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -33,7 +33,7 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     // the GEMM. Every product writes its whole output.
     let many = batches >= 2 * rayon::current_num_threads();
     super::fill_new(batches * m * n, |out| {
-        if batches > 1 && (many || m * n * k < (1 << 21)) && batches * m * n * k >= PAR_THRESHOLD {
+        if batches > 1 && (many || m * n * k < (1 << 21)) && worth_splitting(batches * m * n * k) {
             out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
         } else {
             out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));

@@ -100,9 +100,25 @@ impl CpuStorage {
     }
 }
 
-/// Below this many elements a kernel runs on the calling thread: rayon's fork/join costs
-/// more than the work.
+/// Below this many elements a kernel called on a thread of the rayon pool runs on that
+/// thread: fork/join costs more than the work.
 pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
+/// From a thread outside the pool (a program's main thread) a split also wakes the pool's
+/// sleeping threads and runs one more thread than there are cores, so the bar is this many
+/// times higher there.
+pub(crate) const OUTSIDE_POOL_FACTOR: usize = 4;
+
+/// Whether `work` elements (or multiply-adds) are worth splitting across the rayon pool:
+/// never with a pool of one thread (handing the work to it costs a wake-up and gains
+/// nothing), else above [`PAR_THRESHOLD`], or [`OUTSIDE_POOL_FACTOR`] times that when the
+/// caller is not one of the pool's threads.
+pub(crate) fn worth_splitting(work: usize) -> bool {
+    if rayon::current_num_threads() < 2 {
+        return false;
+    }
+    let bar = if rayon::current_thread_index().is_some() { PAR_THRESHOLD } else { PAR_THRESHOLD * OUTSIDE_POOL_FACTOR };
+    work >= bar
+}
 
 /// Allocates an output buffer and fills it through `fill`, which must write every slot.
 /// Skips zero-initialization: one pass over memory instead of two.
@@ -126,7 +142,7 @@ where
     fill_new(n, |out| {
         if let Some((a, b)) = l.contiguous_range() {
             let src = &src[a..b];
-            if n >= PAR_THRESHOLD {
+            if worth_splitting(n) {
                 out.par_chunks_mut(PAR_THRESHOLD / 4)
                     .zip(src.par_chunks(PAR_THRESHOLD / 4))
                     .for_each(|(o, s)| simd::map_slice(s, o, &f));
@@ -150,7 +166,7 @@ where
                 }
             }
         };
-        if n >= PAR_THRESHOLD {
+        if worth_splitting(n) {
             out.par_chunks_mut(inner).enumerate().for_each(row);
         } else {
             out.chunks_mut(inner).enumerate().for_each(row);
@@ -189,7 +205,7 @@ where
                 }
             }
         };
-        if rows * cols >= PAR_THRESHOLD {
+        if worth_splitting(rows * cols) {
             plane.par_chunks_mut(TILE * cols).enumerate().for_each(band);
         } else {
             plane.chunks_mut(TILE * cols).enumerate().for_each(band);
@@ -210,7 +226,7 @@ where
     fill_new(n, |out| {
         if let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_range(), lb.contiguous_range()) {
             let (a, b) = (&a[a0..a1], &b[b0..b1]);
-            if n >= PAR_THRESHOLD {
+            if worth_splitting(n) {
                 let c = PAR_THRESHOLD / 4;
                 out.par_chunks_mut(c)
                     .zip(a.par_chunks(c).zip(b.par_chunks(c)))
@@ -242,7 +258,7 @@ where
                 }
             }
         };
-        if n >= PAR_THRESHOLD {
+        if worth_splitting(n) {
             out.par_chunks_mut(inner).enumerate().for_each(row);
         } else {
             out.chunks_mut(inner).enumerate().for_each(row);
@@ -436,5 +452,19 @@ mod map_tests {
                 assert_eq!(got, want, "{dims:?} {perm:?}");
             }
         }
+    }
+
+    #[test]
+    fn splitting_depends_on_the_calling_thread() {
+        let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a rayon pool");
+        assert!(two.install(|| worth_splitting(PAR_THRESHOLD)));
+        assert!(!two.install(|| worth_splitting(PAR_THRESHOLD - 1)));
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a rayon pool");
+        assert!(!one.install(|| worth_splitting(usize::MAX)));
+        // This test's own thread is outside every pool: the bar is higher, and the global
+        // pool's size decides whether even that splits.
+        assert!(!worth_splitting(PAR_THRESHOLD));
+        let global_splits = rayon::current_num_threads() >= 2;
+        assert_eq!(worth_splitting(PAR_THRESHOLD * OUTSIDE_POOL_FACTOR), global_splits);
     }
 }

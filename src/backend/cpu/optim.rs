@@ -64,7 +64,7 @@ type Chunk<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S]);
 /// Applies `rule` to every element, in parallel chunks for large parameters.
 fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule: impl ElemRule<T::Acc, S>) {
     const CHUNK: usize = 1 << 14;
-    if p.len() < super::PAR_THRESHOLD {
+    if !super::worth_splitting(p.len()) {
         return sweep_simd(p, g, s, &rule);
     }
     // Every buffer cut at the same points, so chunk i of each lines up.
@@ -220,7 +220,9 @@ mod tests {
             let abs = |v: Vec<f32>| v.into_iter().map(f32::abs).collect::<Vec<_>>();
             let (mut p, mut s0, mut s1) = (val(2), abs(val(3)), abs(val(4)));
             let (mut q, mut t0, mut t1) = (p.clone(), s0.clone(), s1.clone());
-            dispatch(&mut p, &g, Some(&mut s0), Some(&mut s1), &rule);
+            // On a pool thread, so the pass splits (see `worth_splitting`).
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a rayon pool");
+            pool.install(|| dispatch(&mut p, &g, Some(&mut s0), Some(&mut s1), &rule));
             // The reference: the same rule, one element at a time through sub-threshold calls.
             for i in 0..n {
                 let r = i..i + 1;

@@ -1,7 +1,7 @@
 //! Reductions over any set of axes, and softmax / log-softmax along one axis.
 
 use super::float::{CpuFloat, Float};
-use super::{CpuStorage, PAR_THRESHOLD, fill_new, simd, with_float_vec};
+use super::{CpuStorage, fill_new, simd, with_float_vec, worth_splitting};
 use crate::backend::ReduceOp;
 use crate::{Error, Layout, Result, Shape, WithDType};
 use rayon::prelude::*;
@@ -28,7 +28,7 @@ fn per_output<U: Send + Sync + 'static>(
         let run = |(i, o): (usize, &mut std::mem::MaybeUninit<U>)| {
             o.write(f(outer.offset_of(i)));
         };
-        if n * work_per_out >= PAR_THRESHOLD && n > 1 {
+        if worth_splitting(n * work_per_out) && n > 1 {
             out.par_iter_mut().enumerate().for_each(run);
         } else {
             out.iter_mut().enumerate().for_each(run);
@@ -109,7 +109,7 @@ fn reduce_leading<T: CpuFloat>(
     };
     let mut acc = vec![init; cols];
     const COLS_PER_TASK: usize = 256;
-    if rows * cols >= PAR_THRESHOLD && cols >= 2 * COLS_PER_TASK {
+    if worth_splitting(rows * cols) && cols >= 2 * COLS_PER_TASK {
         acc.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(i, a)| fold_cols(i * COLS_PER_TASK, a));
     } else {
         fold_cols(0, &mut acc);
@@ -272,7 +272,7 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
     };
     if out_stride == 1 {
         let out = fill_new(n, |out: &mut [MaybeUninit<T>]| {
-            if n >= PAR_THRESHOLD {
+            if worth_splitting(n) {
                 let init = || (Vec::with_capacity(len), Vec::with_capacity(len));
                 out.par_chunks_mut(len).enumerate().for_each_init(init, |s, (r, o)| one_row(s, r, o));
             } else {
@@ -325,8 +325,11 @@ mod tests {
         let (rows, cols) = (37, 1300);
         let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
         let l = Layout::contiguous(Shape::from(vec![rows, cols]));
-        let CpuStorage::F32(sum) = reduce_float(&v, &l, ReduceOp::Sum, &[0]) else { panic!("f32 in, f32 out") };
-        let CpuStorage::F32(max) = reduce_float(&v, &l, ReduceOp::Max, &[0]) else { panic!("f32 in, f32 out") };
+        // On a pool thread, so the columns split (see `worth_splitting`).
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a rayon pool");
+        let (sum, max) =
+            pool.install(|| (reduce_float(&v, &l, ReduceOp::Sum, &[0]), reduce_float(&v, &l, ReduceOp::Max, &[0])));
+        let (CpuStorage::F32(sum), CpuStorage::F32(max)) = (sum, max) else { panic!("f32 in, f32 out") };
         for j in 0..cols {
             let col = (0..rows).map(|r| v[r * cols + j]);
             assert_eq!(sum[j].to_bits(), col.clone().fold(0.0f32, |a, b| a + b).to_bits(), "column {j}");
