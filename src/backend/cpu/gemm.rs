@@ -207,7 +207,7 @@ fn check_operand<T>(x: &MatRef<'_, T>, rows: usize, cols: usize, name: &str) {
 /// direct loop.
 const SMALL_MNK: usize = 32 * 1024;
 /// Below this many multiply-adds splitting across threads costs more than it
-/// gains, on a thread of the rayon pool.
+/// gains, on a thread of the rayon pool (more elsewhere: `super::splitting_bar`).
 const PAR_MIN_MNK: usize = 64 * 64 * 64;
 
 /// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F), detected once.
@@ -382,13 +382,8 @@ fn packed<T: GemmElem, B: PackB<T>>(
         kern.kc = kc.max(1);
         kern.nc = nc.max(1);
     }
-    let par_min = if rayon::current_thread_index().is_some() {
-        opts.par_min_mnk
-    } else {
-        // Waking the pool from outside costs more (see `super::OUTSIDE_POOL_FACTOR`).
-        opts.par_min_mnk.saturating_mul(super::OUTSIDE_POOL_FACTOR)
-    };
-    let threads = if parallel && mnk >= par_min { rayon::current_num_threads() } else { 1 };
+    let split = parallel && super::splitting_bar(opts.par_min_mnk).is_some_and(|bar| mnk >= bar);
+    let threads = if split { rayon::current_num_threads() } else { 1 };
     // The kernels write every element of C before reading it back (`acc` is false on the
     // first depth block), so C may start uninitialized.
     let cptr = SendPtr(c.as_mut_ptr().cast::<T>());

@@ -108,16 +108,23 @@ pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
 /// times higher there.
 pub(crate) const OUTSIDE_POOL_FACTOR: usize = 4;
 
-/// Whether `work` elements (or multiply-adds) are worth splitting across the rayon pool:
-/// never with a pool of one thread (handing the work to it costs a wake-up and gains
-/// nothing), else above [`PAR_THRESHOLD`], or [`OUTSIDE_POOL_FACTOR`] times that when the
-/// caller is not one of the pool's threads.
-pub(crate) fn worth_splitting(work: usize) -> bool {
+/// The amount of work from which splitting across the rayon pool pays, given `on_pool`, the
+/// bar for a caller on one of the pool's threads: [`OUTSIDE_POOL_FACTOR`] times that for a
+/// caller outside the pool, and `None` (never) with a pool of one thread, where handing the
+/// work over costs a wake-up and gains nothing.
+pub(crate) fn splitting_bar(on_pool: usize) -> Option<usize> {
     if rayon::current_num_threads() < 2 {
-        return false;
+        None
+    } else if rayon::current_thread_index().is_some() {
+        Some(on_pool)
+    } else {
+        Some(on_pool.saturating_mul(OUTSIDE_POOL_FACTOR))
     }
-    let bar = if rayon::current_thread_index().is_some() { PAR_THRESHOLD } else { PAR_THRESHOLD * OUTSIDE_POOL_FACTOR };
-    work >= bar
+}
+
+/// Whether a kernel over `work` elements splits across the rayon pool (see [`splitting_bar`]).
+pub(crate) fn worth_splitting(work: usize) -> bool {
+    splitting_bar(PAR_THRESHOLD).is_some_and(|bar| work >= bar)
 }
 
 /// Allocates an output buffer and fills it through `fill`, which must write every slot.
