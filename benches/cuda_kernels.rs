@@ -90,6 +90,18 @@ fn benches(c: &mut Criterion) {
             })
         });
         g.finish();
+        // Its first half alone (torch: `unfold`), to split the conv's time between the column
+        // copy and the product.
+        let mut g = c.benchmark_group(format!("cuda/im2col/{}", dt.as_str()));
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes((n * ch * 9 * hw * hw * dt.size_in_bytes()) as u64));
+        g.bench_function(format!("n{n}c{ch}h{hw}k3"), |bench| {
+            bench.iter(|| {
+                let _o = x.im2col(&xl, &window, 0.0).unwrap();
+                d.synchronize().unwrap();
+            })
+        });
+        g.finish();
     }
 }
 

@@ -5,22 +5,47 @@
 #include "abi.h"
 #include "common.cuh"
 
+// One block per (image, channel) plane at a time, its threads across the output pixels: a
+// thread finds its pixel's (oy, ox) once (one 32-bit div/mod when I is 32-bit) and writes that
+// pixel's column in all kh·kw rows of the plane, so no per-element index decode remains.
+// Consecutive threads read consecutive x and write consecutive columns. I is the pixel index
+// type: 32-bit unless a plane has 2^32 output pixels or more.
+template <typename T, typename I>
+__device__ void im2col_planes(const T* x, const TfLayout& xl, T* out, const TfWindow& g, T pad) {
+    const tf_u64 planes = g.n * g.c;
+    const I ow = (I)g.ow, L = (I)(g.oh * g.ow);
+    const long long h = (long long)g.h, w = (long long)g.w;
+    for (tf_u64 r = blockIdx.x; r < planes; r += gridDim.x) {
+        const tf_u64 plane = r * g.h * g.w;
+        T* o = out + r * g.kh * g.kw * (tf_u64)L;
+        for (I p = threadIdx.x; p < L; p += blockDim.x) {
+            const I oy = p / ow, ox = p - oy * ow;
+            const long long y0 = (long long)oy * (long long)g.sh - (long long)g.ph;
+            const long long x0 = (long long)ox * (long long)g.sw - (long long)g.pw;
+            T* col = o + p;
+            for (tf_u64 i = 0; i < g.kh; ++i) {
+                const long long y = y0 + (long long)(i * g.dh);
+                const bool row_in = y >= 0 && y < h;
+                for (tf_u64 j = 0; j < g.kw; ++j, col += L) {
+                    const long long xx = x0 + (long long)(j * g.dw);
+                    T v = pad;
+                    if (row_in && xx >= 0 && xx < w) {
+                        const tf_u64 e = plane + (tf_u64)(y * w + xx);
+                        v = x[xl.contiguous ? xl.offset + e : tf_offset(xl, e)];
+                    }
+                    *col = v;
+                }
+            }
+        }
+    }
+}
+
 template <typename T>
 __device__ void im2col_impl(const T* x, TfLayout xl, T* out, TfWindow g, T pad) {
-    tf_u64 total = g.n * g.c * g.kh * g.kw * g.oh * g.ow;
-    TF_FOR(i, total) {
-        tf_u64 r = i;
-        tf_u64 ox = r % g.ow; r /= g.ow;
-        tf_u64 oy = r % g.oh; r /= g.oh;
-        tf_u64 j = r % g.kw; r /= g.kw;
-        tf_u64 k = r % g.kh; r /= g.kh;  // r = n*C + c
-        long long y = (long long)(oy * g.sh + k * g.dh) - (long long)g.ph;
-        long long xx = (long long)(ox * g.sw + j * g.dw) - (long long)g.pw;
-        T v = pad;
-        if (y >= 0 && xx >= 0 && y < (long long)g.h && xx < (long long)g.w) {
-            v = x[tf_offset(xl, (r * g.h + (tf_u64)y) * g.w + (tf_u64)xx)];
-        }
-        out[i] = v;
+    if (g.oh * g.ow < (1ull << 32)) {
+        im2col_planes<T, tf_u32>(x, xl, out, g, pad);
+    } else {
+        im2col_planes<T, tf_u64>(x, xl, out, g, pad);
     }
 }
 

@@ -10,7 +10,17 @@ template <typename A> __device__ __forceinline__ A tf_sigmoid(A x) {
     return e / ((A)1 + e);
 }
 
-template <typename A> __device__ __forceinline__ A unary_op(A x, tf_u32 op) {
+// gelu (tanh form) as 0.5·x·(1 + tanh u) = x·σ(2u): one exponential instead of a tanh, and no
+// cancellation as u → −∞. Outputs of 16 bits (Short) keep ~8 of f32's 24 bits, so they take
+// the approximate exponential and division (errors ~2⁻²¹), which keeps the op memory-bound.
+template <typename A, bool Short> __device__ __forceinline__ A gelu_tanh(A x) {
+    const A c = (A)0.79788456080286535588, k = (A)0.044715;
+    A u = c * (x + k * x * x * x);
+    if constexpr (Short) return __fdividef(x, 1.0f + __expf(-2.0f * u));
+    return x / ((A)1 + exp((A)-2 * u));
+}
+
+template <typename A, bool Short = false> __device__ __forceinline__ A unary_op(A x, tf_u32 op) {
     switch (op) {
         case TF_UNARY_NEG: return -x;
         case TF_UNARY_ABS: return fabs(x);
@@ -26,10 +36,7 @@ template <typename A> __device__ __forceinline__ A unary_op(A x, tf_u32 op) {
         case TF_UNARY_SIGMOID: return tf_sigmoid(x);
         case TF_UNARY_RELU: return x > (A)0 ? x : (A)0;
         case TF_UNARY_GELU_ERF: return (A)0.5 * x * ((A)1 + erf(x * (A)0.70710678118654752440));
-        case TF_UNARY_GELU_TANH: {
-            const A c = (A)0.79788456080286535588, k = (A)0.044715;
-            return (A)0.5 * x * ((A)1 + tanh(c * (x + k * x * x * x)));
-        }
+        case TF_UNARY_GELU_TANH: return gelu_tanh<A, Short>(x);
         case TF_UNARY_SILU: return x * tf_sigmoid(x);
         case TF_UNARY_SOFTPLUS: {
             // max(x, 0) + log1p(exp(-|x|)): exact for large |x|, no overflow.
@@ -46,11 +53,12 @@ template <typename A> __device__ __forceinline__ A unary_op(A x, tf_u32 op) {
 
 template <typename T> __device__ void unary_impl(const T* x, TfLayout l, T* y, tf_u64 n, tf_u32 op) {
     typedef typename Tr<T>::acc A;
+    constexpr bool Short = sizeof(T) == 2;
     if (l.contiguous) {
-        tf_map_contiguous(x + l.offset, y, n, [op](A v) { return unary_op<A>(v, op); });
+        tf_map_contiguous(x + l.offset, y, n, [op](A v) { return unary_op<A, Short>(v, op); });
         return;
     }
-    TF_FOR(i, n) y[i] = Tr<T>::from(unary_op<A>(Tr<T>::to(x[tf_offset(l, i)]), op));
+    TF_FOR(i, n) y[i] = Tr<T>::from(unary_op<A, Short>(Tr<T>::to(x[tf_offset(l, i)]), op));
 }
 
 // i64 supports neg/abs/sign/sqr, all wrapping (done in unsigned arithmetic: no UB).

@@ -57,6 +57,9 @@ def main():
         key = f"conv2d/{name}/n{n}c{c}h{hw}k{k}"
         fn = lambda: torch.nn.functional.conv2d(x, w, padding=1)
         out[key] = {"seconds": timeit(fn, 20), "work": 2 * n * k * c * 9 * hw * hw, "unit": "flop"}
+        # im2col: the columns written (bytes).
+        fn = lambda: torch.nn.functional.unfold(x, 3, padding=1)
+        out[f"im2col/{name}/n{n}c{c}h{hw}k3"] = {"seconds": timeit(fn, 20), "work": n * c * 9 * hw * hw * x.element_size(), "unit": "byte"}
     json.dump(out, open(args.json, "w"), indent=1)
     for k, v in out.items():
         print(f"{k}: {v['seconds'] * 1e6:.1f} us")

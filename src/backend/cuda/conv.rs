@@ -7,6 +7,7 @@ use super::{CudaStorage, byte_suffix};
 use crate::backend::Window2d;
 use crate::backend::cpu::CpuStorage;
 use crate::{DType, Error, Layout, Result, Shape, WithDType};
+use cudarc::driver::LaunchConfig;
 
 fn window_abi(w: &Window2d, [n, c, h, wd]: [usize; 4], (oh, ow): (usize, usize)) -> TfWindow {
     let u = |x: usize| x as u64;
@@ -62,7 +63,12 @@ pub(super) fn im2col(s: &CudaStorage, l: &Layout, w: &Window2d, pad: f64) -> Res
         };
         let args = [Arg::Ptr(s.ptr()), Arg::Layout(xl), Arg::Ptr(out.ptr()), Arg::Window(g), pad_arg];
         let dev = s.dev().clone();
-        dev.launch("conv", &format!("im2col_{}", byte_suffix(s.dtype)), dev.grid_1d(total), &args)?;
+        // A block walks whole (image, channel) planes (see the kernel): as many threads as a
+        // plane has output pixels, in warps, up to 256.
+        let threads = (o.0 * o.1).next_multiple_of(32).min(256) as u32;
+        let blocks = (n * c).clamp(1, dev.sm_count() * 32) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        dev.launch("conv", &format!("im2col_{}", byte_suffix(s.dtype)), cfg, &args)?;
     }
     Ok(out)
 }
