@@ -149,12 +149,20 @@ where
     fill_new(n, |out| {
         if let Some((a, b)) = l.contiguous_range() {
             let src = &src[a..b];
+            let stream = n * size_of::<U>() >= simd::STREAM_MIN_BYTES;
+            let part = |s: &[T], o: &mut [MaybeUninit<U>]| {
+                if stream {
+                    simd::map_streamed(s, o, &f);
+                } else {
+                    simd::map_slice(s, o, &f);
+                }
+            };
             if worth_splitting(n) {
                 out.par_chunks_mut(PAR_THRESHOLD / 4)
                     .zip(src.par_chunks(PAR_THRESHOLD / 4))
-                    .for_each(|(o, s)| simd::map_slice(s, o, &f));
+                    .for_each(|(o, s)| part(s, o));
             } else {
-                simd::map_slice(src, out, &f);
+                part(src, out);
             }
             return;
         }
@@ -233,13 +241,19 @@ where
     fill_new(n, |out| {
         if let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_range(), lb.contiguous_range()) {
             let (a, b) = (&a[a0..a1], &b[b0..b1]);
+            let stream = n * size_of::<U>() >= simd::STREAM_MIN_BYTES;
+            let part = |x: &[A], y: &[B], o: &mut [MaybeUninit<U>]| {
+                if stream {
+                    simd::zip_streamed(x, y, o, &f);
+                } else {
+                    simd::zip_slice(x, y, o, &f);
+                }
+            };
             if worth_splitting(n) {
                 let c = PAR_THRESHOLD / 4;
-                out.par_chunks_mut(c)
-                    .zip(a.par_chunks(c).zip(b.par_chunks(c)))
-                    .for_each(|(o, (x, y))| simd::zip_slice(x, y, o, &f));
+                out.par_chunks_mut(c).zip(a.par_chunks(c).zip(b.par_chunks(c))).for_each(|(o, (x, y))| part(x, y, o));
             } else {
-                simd::zip_slice(a, b, out, &f);
+                part(a, b, out);
             }
             return;
         }
