@@ -117,98 +117,77 @@ fn map_fold_plain<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
     r
 }
 
+/// Instantiates each listed function twice, as `<first name>` under AVX-512 and `<second
+/// name>` under AVX2+FMA, from one body that calls an `#[inline(always)]` plain loop: the loop
+/// is compiled (and vectorized) once per instruction set.
+#[cfg(target_arch = "x86_64")]
+macro_rules! multiversion {
+    ($(
+        fn $avx512:ident / $avx2:ident <$($g:ident $(: $bound:path)?),* $(,)?>
+            ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    )*) => {$(
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        pub unsafe fn $avx512<$($g $(: $bound)?),*>($($arg: $ty),*) $(-> $ret)? $body
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn $avx2<$($g $(: $bound)?),*>($($arg: $ty),*) $(-> $ret)? $body
+    )*};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn map_avx512<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
-        map_plain(src, dst, f)
+    multiversion! {
+        fn map_avx512 / map_avx2<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
+            map_plain(src, dst, f)
+        }
+        fn update_avx512 / update_avx2<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
+            update_plain(buf, f)
+        }
+        fn zip_avx512 / zip_avx2<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
+            a: &[A],
+            b: &[B],
+            dst: &mut [MaybeUninit<U>],
+            f: &F,
+        ) {
+            zip_plain(a, b, dst, f)
+        }
+        fn fold_avx512 / fold_avx2<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(
+            src: &[T],
+            init: A,
+            m: &M,
+            f: &F,
+        ) -> A {
+            fold_plain(src, init, m, f)
+        }
+        fn map_fold_avx512 / map_fold_avx2<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
+            src: &[T],
+            dst: &mut [MaybeUninit<U>],
+            m: &M,
+            init: U,
+            f: &F,
+        ) -> U {
+            map_fold_plain(src, dst, m, init, f)
+        }
+        fn map_stream_avx512 / map_stream_avx2<T: Copy, U, F: Fn(T) -> U>(
+            src: &[T],
+            dst: &mut [MaybeUninit<U>],
+            f: &F,
+        ) {
+            // SAFETY: both instruction sets imply AVX; the caller checked the element size.
+            unsafe { stream_blocks(dst, |i, t| map_plain(&src[i..i + t.len()], t, f)) }
+        }
+        fn zip_stream_avx512 / zip_stream_avx2<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
+            a: &[A],
+            b: &[B],
+            dst: &mut [MaybeUninit<U>],
+            f: &F,
+        ) {
+            // SAFETY: as in `map_stream_avx512`.
+            unsafe { stream_blocks(dst, |i, t| zip_plain(&a[i..i + t.len()], &b[i..i + t.len()], t, f)) }
+        }
     }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn map_avx2<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
-        map_plain(src, dst, f)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn update_avx512<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
-        update_plain(buf, f)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn update_avx2<T: Copy, F: Fn(T) -> T>(buf: &mut [T], f: &F) {
-        update_plain(buf, f)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn zip_avx512<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
-        a: &[A],
-        b: &[B],
-        dst: &mut [MaybeUninit<U>],
-        f: &F,
-    ) {
-        zip_plain(a, b, dst, f)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn zip_avx2<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(a: &[A], b: &[B], dst: &mut [MaybeUninit<U>], f: &F) {
-        zip_plain(a, b, dst, f)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn fold_avx512<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(
-        src: &[T],
-        init: A,
-        m: &M,
-        f: &F,
-    ) -> A {
-        fold_plain(src, init, m, f)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn map_fold_avx512<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
-        src: &[T],
-        dst: &mut [MaybeUninit<U>],
-        m: &M,
-        init: U,
-        f: &F,
-    ) -> U {
-        map_fold_plain(src, dst, m, init, f)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn map_fold_avx2<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
-        src: &[T],
-        dst: &mut [MaybeUninit<U>],
-        m: &M,
-        init: U,
-        f: &F,
-    ) -> U {
-        map_fold_plain(src, dst, m, init, f)
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn map_stream_avx512<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
-        // SAFETY: AVX-512 implies AVX; the caller checked the element size.
-        unsafe { stream_blocks(dst, |i, t| map_plain(&src[i..i + t.len()], t, f)) }
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn map_stream_avx2<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
-        // SAFETY: AVX2 implies AVX; the caller checked the element size.
-        unsafe { stream_blocks(dst, |i, t| map_plain(&src[i..i + t.len()], t, f)) }
-    }
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub unsafe fn zip_stream_avx512<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
-        a: &[A],
-        b: &[B],
-        dst: &mut [MaybeUninit<U>],
-        f: &F,
-    ) {
-        // SAFETY: as in `map_stream_avx512`.
-        unsafe { stream_blocks(dst, |i, t| zip_plain(&a[i..i + t.len()], &b[i..i + t.len()], t, f)) }
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn zip_stream_avx2<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(
-        a: &[A],
-        b: &[B],
-        dst: &mut [MaybeUninit<U>],
-        f: &F,
-    ) {
-        // SAFETY: as in `map_stream_avx2`.
-        unsafe { stream_blocks(dst, |i, t| zip_plain(&a[i..i + t.len()], &b[i..i + t.len()], t, f)) }
-    }
+
     /// Copies `len` bytes from `src` to `dst` (which must not overlap), with 32-byte
     /// non-temporal stores for the aligned middle of `dst`.
     #[target_feature(enable = "avx")]
@@ -227,10 +206,6 @@ mod x86 {
             }
             std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
         }
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn fold_avx2<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(src: &[T], init: A, m: &M, f: &F) -> A {
-        fold_plain(src, init, m, f)
     }
 }
 
