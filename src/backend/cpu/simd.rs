@@ -288,15 +288,17 @@ pub fn map_fold_slice<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
     }
 }
 
-/// Outputs of at least this many bytes are written by [`streamed`]: past the two cores' L2
-/// a new output only passes through the caches on its way to memory, and a plain store first
-/// reads each line it fills. Measured on this project's 2-core Xeon: a 16M-element add went
-/// from ~7 ms to ~3.3 ms; 1 MiB outputs were slower streamed (docs/PERFORMANCE.md).
+/// Outputs of at least this many bytes are written by [`map_streamed`] / [`zip_streamed`]:
+/// past the two cores' L2 a new output only passes through the caches on its way to memory,
+/// and a plain store first reads each line it fills. Measured on this project's 2-core Xeon:
+/// a 16M-element add went from ~7 ms to 3.6–5.5 ms; 1 MiB outputs were slower streamed
+/// (docs/PERFORMANCE.md).
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// Bytes per [`streamed`] block. Small blocks keep the reads of the inputs and the streamed
+/// Bytes per streamed block. Small blocks keep the reads of the inputs and the streamed
 /// writes close together: 1 KiB blocks matched a loop with the stores fused in, 4 KiB blocks
 /// were ~50 % slower.
+#[cfg(target_arch = "x86_64")]
 const STREAM_BLOCK_BYTES: usize = 1024;
 
 /// Fills `dst` block by block: `fill(start, scratch)` writes every slot of `scratch`, the
@@ -341,6 +343,7 @@ unsafe fn stream_blocks<U>(dst: &mut [MaybeUninit<U>], mut fill: impl FnMut(usiz
 }
 
 /// Whether [`map_streamed`] / [`zip_streamed`] stream for this CPU and element type.
+#[cfg(target_arch = "x86_64")]
 fn streams<U>() -> bool {
     isa() != Isa::Scalar && (1..=8).contains(&std::mem::size_of::<U>())
 }
