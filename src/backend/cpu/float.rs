@@ -147,9 +147,9 @@ pub fn exp_f32(x: f32) -> f32 {
     // the low mantissa bits, so n comes out as a float and as an i32 without a float→int
     // conversion (Rust's `as i32` saturates and checks NaN, which the vectorizer turns into
     // per-lane scalar code).
-    // Fused multiply-adds (one instruction each under the AVX2/AVX-512 builds, where softmax
-    // was bound by this function's vector ops) also round once instead of twice.
     const ROUND: f32 = 12_582_912.0;
+    // Fused multiply-adds throughout: one instruction each under the AVX2/AVX-512 builds
+    // (softmax was bound by this function's vector ops), and one rounding instead of two.
     let t = xc.mul_add(std::f32::consts::LOG2_E, ROUND);
     let n = t - ROUND;
     let r = (-n).mul_add(0.693_359_4, xc);

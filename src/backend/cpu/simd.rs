@@ -342,10 +342,11 @@ unsafe fn stream_blocks<U>(dst: &mut [MaybeUninit<U>], mut fill: impl FnMut(usiz
     unsafe { std::arch::x86_64::_mm_sfence() };
 }
 
-/// Whether [`map_streamed`] / [`zip_streamed`] stream for this CPU and element type.
+/// Whether [`map_streamed`] / [`zip_streamed`] stream this element type (asked on the AVX
+/// paths only, so the instruction set is already known).
 #[cfg(target_arch = "x86_64")]
 fn streams<U>() -> bool {
-    isa() != Isa::Scalar && (1..=8).contains(&std::mem::size_of::<U>())
+    (1..=8).contains(&std::mem::size_of::<U>())
 }
 
 /// [`map_slice`] writing `dst` with non-temporal stores (for outputs of at least
