@@ -1,7 +1,7 @@
 //! im2col / col2im: sliding windows as columns, so convolution is one GEMM.
 
 use super::float::{CpuFloat, Float};
-use super::gemm::{GemmElem, MatRef, PackB, copy_row, gemm_packed};
+use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a};
 use super::{CpuStorage, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
@@ -108,19 +108,28 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
 /// One image's im2col matrix `[C·kh·kw, OH·OW]`, never written out: the GEMM packs its blocks
 /// straight from the image, so a convolution reads the input instead of 9× its size in columns.
 struct ImplicitCols<'a, T> {
-    /// The image with its zero padding written out, contiguous `[C, H + 2·ph, W + 2·pw]`: every
-    /// window position is then in bounds, and a row segment is one plain copy.
+    /// The image `[C, h, w]`, contiguous.
     image: &'a [T],
-    hp: usize,
-    wp: usize,
+    h: usize,
+    w: usize,
+    /// The zero padding still to apply when reading `image`: the window's, or none when the
+    /// caller wrote it out (then every window position is in bounds).
+    pad: (usize, usize),
     ow: usize,
     window: &'a Window2d,
+}
+
+/// Whether every register panel of the columns lies in one output row with unit stride along
+/// it, for any register width `nr` dividing 32 (the widest): then the GEMM packs every panel
+/// row as one masked copy, and no zero-padded copy of the image is needed.
+fn panels_in_rows(ow: usize, window: &Window2d) -> bool {
+    window.stride.1 == 1 && ow.is_multiple_of(32)
 }
 
 impl<T: GemmElem> ImplicitCols<'_, T> {
     /// The `dst.len()` columns of im2col row `(ci, i, j)` from output position `at = (oy, ox)`
     /// on, one output row at a time: within an output row the source is one input row read
-    /// with stride `sw`.
+    /// with stride `sw`. Positions in the padding read as zero.
     #[inline(always)]
     fn row_segment(
         &self,
@@ -131,18 +140,24 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
     ) {
         let (sh, sw) = self.window.stride;
         let (dh, dw) = self.window.dilation;
-        let plane = &self.image[ci * self.hp * self.wp..(ci + 1) * self.hp * self.wp];
+        let (ph, pw) = self.pad;
+        let plane = &self.image[ci * self.h * self.w..(ci + 1) * self.h * self.w];
         let (mut oy, mut ox) = at;
         let mut t = 0;
         while t < dst.len() {
             let run = (dst.len() - t).min(self.ow - ox);
             let seg = &mut dst[t..t + run];
-            let start = (oy * sh + i * dh) * self.wp + ox * sw + j * dw;
-            if sw == 1 {
+            let iy = (oy * sh + i * dh).wrapping_sub(ph);
+            if self.pad == (0, 0) && sw == 1 {
+                let start = iy * self.w + ox + j * dw;
                 copy(seg, &plane[start..start + run]);
+            } else if iy >= self.h {
+                seg.fill(T::ZERO);
             } else {
+                let row = &plane[iy * self.w..(iy + 1) * self.w];
                 for (u, d) in seg.iter_mut().enumerate() {
-                    *d = plane[start + u * sw];
+                    let ix = ((ox + u) * sw + j * dw).wrapping_sub(pw);
+                    *d = if ix < self.w { row[ix] } else { T::ZERO };
                 }
             }
             t += run;
@@ -160,29 +175,108 @@ impl<T: GemmElem> PackB<T> for ImplicitCols<'_, T> {
         #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
         unsafe fn avx512<T: GemmElem>(c: &ImplicitCols<'_, T>, a: [usize; 5], dst: &mut [T]) {
             let copy = super::gemm::short_copy_avx512!(T);
-            c.pack_rows(a, dst, &copy)
+            // SAFETY: forwarded from the caller.
+            unsafe { c.pack_rows(a, dst, &copy, &|d, s, span| lanes_avx512(d, s, span)) }
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<T: GemmElem>(c: &ImplicitCols<'_, T>, a: [usize; 5], dst: &mut [T]) {
-            c.pack_rows(a, dst, &copy_row)
+            // SAFETY: forwarded from the caller.
+            unsafe { c.pack_rows(a, dst, &copy_row, &|d, s, span| lanes(d, s, span)) }
         }
         let args = [pc, kb, jc, nb, nr];
+        // SAFETY (all three): forwarded from the caller; the SIMD versions run only where
+        // `isa()` detected their features.
         match super::simd::isa() {
-            // SAFETY: `isa()` reports these only after run-time detection of the features.
             #[cfg(target_arch = "x86_64")]
             super::simd::Isa::Avx512 => unsafe { avx512(self, args, dst) },
             #[cfg(target_arch = "x86_64")]
             super::simd::Isa::Avx2Fma => unsafe { avx2(self, args, dst) },
-            _ => self.pack_rows(args, dst, &copy_row),
+            _ => unsafe { self.pack_rows(args, dst, &copy_row, &|d, s, span| lanes(d, s, span)) },
         }
     }
 }
 
+/// The lanes `lo..hi` of a packed row that lie inside the image (the others are padding),
+/// with the byte masks of those lanes over a 128-byte row for the AVX-512 copy.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    lo: usize,
+    hi: usize,
+    bytes: [u64; 2],
+}
+
+impl Span {
+    fn new(lo: usize, hi: usize, size: usize) -> Span {
+        // Bytes a..b of the 64-byte half starting at `at`, clipped to it.
+        let half = |at: usize| {
+            let (a, b) = ((lo * size).saturating_sub(at).min(64), (hi * size).saturating_sub(at).min(64));
+            if a >= b { 0 } else { (u64::MAX >> (64 - (b - a))) << a }
+        };
+        Span { lo, hi, bytes: [half(0), half(64)] }
+    }
+}
+
+/// `dst[u] = *src.add(u)` for the lanes `u` of `span`, zero for the others: one packed row
+/// whose ends may fall in the padding.
+///
+/// # Safety
+/// `src.add(u)` is readable for every `u` in `span.lo..span.hi` (other lanes may lie outside
+/// any allocation; they are not read).
+#[inline(always)]
+unsafe fn lanes<T: GemmElem>(dst: &mut [T], src: *const T, span: Span) {
+    if span.lo == 0 && span.hi == dst.len() {
+        // SAFETY: every lane is readable.
+        return copy_row(dst, unsafe { std::slice::from_raw_parts(src, dst.len()) });
+    }
+    for (u, d) in dst.iter_mut().enumerate() {
+        // SAFETY: only lanes in lo..hi are read.
+        *d = if (span.lo..span.hi).contains(&u) { unsafe { *src.wrapping_add(u) } } else { T::ZERO };
+    }
+}
+
+/// [`lanes`] for a 128-byte row (f32 or f64 at the AVX-512 kernels' width) as two byte-masked
+/// loads, which neither read nor fault outside the mask, and two stores.
+///
+/// # Safety
+/// As [`lanes`]; the CPU has AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[inline]
+unsafe fn lanes_avx512<T: GemmElem>(dst: &mut [T], src: *const T, span: Span) {
+    use std::arch::x86_64::{_mm512_maskz_loadu_epi8, _mm512_storeu_si512};
+    if size_of_val(dst) != 128 {
+        // SAFETY: forwarded contract.
+        return unsafe { lanes(dst, src, span) };
+    }
+    let (d, s) = (dst.as_mut_ptr().cast::<i8>(), src.cast::<i8>());
+    // SAFETY: the load masks select the bytes of the span's lanes, which the caller vouches
+    // for; `dst` holds the 128 bytes stored.
+    unsafe {
+        let v0 = _mm512_maskz_loadu_epi8(span.bytes[0], s);
+        let v1 = _mm512_maskz_loadu_epi8(span.bytes[1], s.wrapping_add(64));
+        _mm512_storeu_si512(d.cast(), v0);
+        _mm512_storeu_si512(d.add(64).cast(), v1);
+    }
+}
+
 impl<T: GemmElem> ImplicitCols<'_, T> {
+    /// # Safety
+    /// `lanes` is [`lanes`] or, on a CPU with AVX-512BW, [`lanes_avx512`], and so reads only
+    /// the lanes it is asked for.
     #[inline(always)]
-    fn pack_rows(&self, [pc, kb, jc, nb, nr]: [usize; 5], dst: &mut [T], copy: &impl Fn(&mut [T], &[T])) {
+    unsafe fn pack_rows(
+        &self,
+        [pc, kb, jc, nb, nr]: [usize; 5],
+        dst: &mut [T],
+        copy: &impl Fn(&mut [T], &[T]),
+        lanes: &impl Fn(&mut [T], *const T, Span),
+    ) {
         let (kh, kw) = self.window.kernel;
+        let (dh, dw) = self.window.dilation;
+        let (ph, pw) = self.pad;
+        let plane = self.h * self.w;
+        let mut spans = Vec::with_capacity(kw);
         for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
             let j0 = jc + q * nr;
             let width = nr.min(nb - q * nr);
@@ -190,14 +284,12 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
             // Row pc + p of the columns is (channel, kernel row, kernel column), stepped
             // like an odometer instead of divided out per row.
             let mut at = (pc / (kh * kw), pc / kw % kh, pc % kw);
-            if self.window.stride.1 == 1 && width == nr && start.1 + nr <= self.ow {
-                // The panel lies in one output row: every row of it is `nr` contiguous input
-                // elements, whose start moves by a fixed step per kernel column, kernel row and
-                // channel.
-                let (dh, dw) = self.window.dilation;
-                let plane = self.hp * self.wp;
+            let in_one_row = self.window.stride.1 == 1 && width == nr && start.1 + nr <= self.ow;
+            if in_one_row && self.pad == (0, 0) {
+                // Every row of the panel is `nr` contiguous input elements, whose start moves
+                // by a fixed step per kernel column, kernel row and channel.
                 let mut src =
-                    at.0 * plane + (start.0 * self.window.stride.0 + at.1 * dh) * self.wp + start.1 + at.2 * dw;
+                    at.0 * plane + (start.0 * self.window.stride.0 + at.1 * dh) * self.w + start.1 + at.2 * dw;
                 for row in panel.chunks_exact_mut(nr) {
                     copy(row, &self.image[src..src + nr]);
                     at.2 += 1;
@@ -205,11 +297,46 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                     if at.2 == kw {
                         at.2 = 0;
                         at.1 += 1;
-                        src = src + dh * self.wp - kw * dw;
+                        src = src + dh * self.w - kw * dw;
                         if at.1 == kh {
                             at.1 = 0;
                             at.0 += 1;
-                            src = src + plane - kh * dh * self.wp;
+                            src = src + plane - kh * dh * self.w;
+                        }
+                    }
+                }
+                continue;
+            }
+            if in_one_row {
+                // As above, but the padding is read as zeros: a row above or below the image
+                // is all zeros, and a row's ends that fall left or right of it are masked.
+                // Kernel column j reads input columns ix0 + u for its lanes u in its span.
+                spans.clear();
+                spans.extend((0..kw).map(|j| {
+                    let ix0 = (start.1 + j * dw) as isize - pw as isize;
+                    let lo = (-ix0).clamp(0, nr as isize);
+                    let hi = (self.w as isize - ix0).clamp(lo, nr as isize);
+                    (ix0, Span::new(lo as usize, hi as usize, size_of::<T>()))
+                }));
+                let oy = start.0 * self.window.stride.0;
+                for row in panel.chunks_exact_mut(nr) {
+                    let (ci, i, j) = at;
+                    let iy = (oy + i * dh).wrapping_sub(ph);
+                    if iy < self.h {
+                        let (ix0, span) = spans[j];
+                        let src = self.image.as_ptr().wrapping_add(ci * plane + iy * self.w).wrapping_offset(ix0);
+                        // The span's lanes read input columns inside row iy of channel ci.
+                        lanes(row, src, span);
+                    } else {
+                        row.fill(T::ZERO);
+                    }
+                    at.2 += 1;
+                    if at.2 == kw {
+                        at.2 = 0;
+                        at.1 += 1;
+                        if at.1 == kh {
+                            at.1 = 0;
+                            at.0 += 1;
                         }
                     }
                 }
@@ -253,18 +380,20 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
         return Vec::new();
     }
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
-    let a = MatRef { data: w, offset: 0, row_stride: k, col_stride: 1 };
+    // Packed once: every image's product reads the same weights.
+    let a = PackedA::new(cout, k, MatRef { data: w, offset: 0, row_stride: k, col_stride: 1 });
     let one = |(img, y): (usize, &mut [MaybeUninit<T>]), parallel: bool| {
         let image = &x[img * c * h * wd..(img + 1) * c * h * wd];
         let padded;
-        let image = if window.padding == (0, 0) {
-            image
+        // Padding is read as zeros while packing where every panel lies in one output row;
+        // elsewhere a zero-padded copy keeps the packing a plain copy.
+        let cols = if window.padding == (0, 0) || panels_in_rows(ow, window) {
+            ImplicitCols { image, h, w: wd, pad: window.padding, ow, window }
         } else {
             padded = zero_padded(image, c, h, wd, window.padding);
-            &padded
+            ImplicitCols { image: &padded, h: hp, w: wp, pad: (0, 0), ow, window }
         };
-        let cols = ImplicitCols { image, hp, wp, ow, window };
-        gemm_packed(cout, l, k, a, &cols, y, parallel);
+        gemm_packed_a(l, &a, &cols, y, parallel);
     };
     // Images across threads when there are enough of them (no split of a thin product),
     // otherwise threads inside each product. Each product writes its whole output.
@@ -314,5 +443,69 @@ fn contiguous<'a, T: Copy + Send + Sync + 'static>(v: &'a [T], l: &Layout) -> st
     match l.contiguous_range() {
         Some((a, b)) => std::borrow::Cow::Borrowed(&v[a..b]),
         None => std::borrow::Cow::Owned(map(v, l, |x| x)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let x = (i ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                ((x ^ (x >> 31)) >> 40) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// (c, h, w, kernel, stride, padding, dilation) with output rows a multiple of 32 wide and
+    /// unit stride along them: padding wider than the kernel, dilation, vertical stride, and a
+    /// depth that spans several channels per block.
+    type Pair = (usize, usize);
+    const SHAPES: [(usize, usize, usize, Pair, Pair, Pair, Pair); 5] = [
+        (3, 5, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
+        (2, 4, 30, (3, 3), (2, 1), (3, 2), (2, 1)),
+        (4, 6, 64, (2, 5), (1, 1), (1, 4), (3, 2)),
+        (1, 3, 64, (1, 1), (3, 1), (2, 0), (1, 1)),
+        (5, 2, 96, (4, 1), (1, 1), (4, 0), (1, 1)),
+    ];
+
+    /// Packing with the padding read as zeros gives exactly the blocks that packing a
+    /// zero-padded copy gives, through both lane helpers.
+    #[test]
+    fn padding_in_packing_matches_a_padded_copy() {
+        for (i, &(c, h, w, kernel, stride, padding, dilation)) in SHAPES.iter().enumerate() {
+            let window = Window2d { kernel, stride, padding, dilation };
+            let (oh, ow) = window.output_size(h, w).expect("window fits");
+            assert!(panels_in_rows(ow, &window), "shape {i}: ow {ow}");
+            let image = values(c * h * w, i as u64);
+            let padded = zero_padded(&image, c, h, w, padding);
+            let (hp, wp) = (h + 2 * padding.0, w + 2 * padding.1);
+            let direct = ImplicitCols { image: &image, h, w, pad: padding, ow, window: &window };
+            let copied = ImplicitCols { image: &padded, h: hp, w: wp, pad: (0, 0), ow, window: &window };
+            let (k, l) = (c * kernel.0 * kernel.1, oh * ow);
+            for nr in [8, 16, 32] {
+                for (pc, kb) in [(0, k), (k / 3, k - k / 3)] {
+                    let len = l.div_ceil(nr) * kb * nr;
+                    let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                    let args = [pc, kb, 0, l, nr];
+                    // SAFETY: `lanes` reads only the lanes it is asked for.
+                    unsafe {
+                        copied.pack_rows(args, &mut want, &copy_row, &|d, s, span| lanes(d, s, span));
+                        direct.pack_rows(args, &mut got, &copy_row, &|d, s, span| lanes(d, s, span));
+                    }
+                    assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, scalar lanes");
+                    #[cfg(target_arch = "x86_64")]
+                    if super::super::simd::isa() == super::super::simd::Isa::Avx512 {
+                        got.fill(f32::NAN);
+                        // SAFETY: the CPU has AVX-512F and BW (`isa()` checked both).
+                        unsafe { direct.pack_rows(args, &mut got, &copy_row, &|d, s, span| lanes_avx512(d, s, span)) };
+                        assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, AVX-512 lanes");
+                    }
+                }
+            }
+        }
     }
 }

@@ -130,6 +130,92 @@ pub trait PackB<T>: Sync {
     unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]);
 }
 
+/// The A operand as the packed GEMM reads it: `mr`-row micro-panels of a `kb`-deep block. A
+/// strided matrix packs each panel when it is needed; a [`PackedA`] was packed once, for many
+/// products (a convolution's weights, shared by every image).
+pub trait PackA<T>: Sync {
+    /// The micro-panel of rows `ir..ir+mb`, depth `pc..pc+kb`, element (i, p) at `p*mr + i`:
+    /// packed into `scratch` (which holds `kb*mr` elements) or found ready.
+    ///
+    /// # Safety
+    /// The block lies inside the `m × k` shape the operand was checked or built for; `kb` is
+    /// the product's depth block and `mr` its kernel's, and `ir`, `pc` are multiples of them.
+    unsafe fn panel<'s>(
+        &'s self,
+        ir: usize,
+        mb: usize,
+        pc: usize,
+        kb: usize,
+        mr: usize,
+        scratch: &'s mut [T],
+    ) -> &'s [T];
+}
+
+impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
+    unsafe fn panel<'s>(
+        &'s self,
+        ir: usize,
+        mb: usize,
+        pc: usize,
+        kb: usize,
+        mr: usize,
+        scratch: &'s mut [T],
+    ) -> &'s [T] {
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_a(self, ir, mb, pc, kb, mr, scratch) };
+        scratch
+    }
+}
+
+/// An `m × k` left operand packed once in the layout the GEMM's kernel reads, for products
+/// that share it: per depth block, per `mr`-row panel.
+pub struct PackedA<T> {
+    data: Vec<T>,
+    m: usize,
+    k: usize,
+    kc: usize,
+    mr: usize,
+}
+
+impl<T: GemmElem> PackedA<T> {
+    /// Packs `a` (`m × k`) for [`gemm_packed_a`].
+    ///
+    /// # Panics
+    /// If `a` reaches outside its `data`.
+    pub fn new(m: usize, k: usize, a: MatRef<T>) -> PackedA<T> {
+        check_operand(&a, m, k, "a");
+        let kern = T::kernel(usable_isa(Opts::DEFAULT.isa));
+        let (kc, mr) = (depth_block(k, kern.kc), kern.mr);
+        let mpad = m.next_multiple_of(mr);
+        let mut data = vec![T::ZERO; mpad * k];
+        for pc in (0..k).step_by(kc) {
+            let kb = kc.min(k - pc);
+            for ir in (0..m).step_by(mr) {
+                let dst = &mut data[pc * mpad + ir * kb..][..kb * mr];
+                // SAFETY: the block lies in the checked m × k shape.
+                unsafe { pack_a(&a, ir, mr.min(m - ir), pc, kb, mr, dst) };
+            }
+        }
+        PackedA { data, m, k, kc, mr }
+    }
+}
+
+impl<T: GemmElem> PackA<T> for PackedA<T> {
+    unsafe fn panel<'s>(&'s self, ir: usize, _: usize, pc: usize, kb: usize, mr: usize, _: &'s mut [T]) -> &'s [T] {
+        debug_assert!(
+            mr == self.mr && pc.is_multiple_of(self.kc) && ir.is_multiple_of(mr),
+            "blocking differs from the packing"
+        );
+        &self.data[pc * self.m.next_multiple_of(mr) + ir * kb..][..kb * mr]
+    }
+}
+
+/// The depth block for depth `k`: at most `kc`, in equal-sized blocks, since a short tail block
+/// would run at lower efficiency.
+fn depth_block(k: usize, kc: usize) -> usize {
+    k.div_ceil(k.div_ceil(kc))
+}
+
 impl<T: GemmElem> PackB<T> for MatRef<'_, T> {
     unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
         #[cfg(target_arch = "x86_64")]
@@ -210,13 +296,16 @@ const SMALL_MNK: usize = 32 * 1024;
 /// gains, on a thread of the rayon pool (more elsewhere: `super::splitting_bar`).
 const PAR_MIN_MNK: usize = 64 * 64 * 64;
 
-/// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F), detected once.
+/// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F+BW), detected once.
 fn cpu_support() -> (bool, bool) {
     static SUPPORT: OnceLock<(bool, bool)> = OnceLock::new();
     *SUPPORT.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"), is_x86_feature_detected!("avx512f"))
+            (
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+            )
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -300,7 +389,7 @@ fn gemm_with<T: GemmElem>(
         return;
     }
 
-    packed(opts, m, n, k, a, &b, as_uninit(c), parallel);
+    packed(opts, m, n, k, &a, &b, as_uninit(c), parallel);
 }
 
 /// Views initialized memory as writable slots (writing valid values keeps it initialized).
@@ -334,7 +423,7 @@ pub fn gemm_uninit<T: GemmElem>(
     }
     check_operand(&a, m, k, "a");
     check_operand(&b, k, n, "b");
-    packed(Opts::DEFAULT, m, n, k, a, &b, c, parallel);
+    packed(Opts::DEFAULT, m, n, k, &a, &b, c, parallel);
 }
 
 /// `C = A·B` (writing all of `c`, row-major `m × n`, which may start uninitialized) for any
@@ -360,18 +449,44 @@ pub fn gemm_packed<T: GemmElem, B: PackB<T>>(
         return;
     }
     check_operand(&a, m, k, "a");
+    packed(Opts::DEFAULT, m, n, k, &a, b, c, parallel);
+}
+
+/// `C = A·B` as [`gemm_packed`], with A packed beforehand.
+///
+/// # Panics
+/// If `c.len() != a.m*n`, or A was packed for another kernel than this call's (a different
+/// instruction-set setting).
+pub fn gemm_packed_a<T: GemmElem, B: PackB<T>>(
+    n: usize,
+    a: &PackedA<T>,
+    b: &B,
+    c: &mut [MaybeUninit<T>],
+    parallel: bool,
+) {
+    let (m, k) = (a.m, a.k);
+    assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
+    let kern = T::kernel(usable_isa(Opts::DEFAULT.isa));
+    assert!(kern.mr == a.mr && depth_block(k, kern.kc) == a.kc, "gemm: A was packed for another kernel");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(MaybeUninit::new(T::ZERO));
+        return;
+    }
     packed(Opts::DEFAULT, m, n, k, a, b, c, parallel);
 }
 
 /// The packed, optionally threaded product behind [`gemm`] and [`gemm_packed`]; operands are
 /// checked and `m, n, k > 0`.
 #[allow(clippy::too_many_arguments)]
-fn packed<T: GemmElem, B: PackB<T>>(
+fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     opts: Opts,
     m: usize,
     n: usize,
     k: usize,
-    a: MatRef<T>,
+    a: &A,
     b: &B,
     c: &mut [MaybeUninit<T>],
     parallel: bool,
@@ -392,7 +507,7 @@ fn packed<T: GemmElem, B: PackB<T>>(
         // SAFETY: operands were bounds-checked, `c` holds m*n elements and the
         // tasks cover disjoint rectangles of it, so no two threads write the
         // same element.
-        unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, &a, b, cptr.get(), n) };
+        unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, a, b, cptr.get(), n) };
     };
     let (first, rest) = tasks.split_first().expect("partition yields at least one task");
     if rest.is_empty() {
@@ -584,21 +699,20 @@ fn with_pack_buf<T: GemmElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R
 /// points to a row-major matrix with leading dimension `ldc` containing the
 /// rectangle, and no other thread accesses that rectangle meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rect<T: GemmElem, B: PackB<T>>(
+unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     kern: &Kernel<T>,
     r0: usize,
     r1: usize,
     c0: usize,
     c1: usize,
     k: usize,
-    a: &MatRef<T>,
+    a: &A,
     b: &B,
     c: *mut T,
     ldc: usize,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
-    // Equal-sized blocks: a short tail block would run at lower efficiency.
-    let kc = k.div_ceil(k.div_ceil(kern.kc));
+    let kc = depth_block(k, kern.kc);
     let width = c1 - c0;
     let nc = width.div_ceil(width.div_ceil(kern.nc)).next_multiple_of(nr);
     // B block first so that its rows start 64-byte aligned.
@@ -613,8 +727,8 @@ unsafe fn gemm_rect<T: GemmElem, B: PackB<T>>(
                 unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
                 for ir in (r0..r1).step_by(mr) {
                     let mb = mr.min(r1 - ir);
-                    // SAFETY: as above.
-                    unsafe { pack_a(a, ir, mb, pc, kb, mr, ap) };
+                    // SAFETY: as above; ir and pc step by mr and kc.
+                    let ap = unsafe { a.panel(ir, mb, pc, kb, mr, ap) };
                     for (jp, j) in (0..nb).step_by(nr).enumerate() {
                         // SAFETY: the packed panels hold kb*mr and kb*nr
                         // elements at these offsets; the C tile
@@ -1298,6 +1412,27 @@ mod tests {
             let want = naive(70, 90, 80, &a, &b);
             for (&g, &w) in c.iter().zip(&want) {
                 assert!((g as f64 - w).abs() <= 1e-4, "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_a_matches_packing_per_call() {
+        // Rows off the register tile, depth past one depth block, threads splitting C.
+        let mut rng = XorShift(8);
+        for (m, n, k, parallel) in [(70, 90, 80, false), (13, 300, 900, true), (64, 1024, 576, true), (1, 40, 3, false)]
+        {
+            let (ad, ao, ars, acs) = make::<f64>(&mut rng, m, k, Layout::Padded);
+            let (bd, bo, brs, bcs) = make::<f64>(&mut rng, k, n, Layout::RowMajor);
+            let a = MatRef { data: &ad, offset: ao, row_stride: ars, col_stride: acs };
+            let b = MatRef { data: &bd, offset: bo, row_stride: brs, col_stride: bcs };
+            let mut c = vec![MaybeUninit::uninit(); m * n];
+            gemm_packed_a(n, &PackedA::new(m, k, a), &b, &mut c, parallel);
+            let want = naive(m, n, k, &a, &b);
+            for (i, (g, w)) in c.iter().zip(&want).enumerate() {
+                // SAFETY: the product wrote every element.
+                let g = unsafe { g.assume_init() };
+                assert!((g - w).abs() <= 1e-12 * k as f64, "{m}x{n}x{k} element {i}: {g} vs {w}");
             }
         }
     }

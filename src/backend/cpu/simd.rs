@@ -34,7 +34,8 @@ pub fn isa() -> Isa {
 fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        // The packing copies use byte-masked moves (AVX-512BW) next to the F kernels.
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
             return Isa::Avx512;
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
