@@ -33,7 +33,7 @@ peer() { "${pin[@]}" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/
 # numpy has no convolution or autograd.
 peers_of() { case $1 in conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
 
-all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"
+all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2"
 if [ "$mode" = --check ]; then
   # sgemm2048 checks nothing that sgemm1024 does not, just slower.
   for name in $(printf '%s\n' $all | cut -d: -f1 | grep -vx sgemm2048 | awk '!seen[$0]++'); do

@@ -73,7 +73,8 @@ pub enum Isa {
 /// `rows × cols` tile `C (=|+=) Apanel · Bpanel` where `Apanel` is an
 /// `mr`-interleaved packed A micro-panel and `Bpanel` an `nr`-wide packed B
 /// micro-panel, both of depth `kc`.
-type MicroKernel<T> = unsafe fn(usize, *const T, *const T, *mut T, usize, usize, usize, bool);
+/// `(kc, a, b, ldb, c, ldc, rows, cols, acc)`: B's rows are `ldb` apart (`nr` when packed).
+type MicroKernel<T> = unsafe fn(usize, *const T, *const T, usize, *mut T, usize, usize, usize, bool);
 
 /// A micro-kernel with its register tile (`mr × nr`) and cache blocking
 /// (`kc`, `nc`) parameters (internal).
@@ -128,6 +129,13 @@ pub trait PackB<T>: Sync {
     /// The block lies inside the `k × n` shape the operand was built or checked for, and `dst`
     /// holds `nb.div_ceil(nr) * kb * nr` elements.
     unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]);
+
+    /// Where the kernel can read `B[pc.., jc..]` of the `k × n` operand in place instead: a
+    /// pointer to that element and the distance between rows, for a block of whole register
+    /// panels. `None`: pack it.
+    fn in_place(&self, _k: usize, _n: usize, _pc: usize, _jc: usize) -> Option<(*const T, usize)> {
+        None
+    }
 }
 
 /// The A operand as the packed GEMM reads it: `mr`-row micro-panels of a `kb`-deep block. A
@@ -236,6 +244,17 @@ impl<T: GemmElem> PackB<T> for MatRef<'_, T> {
             pack_b(self, args, dst, &copy_row)
         }
     }
+
+    fn in_place(&self, k: usize, n: usize, pc: usize, jc: usize) -> Option<(*const T, usize)> {
+        // Row-major, rows apart (not overlapping), and small enough to stay in L2 across the
+        // product: the kernel reads B's rows where they are, and packing it (half of the copy
+        // work at 128³) is skipped. Rows a multiple of 4 KiB apart would all map to the same
+        // L1 sets.
+        let bytes = k * self.row_stride * size_of::<T>();
+        let pitch = self.row_stride * size_of::<T>();
+        (self.col_stride == 1 && self.row_stride >= n && bytes <= IN_PLACE_B_BYTES && !pitch.is_multiple_of(4096))
+            .then(|| (self.data[self.offset + pc * self.row_stride + jc..].as_ptr(), self.row_stride))
+    }
 }
 
 /// A copy of at most 128 bytes (one register-tile row) as two masked AVX-512 moves; `$t` is
@@ -288,6 +307,9 @@ fn check_operand<T>(x: &MatRef<'_, T>, rows: usize, cols: usize, name: &str) {
         x.data.len()
     );
 }
+
+/// A row-major B of at most this many bytes is read in place rather than packed.
+const IN_PLACE_B_BYTES: usize = 512 * 1024;
 
 /// Below this many multiply-adds the packing overhead dominates: use the
 /// direct loop.
@@ -723,22 +745,30 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
             let nb = nc.min(c1 - jc);
             for pc in (0..k).step_by(kc) {
                 let kb = kc.min(k - pc);
-                // SAFETY: the rectangle lies in the checked shape.
-                unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
+                // A block of whole register panels may be read in place; otherwise it is packed.
+                let direct = b.in_place(k, ldc, pc, jc).filter(|_| nb.is_multiple_of(nr));
+                let (bsrc, ldb) = direct.unwrap_or_else(|| {
+                    // SAFETY: the rectangle lies in the checked shape.
+                    unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
+                    (bp.as_ptr(), nr)
+                });
                 for ir in (r0..r1).step_by(mr) {
                     let mb = mr.min(r1 - ir);
                     // SAFETY: as above; ir and pc step by mr and kc.
                     let ap = unsafe { a.panel(ir, mb, pc, kb, mr, ap) };
                     for (jp, j) in (0..nb).step_by(nr).enumerate() {
-                        // SAFETY: the packed panels hold kb*mr and kb*nr
-                        // elements at these offsets; the C tile
-                        // (ir.., jc+j..) of mb × min(nr, nb-j) lies inside
-                        // the caller's rectangle.
+                        // Panel jp: packed, kb rows of nr at jp*kb*nr; in place, B's own
+                        // rows from column j.
+                        let panel = if direct.is_some() { j } else { jp * kb * nr };
+                        // SAFETY: the A panel holds kb*mr elements and the B panel kb rows
+                        // of nr, ldb apart; the C tile (ir.., jc+j..) of mb × min(nr, nb-j)
+                        // lies inside the caller's rectangle.
                         unsafe {
                             (kern.ukr)(
                                 kb,
                                 ap.as_ptr(),
-                                bp.as_ptr().add(jp * kb * nr),
+                                bsrc.add(panel),
+                                ldb,
                                 c.add(ir * ldc + jc + j),
                                 ldc,
                                 mb,
@@ -867,13 +897,14 @@ const SCALAR_NR: usize = 8;
 /// Portable micro-kernel (`SCALAR_MR × SCALAR_NR` tile).
 ///
 /// # Safety
-/// `a` holds `kc*SCALAR_MR` elements, `b` holds `kc*SCALAR_NR`, and `c`
-/// addresses a valid `rows × cols` tile with row stride `ldc`.
+/// `a` holds `kc*SCALAR_MR` elements, `b` holds `kc` rows of `SCALAR_NR` elements `ldb`
+/// apart, and `c` addresses a valid `rows × cols` tile with row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn ukr_scalar<T: GemmElem>(
     kc: usize,
     a: *const T,
     b: *const T,
+    ldb: usize,
     c: *mut T,
     ldc: usize,
     rows: usize,
@@ -882,9 +913,10 @@ unsafe fn ukr_scalar<T: GemmElem>(
 ) {
     let mut t = [[T::ZERO; SCALAR_NR]; SCALAR_MR];
     // SAFETY: the caller guarantees the panel lengths.
-    let (a, b) =
-        unsafe { (std::slice::from_raw_parts(a, kc * SCALAR_MR), std::slice::from_raw_parts(b, kc * SCALAR_NR)) };
-    for (ap, bp) in a.chunks_exact(SCALAR_MR).zip(b.chunks_exact(SCALAR_NR)) {
+    let a = unsafe { std::slice::from_raw_parts(a, kc * SCALAR_MR) };
+    for (p, ap) in a.chunks_exact(SCALAR_MR).enumerate() {
+        // SAFETY: row p of B holds SCALAR_NR elements.
+        let bp = unsafe { std::slice::from_raw_parts(b.add(p * ldb), SCALAR_NR) };
         for (row, &av) in t.iter_mut().zip(ap) {
             for (x, &bv) in row.iter_mut().zip(bp) {
                 *x = *x + av * bv;
@@ -917,14 +949,16 @@ macro_rules! simd_kernel {
         [$($r:literal),*]
     ) => {
         /// # Safety
-        /// CPU supports `$feat`; `a` holds `kc*$mr` elements, `b` holds
-        /// `kc*2*$lanes`, `c` addresses a valid `R × cols` tile (row stride
-        /// `ldc`), `cols <= 2*$lanes`.
+        /// CPU supports `$feat`; `a` holds `kc*$mr` elements, `b` holds `kc`
+        /// rows of `2*$lanes` elements `ldb` apart, `c` addresses a valid
+        /// `R × cols` tile (row stride `ldc`), `cols <= 2*$lanes`.
         #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $inner<const R: usize>(
             kc: usize,
             a: *const $t,
             b: *const $t,
+            ldb: usize,
             c: *mut $t,
             ldc: usize,
             cols: usize,
@@ -950,8 +984,8 @@ macro_rules! simd_kernel {
                 for _ in 0..kc {
                     // The B micro-panel streams from L2; fetch it a few
                     // iterations ahead so the FMAs never wait on it.
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * NR).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * NR + NR - 1).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * ldb).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * ldb + NR - 1).cast());
                     let b0 = $loadu(bp);
                     let b1 = $loadu(bp.add($lanes));
                     for i in 0..R {
@@ -960,7 +994,7 @@ macro_rules! simd_kernel {
                         c1[i] = $fmadd(av, b1, c1[i]);
                     }
                     ap = ap.add($mr);
-                    bp = bp.add(NR);
+                    bp = bp.wrapping_add(ldb);
                 }
                 if cols == NR {
                     for i in 0..R {
@@ -997,6 +1031,7 @@ macro_rules! simd_kernel {
             kc: usize,
             a: *const $t,
             b: *const $t,
+            ldb: usize,
             c: *mut $t,
             ldc: usize,
             rows: usize,
@@ -1007,7 +1042,7 @@ macro_rules! simd_kernel {
             // the CPU supports its features.
             unsafe {
                 match rows {
-                    $($r => $inner::<$r>(kc, a, b, c, ldc, cols, acc),)*
+                    $($r => $inner::<$r>(kc, a, b, ldb, c, ldc, cols, acc),)*
                     _ => unreachable!("micro-kernel row count out of range"),
                 }
             }
@@ -1433,6 +1468,22 @@ mod tests {
                 // SAFETY: the product wrote every element.
                 let g = unsafe { g.assume_init() };
                 assert!((g - w).abs() <= 1e-12 * k as f64, "{m}x{n}x{k} element {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn small_row_major_b_read_in_place() {
+        // B row-major (or row-padded) with whole register panels is read where it is: every
+        // kernel, threads or not, several depth blocks, and a B too wide for it (packed).
+        let mut rng = XorShift(10);
+        for isa in ISAS {
+            for parallel in [false, true] {
+                let opts = Opts { isa, small_mnk: 0, par_min_mnk: 0, ..Opts::DEFAULT };
+                check::<f32>(&mut rng, opts, 37, 128, 900, Layout::Padded, Layout::RowMajor, parallel);
+                check::<f32>(&mut rng, opts, 13, 96, 50, Layout::RowMajor, Layout::Padded, parallel);
+                check::<f64>(&mut rng, opts, 20, 64, 33, Layout::ColMajor, Layout::RowMajor, parallel);
+                check::<f32>(&mut rng, opts, 5, 1024, 200, Layout::RowMajor, Layout::RowMajor, parallel);
             }
         }
     }
