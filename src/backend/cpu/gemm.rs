@@ -73,8 +73,9 @@ pub enum Isa {
 /// `rows × cols` tile `C (=|+=) Apanel · Bpanel` where `Apanel` is an
 /// `mr`-interleaved packed A micro-panel and `Bpanel` an `nr`-wide packed B
 /// micro-panel, both of depth `kc`.
-/// `(kc, a, b, ldb, c, ldc, rows, cols, acc)`: B's rows are `ldb` apart (`nr` when packed).
-type MicroKernel<T> = unsafe fn(usize, *const T, *const T, usize, *mut T, usize, usize, usize, bool);
+/// `(kc, a, lda, b, ldb, c, ldc, rows, cols, acc)`: A is a packed `mr`-row panel when `lda` is
+/// 0, else row-major with rows `lda` apart; B's rows are `ldb` apart (`nr` when packed).
+type MicroKernel<T> = unsafe fn(usize, *const T, usize, *const T, usize, *mut T, usize, usize, usize, bool);
 
 /// A micro-kernel with its register tile (`mr × nr`) and cache blocking
 /// (`kc`, `nc`) parameters (internal).
@@ -157,6 +158,12 @@ pub trait PackA<T>: Sync {
         mr: usize,
         scratch: &'s mut [T],
     ) -> &'s [T];
+
+    /// Where the kernel can read rows `ir..`, columns `pc..` of the `m × k` operand in place
+    /// instead: a pointer to that element and the distance between rows. `None`: pack it.
+    fn in_place(&self, _m: usize, _k: usize, _ir: usize, _pc: usize) -> Option<(*const T, usize)> {
+        None
+    }
 }
 
 impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
@@ -172,6 +179,16 @@ impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
         // SAFETY: forwarded from the caller.
         unsafe { pack_a(self, ir, mb, pc, kb, mr, scratch) };
         scratch
+    }
+
+    fn in_place(&self, m: usize, k: usize, ir: usize, pc: usize) -> Option<(*const T, usize)> {
+        // Row-major (a broadcast row, stride 0, is packed: 0 means packed to the kernels) with
+        // rows under 4 KiB apart (a register panel's rows then fall in
+        // different L1 sets and pages), in a product small enough that packing A would be a
+        // real share of it: the kernel broadcasts A's elements from where they are.
+        let pitch = self.row_stride * size_of::<T>();
+        (self.col_stride == 1 && self.row_stride > 0 && pitch < 4096 && m * k * size_of::<T>() <= IN_PLACE_A_BYTES)
+            .then(|| (self.data[self.offset + ir * self.row_stride + pc..].as_ptr(), self.row_stride))
     }
 }
 
@@ -308,6 +325,9 @@ fn check_operand<T>(x: &MatRef<'_, T>, rows: usize, cols: usize, name: &str) {
     );
 }
 
+/// A row-major A of at most this many bytes (with short rows) is read in place rather than
+/// packed.
+const IN_PLACE_A_BYTES: usize = 512 * 1024;
 /// A row-major B of at most this many bytes is read in place rather than packed.
 const IN_PLACE_B_BYTES: usize = 512 * 1024;
 
@@ -755,7 +775,10 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                 for ir in (r0..r1).step_by(mr) {
                     let mb = mr.min(r1 - ir);
                     // SAFETY: as above; ir and pc step by mr and kc.
-                    let ap = unsafe { a.panel(ir, mb, pc, kb, mr, ap) };
+                    let (asrc, lda) = match a.in_place(r1 - r0, k, ir, pc) {
+                        Some(direct) => direct,
+                        None => (unsafe { a.panel(ir, mb, pc, kb, mr, ap) }.as_ptr(), 0),
+                    };
                     for (jp, j) in (0..nb).step_by(nr).enumerate() {
                         // Panel jp: packed, kb rows of nr at jp*kb*nr; in place, B's own
                         // rows from column j.
@@ -766,7 +789,8 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                         unsafe {
                             (kern.ukr)(
                                 kb,
-                                ap.as_ptr(),
+                                asrc,
+                                lda,
                                 bsrc.add(panel),
                                 ldb,
                                 c.add(ir * ldc + jc + j),
@@ -897,12 +921,14 @@ const SCALAR_NR: usize = 8;
 /// Portable micro-kernel (`SCALAR_MR × SCALAR_NR` tile).
 ///
 /// # Safety
-/// `a` holds `kc*SCALAR_MR` elements, `b` holds `kc` rows of `SCALAR_NR` elements `ldb`
-/// apart, and `c` addresses a valid `rows × cols` tile with row stride `ldc`.
+/// `a` holds `kc*SCALAR_MR` elements (`lda == 0`) or `rows` rows of `kc`, `lda` apart; `b`
+/// holds `kc` rows of `SCALAR_NR` elements `ldb` apart, and `c` addresses a valid
+/// `rows × cols` tile with row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn ukr_scalar<T: GemmElem>(
     kc: usize,
     a: *const T,
+    lda: usize,
     b: *const T,
     ldb: usize,
     c: *mut T,
@@ -912,12 +938,18 @@ unsafe fn ukr_scalar<T: GemmElem>(
     acc: bool,
 ) {
     let mut t = [[T::ZERO; SCALAR_NR]; SCALAR_MR];
-    // SAFETY: the caller guarantees the panel lengths.
-    let a = unsafe { std::slice::from_raw_parts(a, kc * SCALAR_MR) };
-    for (p, ap) in a.chunks_exact(SCALAR_MR).enumerate() {
+    for p in 0..kc {
         // SAFETY: row p of B holds SCALAR_NR elements.
         let bp = unsafe { std::slice::from_raw_parts(b.add(p * ldb), SCALAR_NR) };
-        for (row, &av) in t.iter_mut().zip(ap) {
+        // Column p of the A panel: packed (rows beyond `rows` are never stored, so only
+        // `rows` are read) or strided.
+        let ap: [T; SCALAR_MR] = std::array::from_fn(|i| match (i < rows, lda) {
+            (false, _) => T::ZERO,
+            // SAFETY: element (i, p) of the caller's panel.
+            (true, 0) => unsafe { *a.add(p * SCALAR_MR + i) },
+            (true, _) => unsafe { *a.add(i * lda + p) },
+        });
+        for (row, &av) in t.iter_mut().zip(&ap) {
             for (x, &bv) in row.iter_mut().zip(bp) {
                 *x = *x + av * bv;
             }
@@ -949,14 +981,16 @@ macro_rules! simd_kernel {
         [$($r:literal),*]
     ) => {
         /// # Safety
-        /// CPU supports `$feat`; `a` holds `kc*$mr` elements, `b` holds `kc`
-        /// rows of `2*$lanes` elements `ldb` apart, `c` addresses a valid
-        /// `R × cols` tile (row stride `ldc`), `cols <= 2*$lanes`.
+        /// CPU supports `$feat`; `a` holds `kc*$mr` elements (`PACKED`) or `R`
+        /// rows of `kc`, `lda` apart; `b` holds `kc` rows of `2*$lanes` elements
+        /// `ldb` apart, `c` addresses a valid `R × cols` tile (row stride
+        /// `ldc`), `cols <= 2*$lanes`.
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $inner<const R: usize>(
+        unsafe fn $inner<const R: usize, const PACKED: bool>(
             kc: usize,
             a: *const $t,
+            lda: usize,
             b: *const $t,
             ldb: usize,
             c: *mut $t,
@@ -989,11 +1023,11 @@ macro_rules! simd_kernel {
                     let b0 = $loadu(bp);
                     let b1 = $loadu(bp.add($lanes));
                     for i in 0..R {
-                        let av = $set1(*ap.add(i));
+                        let av = $set1(*ap.add(if PACKED { i } else { i * lda }));
                         c0[i] = $fmadd(av, b0, c0[i]);
                         c1[i] = $fmadd(av, b1, c1[i]);
                     }
-                    ap = ap.add($mr);
+                    ap = ap.add(if PACKED { $mr } else { 1 });
                     bp = bp.wrapping_add(ldb);
                 }
                 if cols == NR {
@@ -1030,6 +1064,7 @@ macro_rules! simd_kernel {
         pub(super) unsafe fn $name(
             kc: usize,
             a: *const $t,
+            lda: usize,
             b: *const $t,
             ldb: usize,
             c: *mut $t,
@@ -1042,7 +1077,8 @@ macro_rules! simd_kernel {
             // the CPU supports its features.
             unsafe {
                 match rows {
-                    $($r => $inner::<$r>(kc, a, b, ldb, c, ldc, cols, acc),)*
+                    $($r if lda == 0 => $inner::<$r, true>(kc, a, 0, b, ldb, c, ldc, cols, acc),)*
+                    $($r => $inner::<$r, false>(kc, a, lda, b, ldb, c, ldc, cols, acc),)*
                     _ => unreachable!("micro-kernel row count out of range"),
                 }
             }
