@@ -182,10 +182,10 @@ impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
     }
 
     fn in_place(&self, m: usize, k: usize, ir: usize, pc: usize) -> Option<(*const T, usize)> {
-        // Row-major (a broadcast row, stride 0, is packed: 0 means packed to the kernels) with
-        // rows under 4 KiB apart (a register panel's rows then fall in
+        // Row-major with rows under 4 KiB apart (a register panel's rows then fall in
         // different L1 sets and pages), in a product small enough that packing A would be a
-        // real share of it: the kernel broadcasts A's elements from where they are.
+        // real share of it: the kernel broadcasts A's elements from where they are. A
+        // broadcast row (stride 0) is packed, since a stride of 0 tells the kernels "packed".
         let pitch = self.row_stride * size_of::<T>();
         (self.col_stride == 1 && self.row_stride > 0 && pitch < 4096 && m * k * size_of::<T>() <= IN_PLACE_A_BYTES)
             .then(|| (self.data[self.offset + ir * self.row_stride + pc..].as_ptr(), self.row_stride))
