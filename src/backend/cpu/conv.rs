@@ -487,22 +487,24 @@ mod tests {
             let copied = ImplicitCols { image: &padded, h: hp, w: wp, pad: (0, 0), ow, window: &window };
             let (k, l) = (c * kernel.0 * kernel.1, oh * ow);
             for nr in [8, 16, 32] {
-                for (pc, kb) in [(0, k), (k / 3, k - k / 3)] {
-                    let len = l.div_ceil(nr) * kb * nr;
+                // Column blocks from 0 (every panel in one output row) and from 5 (panels
+                // across rows: the element-wise path, which reads the padding as zeros too).
+                for (pc, kb, jc) in [(0, k, 0), (k / 3, k - k / 3, 0), (0, k, 5)] {
+                    let len = (l - jc).div_ceil(nr) * kb * nr;
                     let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                    let args = [pc, kb, 0, l, nr];
+                    let args = [pc, kb, jc, l - jc, nr];
                     // SAFETY: `lanes` reads only the lanes it is asked for.
                     unsafe {
                         copied.pack_rows(args, &mut want, &copy_row, &|d, s, span| lanes(d, s, span));
                         direct.pack_rows(args, &mut got, &copy_row, &|d, s, span| lanes(d, s, span));
                     }
-                    assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, scalar lanes");
+                    assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, columns {jc}.., scalar lanes");
                     #[cfg(target_arch = "x86_64")]
                     if super::super::simd::isa() == super::super::simd::Isa::Avx512 {
                         got.fill(f32::NAN);
                         // SAFETY: the CPU has AVX-512F and BW (`isa()` checked both).
                         unsafe { direct.pack_rows(args, &mut got, &copy_row, &|d, s, span| lanes_avx512(d, s, span)) };
-                        assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, AVX-512 lanes");
+                        assert_eq!(got, want, "shape {i}, nr {nr}, rows {pc}+{kb}, columns {jc}.., AVX-512 lanes");
                     }
                 }
             }

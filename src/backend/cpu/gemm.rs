@@ -69,12 +69,10 @@ pub enum Isa {
     Avx512,
 }
 
-/// `ukr(kc, a, b, c, ldc, rows, cols, accumulate)`: computes the
-/// `rows × cols` tile `C (=|+=) Apanel · Bpanel` where `Apanel` is an
-/// `mr`-interleaved packed A micro-panel and `Bpanel` an `nr`-wide packed B
-/// micro-panel, both of depth `kc`.
-/// `(kc, a, lda, b, ldb, c, ldc, rows, cols, acc)`: A is a packed `mr`-row panel when `lda` is
-/// 0, else row-major with rows `lda` apart; B's rows are `ldb` apart (`nr` when packed).
+/// `ukr(kc, a, lda, b, ldb, c, ldc, rows, cols, accumulate)`: computes the `rows × cols` tile
+/// `C (=|+=) Apanel · Bpanel`, both panels of depth `kc`. `Apanel` is an `mr`-interleaved
+/// packed micro-panel when `lda` is 0, else `rows` rows of a row-major A, `lda` apart;
+/// `Bpanel` is `kc` rows of `nr` elements, `ldb` apart (`nr` when packed).
 type MicroKernel<T> = unsafe fn(usize, *const T, usize, *const T, usize, *mut T, usize, usize, usize, bool);
 
 /// A micro-kernel with its register tile (`mr × nr`) and cache blocking
