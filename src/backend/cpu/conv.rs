@@ -276,7 +276,8 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
         let (dh, dw) = self.window.dilation;
         let (ph, pw) = self.pad;
         let plane = self.h * self.w;
-        let mut spans = Vec::with_capacity(kw);
+        // Filled only where the padding is read, then reused by every panel of the block.
+        let mut spans = Vec::new();
         for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
             let j0 = jc + q * nr;
             let width = nr.min(nb - q * nr);
@@ -330,31 +331,29 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                     } else {
                         row.fill(T::ZERO);
                     }
-                    at.2 += 1;
-                    if at.2 == kw {
-                        at.2 = 0;
-                        at.1 += 1;
-                        if at.1 == kh {
-                            at.1 = 0;
-                            at.0 += 1;
-                        }
-                    }
+                    next_row(&mut at, self.window.kernel);
                 }
                 continue;
             }
             for row in panel.chunks_exact_mut(nr) {
                 self.row_segment(at, start, &mut row[..width], copy);
                 row[width..].fill(T::ZERO);
-                at.2 += 1;
-                if at.2 == kw {
-                    at.2 = 0;
-                    at.1 += 1;
-                    if at.1 == kh {
-                        at.1 = 0;
-                        at.0 += 1;
-                    }
-                }
+                next_row(&mut at, self.window.kernel);
             }
+        }
+    }
+}
+
+/// Steps im2col row `(channel, kernel row, kernel column)` to the next one, like an odometer.
+#[inline(always)]
+fn next_row(at: &mut (usize, usize, usize), (kh, kw): (usize, usize)) {
+    at.2 += 1;
+    if at.2 == kw {
+        at.2 = 0;
+        at.1 += 1;
+        if at.1 == kh {
+            at.1 = 0;
+            at.0 += 1;
         }
     }
 }

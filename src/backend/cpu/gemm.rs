@@ -12,7 +12,6 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
-use std::sync::OnceLock;
 
 mod sealed {
     /// Restricts [`super::GemmElem`] to types for which the packing buffers'
@@ -336,31 +335,13 @@ const SMALL_MNK: usize = 32 * 1024;
 /// gains, on a thread of the rayon pool (more elsewhere: `super::splitting_bar`).
 const PAR_MIN_MNK: usize = 64 * 64 * 64;
 
-/// Which SIMD kernels this CPU can run: (AVX2+FMA, AVX-512F+BW), detected once.
-fn cpu_support() -> (bool, bool) {
-    static SUPPORT: OnceLock<(bool, bool)> = OnceLock::new();
-    *SUPPORT.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            (
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
-            )
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            (false, false)
-        }
-    })
-}
-
 /// The requested instruction set, or the best supported one below it: the
 /// SIMD kernels may only be selected after this check.
 fn usable_isa(want: Isa) -> Isa {
-    let (avx2, avx512) = cpu_support();
+    let best = super::simd::supported();
     match want {
-        Isa::Avx512 if avx512 => Isa::Avx512,
-        Isa::Avx512 | Isa::Avx2 if avx2 => Isa::Avx2,
+        Isa::Avx512 if best == super::simd::Isa::Avx512 => Isa::Avx512,
+        Isa::Avx512 | Isa::Avx2 if best != super::simd::Isa::Scalar => Isa::Avx2,
         _ => Isa::Scalar,
     }
 }

@@ -22,7 +22,7 @@ pub enum Isa {
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = detect();
+        let best = supported();
         match std::env::var("TENSORFORGE_ISA").as_deref() {
             Ok("scalar") => Isa::Scalar,
             Ok("avx2") if best != Isa::Scalar => Isa::Avx2Fma,
@@ -31,18 +31,25 @@ pub fn isa() -> Isa {
     })
 }
 
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // The packing copies use byte-masked moves (AVX-512BW) next to the F kernels.
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            return Isa::Avx512;
+/// The widest instruction set this CPU has, whatever `TENSORFORGE_ISA` asks (cached): the
+/// bound for code that picks its level itself, like the GEMM's tests.
+pub(crate) fn supported() -> Isa {
+    static BEST: OnceLock<Isa> = OnceLock::new();
+    *BEST.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            // The packing copies use byte-masked moves (AVX-512BW) and AVX2 next to the F
+            // kernels.
+            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2Fma;
+            }
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
-        }
-    }
-    Isa::Scalar
+        Isa::Scalar
+    })
 }
 
 #[inline(always)]
