@@ -5,7 +5,6 @@ use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a};
 use super::{CpuStorage, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// The window's output size over `layout = [N, C, H, W]`, or a shape error.
@@ -28,7 +27,7 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuS
         let plane_out = kh * kw * oh * ow;
         let mut out = super::pool::filled(n * c * plane_out, pad);
         // One task per (n, c) plane: it writes its own kh·kw rows of the columns.
-        out.par_chunks_mut(plane_out.max(1)).enumerate().for_each(|(nc, o)| {
+        super::parallel::for_each_chunk(&mut out, plane_out.max(1), |nc, o| {
             let src = &x[nc * h * wd..(nc + 1) * h * wd];
             for i in 0..kh {
                 for j in 0..kw {
@@ -75,7 +74,7 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
         let (kh, kw) = w.kernel;
         let cols = map(v, l, |x| x);
         let mut out = super::pool::filled(n * c * h * wd, T::default());
-        out.par_chunks_mut((h * wd).max(1)).enumerate().for_each(|(nc, o)| {
+        super::parallel::for_each_chunk(&mut out, (h * wd).max(1), |nc, o| {
             let src = &cols[nc * kh * kw * oh * ow..(nc + 1) * kh * kw * oh * ow];
             let mut acc = vec![T::Acc::ZERO; h * wd];
             for i in 0..kh {
@@ -398,7 +397,7 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
     // otherwise threads inside each product. Each product writes its whole output.
     super::fill_new(n * cout * l, |out| {
         if n >= 2 * rayon::current_num_threads() {
-            out.par_chunks_mut(cout * l).enumerate().for_each(|x| one(x, false));
+            super::parallel::for_each_chunk(out, cout * l, |i, y| one((i, y), false));
         } else {
             out.chunks_mut(cout * l).enumerate().for_each(|x| one(x, true));
         }

@@ -530,21 +530,7 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         // same element.
         unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, a, b, cptr.get(), n) };
     };
-    let (first, rest) = tasks.split_first().expect("partition yields at least one task");
-    if rest.is_empty() {
-        run(first);
-    } else {
-        // The calling thread computes one part itself instead of blocking
-        // while the pool does everything: from outside the pool this saves a
-        // thread wake-up on the critical path of every call.
-        let run = &run;
-        rayon::in_place_scope(|s| {
-            for t in rest {
-                s.spawn(move |_| run(t));
-            }
-            run(first);
-        });
-    }
+    super::parallel::for_each_task(tasks.len(), |i| run(&tasks[i]));
 }
 
 /// Raw pointer to C shared by the tasks, each of which writes a disjoint

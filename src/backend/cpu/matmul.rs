@@ -4,7 +4,6 @@ use super::float::CpuFloat;
 use super::gemm::{GemmElem, MatRef, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
 use crate::{Error, Layout, Result, Shape};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
@@ -34,7 +33,7 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     let many = batches >= 2 * rayon::current_num_threads();
     super::fill_new(batches * m * n, |out| {
         if batches > 1 && (many || m * n * k < (1 << 21)) && worth_splitting(batches * m * n * k) {
-            out.par_chunks_mut(m * n).enumerate().for_each(|x| one(x, false));
+            super::parallel::for_each_chunk(out, m * n, |i, c| one((i, c), false));
         } else {
             out.chunks_mut(m * n).enumerate().for_each(|x| one(x, true));
         }

@@ -4,7 +4,7 @@ use super::float::{CpuFloat, Float};
 use super::{CpuStorage, simd};
 use crate::backend::OptimRule;
 use crate::{Error, Result};
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The update rule of one element, `(p, g, state) → (p, state)`, over `S` state buffers.
 trait ElemRule<F, const S: usize>: Fn(F, F, [F; S]) -> (F, [F; S]) + Sync {}
@@ -78,7 +78,14 @@ fn run<T: CpuFloat, const S: usize>(p: &mut [T], g: &[T], s: [&mut [T]; S], rule
         parts.push((p0, g0, s0));
         (p, g, s) = (p1, g1, s1);
     }
-    parts.into_par_iter().for_each(|(p, g, s)| sweep_simd(p, g, s, &rule));
+    // Each task takes its part out of its slot (uncontended locks: one per task).
+    let parts: Vec<Mutex<Option<Chunk<'_, T, S>>>> = parts.into_iter().map(|x| Mutex::new(Some(x))).collect();
+    super::parallel::for_each_task(parts.len(), |i| {
+        let taken = parts[i].lock().map(|mut slot| slot.take());
+        if let Ok(Some((p, g, s))) = taken {
+            sweep_simd(p, g, s, &rule);
+        }
+    });
 }
 
 /// Each slice split at `k`: the heads and the tails.

@@ -5,7 +5,6 @@
 use super::CpuStorage;
 use crate::{DType, Error, Result, WithDType};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -57,7 +56,14 @@ pub fn normal_at(seed: u64, offset: u64, i: u64) -> f64 {
 }
 
 fn generate<T: WithDType>(n: usize, f: impl Fn(u64) -> f64 + Sync) -> CpuStorage {
-    let v: Vec<T> = (0..n).into_par_iter().with_min_len(4096).map(|i| T::from_f64(f(i as u64))).collect();
+    const CHUNK: usize = 4096;
+    let v: Vec<T> = super::fill_new(n, |out| {
+        super::parallel::for_each_chunk(out, CHUNK, |c, o| {
+            for (j, x) in o.iter_mut().enumerate() {
+                x.write(T::from_f64(f((c * CHUNK + j) as u64)));
+            }
+        })
+    });
     T::into_cpu_storage(v)
 }
 

@@ -4,7 +4,6 @@ use super::float::{CpuFloat, Float};
 use super::{CpuStorage, fill_new, simd, with_float_vec, worth_splitting};
 use crate::backend::ReduceOp;
 use crate::{Error, Layout, Result, Shape, WithDType};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Splits a reduction into `(outer, inner)` views: `outer` walks the kept axes, and for each
@@ -29,7 +28,7 @@ fn per_output<U: Send + Sync + 'static>(
             o.write(f(outer.offset_of(i)));
         };
         if worth_splitting(n * work_per_out) && n > 1 {
-            out.par_iter_mut().enumerate().for_each(run);
+            super::parallel::for_each_chunk(out, 1, |i, o| run((i, &mut o[0])));
         } else {
             out.iter_mut().enumerate().for_each(run);
         }
@@ -110,7 +109,7 @@ fn reduce_leading<T: CpuFloat>(
     let mut acc = vec![init; cols];
     const COLS_PER_TASK: usize = 256;
     if worth_splitting(rows * cols) && cols >= 2 * COLS_PER_TASK {
-        acc.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(i, a)| fold_cols(i * COLS_PER_TASK, a));
+        super::parallel::for_each_chunk(&mut acc, COLS_PER_TASK, |i, a| fold_cols(i * COLS_PER_TASK, a));
     } else {
         fold_cols(0, &mut acc);
     }
@@ -274,7 +273,7 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
         let out = fill_new(n, |out: &mut [MaybeUninit<T>]| {
             if worth_splitting(n) {
                 let init = || (Vec::with_capacity(len), Vec::with_capacity(len));
-                out.par_chunks_mut(len).enumerate().for_each_init(init, |s, (r, o)| one_row(s, r, o));
+                super::parallel::for_each_chunk_init(out, len, init, one_row);
             } else {
                 out.chunks_mut(len).enumerate().for_each(|(r, o)| one_row(&mut scratch, r, o));
             }

@@ -1,0 +1,286 @@
+//! Fork-join for the kernels, shaped for short parallel sections.
+//!
+//! A kernel splits its work into numbered tasks. The calling thread claims tasks itself from
+//! the start, and `threads - 1` helper jobs on the rayon pool claim the rest as they arrive.
+//! The caller never sleeps: once no task is left it spins until the helpers that did start
+//! are done, and a helper that starts after that finds the section closed and touches
+//! nothing. A helper then lingers for a moment (see [`spin_budget`]), running whatever the
+//! pool is given, so that the next section finds it awake.
+//!
+//! Why not plain rayon: from a thread outside the pool, `par_iter` hands everything to the
+//! pool and blocks on a condition variable, and a rayon worker sleeps a few microseconds
+//! after its last job. Waking a sleeping thread on a virtual machine took 20–150 µs here
+//! (docs/PERFORMANCE.md, "Sixth session"), as long as a whole 256³ product; OpenBLAS and
+//! OpenMP spin instead, for the same reason.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::time::{Duration, Instant};
+
+/// Runs `f(i)` for every `i in 0..tasks`, split across the current rayon pool (the calling
+/// thread included). Tasks may run in any order and on any thread; each runs once.
+pub(crate) fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
+    for_each_task_init(tasks, || (), |_, i| f(i));
+}
+
+/// [`for_each_task`] with per-thread state: every thread that takes part calls `init` once
+/// and hands the state to each task it runs (scratch buffers, say).
+pub(crate) fn for_each_task_init<S>(tasks: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) + Sync) {
+    let threads = rayon::current_num_threads().min(tasks);
+    if threads < 2 {
+        let mut s = init();
+        (0..tasks).for_each(|i| f(&mut s, i));
+        return;
+    }
+    // Claims of several tasks at once when there are many (cheap chunks of an elementwise
+    // kernel): fewer contended atomic updates, still ~8 claims per thread to even out.
+    let grain = (tasks / (threads * 8)).max(1);
+    let next = AtomicUsize::new(0);
+    let take_part = || {
+        let mut state = None;
+        loop {
+            let start = next.fetch_add(grain, Relaxed);
+            if start >= tasks {
+                break;
+            }
+            let s = state.get_or_insert_with(&init);
+            (start..(start + grain).min(tasks)).for_each(|i| f(s, i));
+        }
+    };
+    fork(threads - 1, &take_part);
+}
+
+/// Splits `out` into `chunk`-long pieces (the last may be shorter) and runs `f(i, piece i)` on
+/// each, as [`for_each_task`].
+pub(crate) fn for_each_chunk<U: Send>(out: &mut [U], chunk: usize, f: impl Fn(usize, &mut [U]) + Sync) {
+    for_each_chunk_init(out, chunk, || (), |_, i, o| f(i, o));
+}
+
+/// [`for_each_chunk`] with per-thread state, as [`for_each_task_init`].
+pub(crate) fn for_each_chunk_init<U: Send, S>(
+    out: &mut [U],
+    chunk: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [U]) + Sync,
+) {
+    assert!(chunk > 0, "for_each_chunk: chunk must be positive");
+    let (len, base) = (out.len(), SendPtr(out.as_mut_ptr()));
+    for_each_task_init(len.div_ceil(chunk), init, |s, i| {
+        let start = i * chunk;
+        // SAFETY: task i is run once and owns elements start..start+chunk of `out`, which
+        // stays mutably borrowed for the whole call; no two tasks' ranges overlap.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
+        f(s, i, piece);
+    });
+}
+
+/// The base of a slice whose disjoint parts go to different threads.
+struct SendPtr<U>(*mut U);
+// By hand: a derive would require `U: Copy`.
+impl<U> Clone for SendPtr<U> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<U> Copy for SendPtr<U> {}
+// SAFETY: only used by `for_each_chunk_init`, whose tasks write disjoint ranges while the
+// slice is borrowed by the call.
+unsafe impl<U: Send> Send for SendPtr<U> {}
+// SAFETY: as above.
+unsafe impl<U: Send> Sync for SendPtr<U> {}
+impl<U> SendPtr<U> {
+    // A method, so that closures capture the whole wrapper rather than its raw field.
+    fn get(self) -> *mut U {
+        self.0
+    }
+}
+
+/// What the caller and its helpers share. `part` points at the caller's stack: a helper may
+/// call it only between entering (`active` counted, `closed` still false) and leaving.
+struct Section {
+    part: *const (dyn Fn() + Sync + 'static),
+    active: AtomicUsize,
+    closed: AtomicBool,
+    panicked: AtomicBool,
+}
+// SAFETY: `part` is `Sync`, and the entry protocol (`Section::help`, `Closer`) keeps every call
+// of it inside the caller's borrow.
+unsafe impl Send for Section {}
+// SAFETY: as above.
+unsafe impl Sync for Section {}
+
+impl Section {
+    fn help(&self) {
+        // Entering and the caller's closing are both SeqCst, so either the caller sees this
+        // helper as active and waits for it, or this helper sees the section closed.
+        self.active.fetch_add(1, SeqCst);
+        if !self.closed.load(SeqCst) {
+            // SAFETY: entered before the close: the caller waits for `active` to drop, so the
+            // closure is alive for this call.
+            let part = unsafe { &*self.part };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(part)).is_err() {
+                self.panicked.store(true, Relaxed);
+            }
+        }
+        // Release: the caller's Acquire load sees everything this helper wrote.
+        self.active.fetch_sub(1, Release);
+    }
+}
+
+/// Closes the section and waits for the helpers inside it, also when the caller's own part
+/// unwinds, so that no helper outlives the closure it borrows.
+struct Closer<'a>(&'a Section);
+
+impl Drop for Closer<'_> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, SeqCst);
+        let mut spins = 0u32;
+        while self.0.active.load(SeqCst) > 0 {
+            // Helpers inside are running (they entered), so this is at most one task long;
+            // yield after a while in case a helper was descheduled.
+            if spins < 1 << 16 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Runs `part` on the calling thread and on up to `helpers` rayon workers, returning when every
+/// started call has returned; a panic in any of them resumes on the caller.
+fn fork(helpers: usize, part: &(dyn Fn() + Sync)) {
+    // SAFETY: only the lifetime is erased; `Closer` keeps helpers from calling it after this
+    // function returns.
+    let part: *const (dyn Fn() + Sync + '_) = part;
+    let erased: *const (dyn Fn() + Sync + 'static) = unsafe { std::mem::transmute(part) };
+    let section = Arc::new(Section {
+        part: erased,
+        active: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        panicked: AtomicBool::new(false),
+    });
+    for _ in 0..helpers {
+        let s = Arc::clone(&section);
+        rayon::spawn(move || {
+            s.help();
+            drop(s);
+            linger();
+        });
+    }
+    {
+        let _closer = Closer(&section);
+        // SAFETY: the caller's own borrow, alive here.
+        unsafe { (*part)() };
+    }
+    if section.panicked.load(Relaxed) {
+        panic!("a parallel kernel task panicked on a pool thread");
+    }
+}
+
+/// How long a helper stays awake after its last job: `TENSORFORGE_SPIN_US` microseconds
+/// (default 1000; 0 lets workers sleep at once, as plain rayon does).
+pub(crate) fn spin_budget() -> Duration {
+    static BUDGET: OnceLock<Duration> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let us = std::env::var("TENSORFORGE_SPIN_US").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(1000);
+        Duration::from_micros(us)
+    })
+}
+
+thread_local! {
+    /// Whether this worker is already lingering further up its stack.
+    static LINGERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Keeps this worker busy-polling the pool for [`spin_budget`] after the last job it ran,
+/// running any job that arrives (the next section's helper, typically) at once.
+fn linger() {
+    let budget = spin_budget();
+    if budget.is_zero() || LINGERING.get() {
+        return;
+    }
+    LINGERING.set(true);
+    let mut last = Instant::now();
+    while last.elapsed() < budget {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => last = Instant::now(),
+            Some(rayon::Yield::Idle) => (0..64).for_each(|_| std::hint::spin_loop()),
+            None => break,
+        }
+    }
+    LINGERING.set(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool")
+    }
+
+    /// Every task runs exactly once, for task counts around the claim grain, with pools of
+    /// one to three threads, from inside and outside a pool.
+    #[test]
+    fn every_task_runs_once() {
+        for threads in 1..=3 {
+            for tasks in [0, 1, 2, 3, 7, 48, 49, 1000] {
+                let counts: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                pool(threads).install(|| for_each_task(tasks, |i| _ = counts[i].fetch_add(1, Relaxed)));
+                assert!(counts.iter().all(|c| c.load(Relaxed) == 1), "{threads} threads, {tasks} tasks");
+            }
+        }
+        let counts: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        for_each_task(100, |i| _ = counts[i].fetch_add(1, Relaxed));
+        assert!(counts.iter().all(|c| c.load(Relaxed) == 1));
+    }
+
+    /// Chunks cover the slice, the last one short, each handed its own index.
+    #[test]
+    fn chunks_cover_the_slice() {
+        let mut v = vec![0usize; 1003];
+        pool(3).install(|| for_each_chunk(&mut v, 10, |i, o| o.iter_mut().for_each(|x| *x += i + 1)));
+        assert!(v.iter().enumerate().all(|(j, &x)| x == j / 10 + 1));
+    }
+
+    /// Per-thread state is made at most once per thread that takes part.
+    #[test]
+    fn state_is_made_once_per_thread() {
+        let made = AtomicUsize::new(0);
+        let mut v = vec![0u8; 4096];
+        pool(2).install(|| {
+            for_each_chunk_init(&mut v, 1, || made.fetch_add(1, Relaxed), |_, _, o| o[0] = 1);
+        });
+        assert!(v.iter().all(|&x| x == 1));
+        assert!((1..=2).contains(&made.load(Relaxed)), "{}", made.load(Relaxed));
+    }
+
+    /// Sections nest: a task may itself split (on a pool thread).
+    #[test]
+    fn sections_nest() {
+        let total = AtomicUsize::new(0);
+        pool(2).install(|| for_each_task(8, |_| for_each_task(8, |j| _ = total.fetch_add(j, Relaxed))));
+        assert_eq!(total.load(Relaxed), 8 * 28);
+    }
+
+    /// A panicking task reaches the caller, wherever it ran.
+    #[test]
+    fn a_task_panic_reaches_the_caller() {
+        for victim in [0, 7] {
+            let r = std::panic::catch_unwind(|| {
+                pool(2).install(|| {
+                    for_each_task(8, |i| {
+                        if i == victim {
+                            panic!("task {i}")
+                        }
+                    })
+                })
+            });
+            assert!(r.is_err(), "task {victim}");
+        }
+    }
+}
