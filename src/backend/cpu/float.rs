@@ -3,6 +3,7 @@
 
 use crate::WithDType;
 use half::{bf16, f16};
+use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// A float type the kernels compute in.
@@ -234,6 +235,11 @@ pub trait CpuFloat: WithDType {
     type Acc: Float;
     fn to_acc(self) -> Self::Acc;
     fn from_acc(v: Self::Acc) -> Self;
+    /// Softmax (with `log`, log-softmax) of one row by a hand-written SIMD kernel, where this
+    /// type and CPU have one: `false` (nothing written) leaves the row to the generic loops.
+    fn softmax_row_simd(_x: &[Self], _out: &mut [MaybeUninit<Self>], _log: bool) -> bool {
+        false
+    }
 }
 
 impl CpuFloat for f32 {
@@ -245,6 +251,9 @@ impl CpuFloat for f32 {
     #[inline(always)]
     fn from_acc(v: f32) -> Self {
         v
+    }
+    fn softmax_row_simd(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bool {
+        super::simd::softmax_row_f32(x, out, log)
     }
 }
 impl CpuFloat for f64 {

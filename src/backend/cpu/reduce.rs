@@ -216,6 +216,9 @@ pub fn reduce(s: &CpuStorage, l: &Layout, op: ReduceOp, axes: &[usize]) -> Resul
 /// memory overlap the exp arithmetic; f16/bf16 keep them unrounded in `scratch` and round once.
 #[inline]
 fn softmax_row<T: CpuFloat>(x: &[T], scratch: &mut Vec<T::Acc>, out: &mut [MaybeUninit<T>], log: bool) {
+    if T::softmax_row_simd(x, out, log) {
+        return;
+    }
     let max = simd::fold_slice(x, T::Acc::NEG_INF, &|a: T| a.to_acc(), &|a: T::Acc, b| a.max_nan(b));
     // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
     let shift = if max == T::Acc::NEG_INF { T::Acc::ZERO } else { max };

@@ -217,6 +217,138 @@ mod x86 {
     }
 }
 
+/// Softmax (with `log`, log-softmax) of one f32 row into `out`, by the AVX-512 kernel where the
+/// detected instruction set has it: `false` (nothing written) elsewhere. The generic loops
+/// above compile the max into one serial compare-and-blend chain and `exp_f32`'s 2ⁿ into
+/// integer shifts; this kernel keeps four independent maxima and scales by 2ⁿ with one
+/// `vscalefps`.
+pub fn softmax_row_f32(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bool {
+    assert_eq!(x.len(), out.len(), "softmax_row_f32: lengths differ");
+    match isa() {
+        // SAFETY: `isa()` returned this level only after detecting AVX-512F/BW, AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax512::row(x, out, log) },
+        _ => return false,
+    }
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
+mod softmax512 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// `eˣ` of 16 lanes, with `exp_f32`'s range reduction and polynomial (so within 2 ulp), 2ⁿ
+    /// applied by `vscalefps`. Lanes below `exp_f32`'s LO give 0 as there, +∞ gives +∞ and NaN
+    /// stays NaN.
+    #[inline(always)]
+    #[allow(clippy::excessive_precision)] // the coefficients of `exp_f32`, kept as printed there
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        const LO: f32 = -87.336_55;
+        const ROUND: f32 = 12_582_912.0;
+        // SAFETY: the caller runs with AVX-512F and FMA.
+        unsafe {
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(LO));
+            // max/min return their second operand for a NaN lane: x, so NaN survives.
+            let xc = _mm512_min_ps(_mm512_set1_ps(100.0), _mm512_max_ps(_mm512_set1_ps(LO), x));
+            let t = _mm512_fmadd_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
+            let n = _mm512_sub_ps(t, _mm512_set1_ps(ROUND));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), xc);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm512_set1_ps(1.987_569_1e-4);
+            for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            let er = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+            _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(er, n))
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F/BW, AVX2 and FMA; `out.len() == x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn row(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) {
+        let n = x.len();
+        let (src, dst) = (x.as_ptr(), out.as_mut_ptr().cast::<f32>());
+        let full = n - n % 16;
+        let tail: __mmask16 = ((1u32 << (n % 16)) - 1) as u16;
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // SAFETY (whole body): every full load and store is below `full`, and the masked ones
+        // touch only lanes below `n`.
+        unsafe {
+            let load = |i: usize| _mm512_loadu_ps(src.add(i));
+            let load_tail = || _mm512_mask_loadu_ps(neg_inf, tail, src.add(full));
+            // Pass 1: the maximum, four independent chains; any NaN makes the row NaN.
+            let mut m = [neg_inf; 4];
+            let mut nan: __mmask16 = 0;
+            let mut i = 0;
+            while i + 64 <= n {
+                for (j, mj) in m.iter_mut().enumerate() {
+                    let v = load(i + 16 * j);
+                    nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    *mj = _mm512_max_ps(*mj, v);
+                }
+                i += 64;
+            }
+            while i < full {
+                let v = load(i);
+                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                m[0] = _mm512_max_ps(m[0], v);
+                i += 16;
+            }
+            if full < n {
+                let v = load_tail();
+                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                m[0] = _mm512_max_ps(m[0], v);
+            }
+            if nan != 0 {
+                out.fill(MaybeUninit::new(f32::NAN));
+                return;
+            }
+            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])));
+            // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
+            let shift = if max == f32::NEG_INFINITY { 0.0 } else { max };
+            // Pass 2: the exponentials (kept in `out` unless `log`) and their sum, four chains.
+            let mut s = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i < full {
+                let e = exp16(_mm512_sub_ps(load(i), _mm512_set1_ps(shift)));
+                if !log {
+                    _mm512_storeu_ps(dst.add(i), e);
+                }
+                let j = (i / 16) % 4;
+                s[j] = _mm512_add_ps(s[j], e);
+                i += 16;
+            }
+            if full < n {
+                let e = exp16(_mm512_sub_ps(load_tail(), _mm512_set1_ps(shift)));
+                if !log {
+                    _mm512_mask_storeu_ps(dst.add(full), tail, e);
+                }
+                s[0] = _mm512_add_ps(s[0], e);
+            }
+            let sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+            // Pass 3: scale the exponentials, or subtract log-sum-exp from the inputs.
+            let (a, b) = if log {
+                (_mm512_set1_ps(1.0), _mm512_set1_ps(-(shift + sum.ln())))
+            } else {
+                (_mm512_set1_ps(1.0 / sum), _mm512_setzero_ps())
+            };
+            let from = if log { src } else { dst.cast_const() };
+            let mut i = 0;
+            while i < full {
+                _mm512_storeu_ps(dst.add(i), _mm512_fmadd_ps(_mm512_loadu_ps(from.add(i)), a, b));
+                i += 16;
+            }
+            if full < n {
+                let v = _mm512_maskz_loadu_ps(tail, from.add(full));
+                _mm512_mask_storeu_ps(dst.add(full), tail, _mm512_fmadd_ps(v, a, b));
+            }
+        }
+    }
+}
+
 /// `dst[i] = f(src[i])`, vectorized for the detected instruction set.
 #[inline]
 pub fn map_slice<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
@@ -421,6 +553,115 @@ mod tests {
                 let want_zip: Vec<f32> = x.iter().zip(y).map(|(u, v)| u - 3.0 * v).collect();
                 assert_eq!(read(&mapped[offset..]), want_map, "map: offset {offset}, n {n}");
                 assert_eq!(read(&zipped[offset..]), want_zip, "zip: offset {offset}, n {n}");
+            }
+        }
+    }
+
+    /// The 16-lane exp keeps `exp_f32`'s accuracy (2 ulp against f64) and its edge values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp16_matches_exp_f32() {
+        use std::arch::x86_64::*;
+        if supported() != Isa::Avx512 {
+            return assert_ne!(isa(), Isa::Avx512);
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+        unsafe fn exp_lanes(x: [f32; 16]) -> [f32; 16] {
+            let mut y = [0.0f32; 16];
+            // SAFETY: both arrays hold 16 lanes; the features are enabled.
+            unsafe { _mm512_storeu_ps(y.as_mut_ptr(), super::softmax512::exp16(_mm512_loadu_ps(x.as_ptr()))) };
+            y
+        }
+        let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
+        let mut worst = 0;
+        let mut x = -90.0f32;
+        while x < 90.0 {
+            let lanes: [f32; 16] = std::array::from_fn(|j| x + j as f32 * 0.000_731);
+            // SAFETY: `supported()` found AVX-512F/BW, AVX2 and FMA.
+            let got = unsafe { exp_lanes(lanes) };
+            for (&xi, &yi) in lanes.iter().zip(&got) {
+                let want = (xi as f64).exp() as f32;
+                if want.is_finite() && want > f32::MIN_POSITIVE {
+                    worst = worst.max(ulps(yi, want));
+                } else if xi < -87.336_55 {
+                    assert_eq!(yi, 0.0, "exp({xi})");
+                } else if xi > 88.73 {
+                    assert_eq!(yi, f32::INFINITY, "exp({xi})");
+                }
+            }
+            x += 16.0 * 0.000_731;
+        }
+        assert!(worst <= 2, "exp16: {worst} ulp");
+        let edges = [
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            100.0,
+            -100.0,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            88.0,
+            -87.0,
+            2.0,
+            3.0,
+            4.0,
+            5.0,
+            6.0,
+        ];
+        // SAFETY: as above.
+        let got = unsafe { exp_lanes(edges) };
+        assert_eq!(&got[..2], &[0.0, f32::INFINITY]);
+        assert!(got[2].is_nan());
+        assert_eq!(&got[3..7], &[f32::INFINITY, 0.0, 1.0, 1.0]);
+    }
+
+    /// The AVX-512 softmax row agrees with an f64 softmax (and log-softmax) for lengths around
+    /// the vector and unroll widths, masked (-inf) entries, fully masked rows and NaN rows.
+    #[test]
+    fn softmax_row_f32_matches_f64() {
+        for n in [0usize, 1, 5, 15, 16, 17, 63, 64, 65, 100, 1000] {
+            for case in 0..4 {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| match case {
+                        1 if i % 3 == 0 => f32::NEG_INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        3 if i == n / 2 => f32::NAN,
+                        _ => ((i as f32) * 0.731).sin() * 20.0,
+                    })
+                    .collect();
+                for log in [false, true] {
+                    let mut out = vec![MaybeUninit::new(-7.0f32); n];
+                    let done = softmax_row_f32(&x, &mut out, log);
+                    assert_eq!(done, isa() == Isa::Avx512, "the kernel runs exactly where AVX-512 is used");
+                    if !done {
+                        continue;
+                    }
+                    let got: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+                    let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| {
+                        if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v as f64) }
+                    });
+                    let shift = if max == f64::NEG_INFINITY { 0.0 } else { max };
+                    let sum: f64 = x.iter().map(|&v| (v as f64 - shift).exp()).sum();
+                    for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+                        let want = if log { v as f64 - shift - sum.ln() } else { (v as f64 - shift).exp() / sum };
+                        // f32 rounds x - max (to half an ulp of it), which scales exp by up
+                        // to that much, and log-softmax rounds max + ln(sum) and x - that.
+                        let spread = 1.0
+                            + (v as f64 - shift).abs()
+                            + if log { (v as f64).abs() + shift.abs() + sum.ln().abs() } else { 0.0 };
+                        let bound = (2.0f64).powi(-22) * spread * if log { 1.0 } else { want.abs() };
+                        let ok = if want.is_nan() {
+                            g.is_nan()
+                        } else if want == 0.0 || want.is_infinite() {
+                            g as f64 == want
+                        } else {
+                            (g as f64 - want).abs() <= bound
+                        };
+                        assert!(ok, "n {n} case {case} log {log} i {i}: {g} vs {want}");
+                    }
+                }
             }
         }
     }
