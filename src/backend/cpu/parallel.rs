@@ -208,7 +208,7 @@ fn linger() {
     while last.elapsed() < budget {
         match rayon::yield_now() {
             Some(rayon::Yield::Executed) => last = Instant::now(),
-            Some(rayon::Yield::Idle) => (0..64).for_each(|_| std::hint::spin_loop()),
+            Some(rayon::Yield::Idle) => (0..4).for_each(|_| std::hint::spin_loop()),
             None => break,
         }
     }
