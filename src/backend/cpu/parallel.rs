@@ -4,8 +4,10 @@
 //! the start, and `threads - 1` helper jobs on the rayon pool claim the rest as they arrive.
 //! The caller never sleeps: once no task is left it spins until the helpers that did start
 //! are done, and a helper that starts after that finds the section closed and touches
-//! nothing. A helper then lingers for a moment (see [`spin_budget`]), running whatever the
-//! pool is given, so that the next section finds it awake.
+//! nothing. When the caller is outside the pool (a program's main thread), a helper then
+//! lingers for a moment (see [`spin_budget`]), running whatever the pool is given, so that the
+//! next section finds it awake. Inside the pool it returns at once: it may have been picked
+//! up by a worker waiting in a `join`, which lingering would hold up.
 //!
 //! Why not plain rayon: from a thread outside the pool, `par_iter` hands everything to the
 //! pool and blocks on a condition variable, and a rayon worker sleeps a few microseconds
@@ -163,12 +165,15 @@ fn fork(helpers: usize, part: &(dyn Fn() + Sync)) {
         closed: AtomicBool::new(false),
         panicked: AtomicBool::new(false),
     });
+    let from_outside = rayon::current_thread_index().is_none();
     for _ in 0..helpers {
         let s = Arc::clone(&section);
         rayon::spawn(move || {
             s.help();
             drop(s);
-            linger();
+            if from_outside {
+                linger();
+            }
         });
     }
     {
