@@ -141,8 +141,9 @@ impl Drop for Closer<'_> {
         let mut spins = 0u32;
         while self.0.active.load(SeqCst) > 0 {
             // Helpers inside are running (they entered), so this is at most one task long;
-            // yield after a while in case a helper was descheduled.
-            if spins < 1 << 16 {
+            // after ~50 µs of pauses, yield the core in case a helper waits for one (more
+            // threads than cores).
+            if spins < 1 << 10 {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
