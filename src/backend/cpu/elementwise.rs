@@ -1,7 +1,8 @@
 //! Elementwise kernels: copy, unary, scalar maps, binary, comparisons, where.
 
 use super::float::{CpuFloat, Float};
-use super::{CpuStorage, map, with_float_vec, zip};
+use super::simd::ExpFn;
+use super::{CpuStorage, PAR_THRESHOLD, fill_new, map, parallel, with_float_vec, worth_splitting, zip};
 use crate::backend::{BinaryOp, CmpOp, ScalarOp, UnaryOp};
 use crate::{Error, Layout, Result, WithDType};
 
@@ -106,6 +107,27 @@ macro_rules! unary_fn {
 }
 
 fn unary_float<T: CpuFloat>(v: &[T], l: &Layout, op: UnaryOp) -> CpuStorage {
+    let exp_fn = match op {
+        UnaryOp::Exp => Some(ExpFn::Exp),
+        UnaryOp::Sigmoid => Some(ExpFn::Sigmoid),
+        _ => None,
+    };
+    // A contiguous view of a type with a hand-written kernel for the function (f32 under
+    // AVX-512) takes it, in chunks across threads for large tensors.
+    if let (Some(f), Some((a, b))) = (exp_fn, l.contiguous_range())
+        && T::map_exp_simd(f, &[], &mut [])
+    {
+        const CHUNK: usize = PAR_THRESHOLD / 4;
+        let src = &v[a..b];
+        let out = fill_new(src.len(), |out| {
+            if worth_splitting(src.len()) {
+                parallel::for_each_chunk(out, CHUNK, |i, o| _ = T::map_exp_simd(f, &src[i * CHUNK..][..o.len()], o));
+            } else {
+                T::map_exp_simd(f, src, out);
+            }
+        });
+        return T::into_cpu_storage(out);
+    }
     macro_rules! ap {
         ($f:expr) => {{
             let f = $f;

@@ -240,6 +240,11 @@ pub trait CpuFloat: WithDType {
     fn softmax_row_simd(_x: &[Self], _out: &mut [MaybeUninit<Self>], _log: bool) -> bool {
         false
     }
+    /// `out[i] = f(x[i])` by a hand-written SIMD kernel, where this type and CPU have one:
+    /// `false` (nothing written) otherwise, so a call on empty slices asks whether one exists.
+    fn map_exp_simd(_f: super::simd::ExpFn, _x: &[Self], _out: &mut [MaybeUninit<Self>]) -> bool {
+        false
+    }
 }
 
 impl CpuFloat for f32 {
@@ -254,6 +259,9 @@ impl CpuFloat for f32 {
     }
     fn softmax_row_simd(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bool {
         super::simd::softmax_row_f32(x, out, log)
+    }
+    fn map_exp_simd(f: super::simd::ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) -> bool {
+        super::simd::map_f32_avx512(f, x, out)
     }
 }
 impl CpuFloat for f64 {

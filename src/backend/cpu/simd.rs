@@ -233,6 +233,29 @@ pub fn softmax_row_f32(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bo
     true
 }
 
+/// The f32 functions with a hand-written AVX-512 kernel ([`map_f32_avx512`]). tanh is not
+/// among them: the same kernel built on `exp16` was no faster than the generic loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpFn {
+    Exp,
+    Sigmoid,
+}
+
+/// `out[i] = f(x[i])` for an exp-based f32 function by its AVX-512 kernel, where the detected
+/// instruction set has it: `false` (nothing written) elsewhere. The kernels share the
+/// softmax's `exp16`, whose 2ⁿ is one `vscalefps` instead of the integer shifts and selects
+/// the generic loops compile `exp_f32` into.
+pub fn map_f32_avx512(f: ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) -> bool {
+    assert_eq!(x.len(), out.len(), "map_f32_avx512: lengths differ");
+    match isa() {
+        // SAFETY: `isa()` returned this level only after detecting AVX-512F/BW, AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax512::map(f, x, out) },
+        _ => return false,
+    }
+    true
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
 mod softmax512 {
@@ -262,6 +285,38 @@ mod softmax512 {
             }
             let er = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
             _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(er, n))
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F/BW, AVX2 and FMA; `out.len() == x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn map(f: super::ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) {
+        let one = _mm512_set1_ps(1.0);
+        // SAFETY: the caller runs with AVX-512F and FMA.
+        let g = |v: __m512| unsafe {
+            match f {
+                super::ExpFn::Exp => exp16(v),
+                // 1/(1 + e^{-x}): e^{-x} = +inf gives 0 and 0 gives 1, so no branch is needed.
+                super::ExpFn::Sigmoid => {
+                    _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))))
+                }
+            }
+        };
+        let n = x.len();
+        let (src, dst) = (x.as_ptr(), out.as_mut_ptr().cast::<f32>());
+        let full = n - n % 16;
+        // SAFETY: full loads and stores stay below `full`; the masked ones touch lanes below n.
+        unsafe {
+            let mut i = 0;
+            while i < full {
+                _mm512_storeu_ps(dst.add(i), g(_mm512_loadu_ps(src.add(i))));
+                i += 16;
+            }
+            if full < n {
+                let tail: __mmask16 = ((1u32 << (n - full)) - 1) as u16;
+                _mm512_mask_storeu_ps(dst.add(full), tail, g(_mm512_maskz_loadu_ps(tail, src.add(full))));
+            }
         }
     }
 
@@ -664,5 +719,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX-512 exp and sigmoid agree with f64 within a few ulp over lengths around the
+    /// vector width (masked tails), and keep the special values.
+    #[test]
+    fn exp_kernels_match_f64() {
+        let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for n in [0usize, 1, 15, 16, 17, 100, 5000] {
+            let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.917).sin() * 30.0).collect();
+            for (f, reference) in [(ExpFn::Exp, f64::exp as fn(f64) -> f64), (ExpFn::Sigmoid, sigmoid)] {
+                let mut out = vec![MaybeUninit::new(-7.0f32); n];
+                let done = map_f32_avx512(f, &x, &mut out);
+                assert_eq!(done, isa() == Isa::Avx512, "the kernel runs exactly where AVX-512 is used");
+                if !done {
+                    continue;
+                }
+                for (&xi, o) in x.iter().zip(&out) {
+                    // SAFETY: the kernel wrote every slot.
+                    let got = unsafe { o.assume_init() };
+                    let want = reference(xi as f64) as f32;
+                    assert!(ulps(got, want) <= 4, "{f:?}({xi}) = {got}, want {want}");
+                }
+            }
+        }
+        if isa() != Isa::Avx512 {
+            return;
+        }
+        let edges = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -100.0, 100.0, 0.0];
+        let run = |f| {
+            let mut out = vec![MaybeUninit::new(0.0f32); edges.len()];
+            assert!(map_f32_avx512(f, &edges, &mut out));
+            // SAFETY: written by the kernel.
+            out.iter().map(|o| unsafe { o.assume_init() }).collect::<Vec<f32>>()
+        };
+        let e = run(ExpFn::Exp);
+        assert_eq!([e[0], e[1], e[3], e[4], e[5]], [0.0, f32::INFINITY, 0.0, f32::INFINITY, 1.0]);
+        assert!(e[2].is_nan());
+        let s = run(ExpFn::Sigmoid);
+        assert_eq!([s[0], s[1], s[3], s[4], s[5]], [0.0, 1.0, 0.0, 1.0, 0.5]);
+        assert!(s[2].is_nan());
     }
 }
