@@ -227,7 +227,7 @@ pub fn softmax_row_f32(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bo
     match isa() {
         // SAFETY: `isa()` returned this level only after detecting AVX-512F/BW, AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax512::row(x, out, log) },
+        Isa::Avx512 => unsafe { exp512::row(x, out, log) },
         _ => return false,
     }
     true
@@ -250,15 +250,16 @@ pub fn map_f32_avx512(f: ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) -> bool
     match isa() {
         // SAFETY: `isa()` returned this level only after detecting AVX-512F/BW, AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax512::map(f, x, out) },
+        Isa::Avx512 => unsafe { exp512::map(f, x, out) },
         _ => return false,
     }
     true
 }
 
+/// The AVX-512 kernels built on one 16-lane exponential: softmax rows, exp and sigmoid.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
-mod softmax512 {
+mod exp512 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -624,7 +625,7 @@ mod tests {
         unsafe fn exp_lanes(x: [f32; 16]) -> [f32; 16] {
             let mut y = [0.0f32; 16];
             // SAFETY: both arrays hold 16 lanes; the features are enabled.
-            unsafe { _mm512_storeu_ps(y.as_mut_ptr(), super::softmax512::exp16(_mm512_loadu_ps(x.as_ptr()))) };
+            unsafe { _mm512_storeu_ps(y.as_mut_ptr(), super::exp512::exp16(_mm512_loadu_ps(x.as_ptr()))) };
             y
         }
         let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
