@@ -110,6 +110,7 @@ fn unary_float<T: CpuFloat>(v: &[T], l: &Layout, op: UnaryOp) -> CpuStorage {
     let exp_fn = match op {
         UnaryOp::Exp => Some(ExpFn::Exp),
         UnaryOp::Sigmoid => Some(ExpFn::Sigmoid),
+        UnaryOp::Silu => Some(ExpFn::Silu),
         _ => None,
     };
     // A contiguous view of a type with a hand-written kernel for the function (f32 under

@@ -239,6 +239,8 @@ pub fn softmax_row_f32(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bo
 pub enum ExpFn {
     Exp,
     Sigmoid,
+    /// x · sigmoid(x).
+    Silu,
 }
 
 /// `out[i] = f(x[i])` for an exp-based f32 function by its AVX-512 kernel, where the detected
@@ -301,6 +303,10 @@ mod exp512 {
                 // 1/(1 + e^{-x}): e^{-x} = +inf gives 0 and 0 gives 1, so no branch is needed.
                 super::ExpFn::Sigmoid => {
                     _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))))
+                }
+                // x/(1 + e^{-x}): one division instead of the sigmoid's and a product.
+                super::ExpFn::Silu => {
+                    _mm512_div_ps(v, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))))
                 }
             }
         };
@@ -728,9 +734,12 @@ mod tests {
     fn exp_kernels_match_f64() {
         let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let silu = |x: f64| x / (1.0 + (-x).exp());
         for n in [0usize, 1, 15, 16, 17, 100, 5000] {
             let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.917).sin() * 30.0).collect();
-            for (f, reference) in [(ExpFn::Exp, f64::exp as fn(f64) -> f64), (ExpFn::Sigmoid, sigmoid)] {
+            for (f, reference) in
+                [(ExpFn::Exp, f64::exp as fn(f64) -> f64), (ExpFn::Sigmoid, sigmoid), (ExpFn::Silu, silu)]
+            {
                 let mut out = vec![MaybeUninit::new(-7.0f32); n];
                 let done = map_f32_avx512(f, &x, &mut out);
                 assert_eq!(done, isa() == Isa::Avx512, "the kernel runs exactly where AVX-512 is used");
@@ -761,5 +770,9 @@ mod tests {
         let s = run(ExpFn::Sigmoid);
         assert_eq!([s[0], s[1], s[3], s[4], s[5]], [0.0, 1.0, 0.0, 1.0, 0.5]);
         assert!(s[2].is_nan());
+        // silu(-inf) = -inf / inf is NaN in this form, as the generic x · sigmoid(x) = -inf · 0 is.
+        let s = run(ExpFn::Silu);
+        assert_eq!([s[1], s[3], s[4], s[5]], [f32::INFINITY, -0.0, 100.0, 0.0]);
+        assert!(s[0].is_nan() && s[2].is_nan());
     }
 }
