@@ -9,6 +9,7 @@
 //! Micro-kernels are chosen once at run time: AVX-512F, AVX2+FMA, or a portable
 //! scalar fallback (the only one compiled on non-x86_64 targets).
 
+use super::parallel::SendPtr;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
@@ -525,6 +526,7 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     let threads = if split { rayon::current_num_threads() } else { 1 };
     // The kernels write every element of C before reading it back (`acc` is false on the
     // first depth block), so C may start uninitialized.
+    // C is shared by the tasks, each of which writes a disjoint rectangle.
     let cptr = SendPtr(c.as_mut_ptr().cast::<T>());
     // With B read in place no task packs anything, so one task per register panel of rows
     // costs little and lets a thread that runs ahead (a vCPU at full speed beside one running
@@ -546,23 +548,6 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, a, b, cptr.get(), n) };
     };
     super::parallel::for_each_task(tasks.len(), |i| run(&tasks[i]));
-}
-
-/// Raw pointer to C shared by the tasks, each of which writes a disjoint
-/// rectangle.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: only used to hand disjoint parts of one `&mut [T]` to worker
-// threads while the owning call is blocked in the parallel section.
-unsafe impl<T: Send> Send for SendPtr<T> {}
-// SAFETY: as above; the tasks never touch the same element.
-unsafe impl<T: Send> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    // A method (rather than field access) makes closures capture the whole
-    // wrapper, which carries the Send/Sync impls.
-    fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 /// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to

@@ -78,8 +78,9 @@ pub(crate) fn for_each_chunk_init<U: Send, S>(
     });
 }
 
-/// The base of a slice whose disjoint parts go to different threads.
-struct SendPtr<U>(*mut U);
+/// The base of a buffer whose disjoint parts go to different threads (a kernel's output, C of
+/// a GEMM).
+pub(crate) struct SendPtr<U>(pub(crate) *mut U);
 // By hand: a derive would require `U: Copy`.
 impl<U> Clone for SendPtr<U> {
     fn clone(&self) -> Self {
@@ -87,14 +88,14 @@ impl<U> Clone for SendPtr<U> {
     }
 }
 impl<U> Copy for SendPtr<U> {}
-// SAFETY: only used by `for_each_chunk_init`, whose tasks write disjoint ranges while the
-// slice is borrowed by the call.
+// SAFETY: only used to hand disjoint parts of one buffer to the tasks of a section, while
+// the buffer stays borrowed by the call that runs them.
 unsafe impl<U: Send> Send for SendPtr<U> {}
 // SAFETY: as above.
 unsafe impl<U: Send> Sync for SendPtr<U> {}
 impl<U> SendPtr<U> {
     // A method, so that closures capture the whole wrapper rather than its raw field.
-    fn get(self) -> *mut U {
+    pub(crate) fn get(self) -> *mut U {
         self.0
     }
 }
