@@ -1,6 +1,8 @@
 //! The engine's side of `benches/compare/run.sh`: times one case and prints its median.
 //!
 //! `compare <case> <threads> <reps>` prints `ours_ms=<median>`;
+//! `compare --serve <case> <threads>` warms up, prints `ready`, then answers each line `<reps>`
+//! on stdin with `ms=<median>` (how `interleave.py` runs it);
 //! `compare --check <case>` prints a checksum of the case's output (for `mlp_step`, the loss of
 //! five consecutive steps) to compare with `peers.py --check`.
 //! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32, fresh outputs, and the
@@ -114,29 +116,56 @@ fn main() -> Result<()> {
     {
         return check(name);
     }
-    let [name, threads, reps] = args.as_slice() else {
-        eprintln!("usage: compare <case> <threads> <reps> | compare --check <case>");
-        std::process::exit(2);
+    let (serve, rest) = match args.split_first() {
+        Some((flag, rest)) if flag == "--serve" => (true, rest),
+        _ => (false, args.as_slice()),
+    };
+    let (name, threads, reps) = match rest {
+        [name, threads] if serve => (name, threads, None),
+        [name, threads, reps] if !serve => (name, threads, Some(reps)),
+        _ => {
+            eprintln!(
+                "usage: compare <case> <threads> <reps> | compare --serve <case> <threads> | compare --check <case>"
+            );
+            std::process::exit(2);
+        }
     };
     let threads: usize = threads.parse().unwrap_or(1);
-    let reps: usize = reps.parse().unwrap_or(10);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::msg(e.to_string()))?;
-    pool.install(|| -> Result<()> {
+    // The global pool, called from the main thread: how a program uses the engine.
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| Error::msg(e.to_string()))?;
+    (|| -> Result<()> {
         let mut run = case(name)?;
         // Warm-up: page-in, thread start, the buffer cache; as many calls as peers.py makes.
         for _ in 0..5 {
             run()?;
         }
-        let mut times: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                let out = run();
-                let ms = t.elapsed().as_secs_f64() * 1e3;
-                out.map(|_| ms)
-            })
-            .collect::<Result<_>>()?;
-        times.sort_by(f64::total_cmp);
-        println!("ours_ms={:.4}", times[times.len() / 2]);
+        if let Some(reps) = reps {
+            println!("ours_ms={:.4}", median_ms(&mut run, reps.parse().unwrap_or(10))?);
+            return Ok(());
+        }
+        // interleave.py keeps this process, warm, for a whole case and asks for a round at a
+        // time; each round starts with an untimed call, which wakes the pools that slept meanwhile.
+        println!("ready");
+        for line in std::io::stdin().lines() {
+            let line = line.map_err(|e| Error::msg(e.to_string()))?;
+            let reps = line.trim().parse().map_err(|_| Error::msg(format!("bad rep count {line:?}")))?;
+            run()?;
+            println!("ms={:.4}", median_ms(&mut run, reps)?);
+        }
         Ok(())
-    })
+    })()
+}
+
+/// The median time of `reps` calls, in milliseconds.
+fn median_ms(run: &mut Run, reps: usize) -> Result<f64> {
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            let out = run();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            out.map(|_| ms)
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

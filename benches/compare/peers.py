@@ -1,6 +1,8 @@
 """The peers' side of benches/compare/run.sh: times one case with numpy, torch or jax.
 
     peers.py <peer> <case> <threads> <reps>   prints peer_ms=<median>
+    peers.py --serve <peer> <case> <threads>  warms up, prints "ready", then answers each
+                                              line <reps> on stdin with ms=<median>
     peers.py --check <peer> <case>            prints the output's checksum (mlp_step: 5 losses)
     peers.py --versions                       prints the peers' versions and numpy's BLAS kernel
 
@@ -210,20 +212,33 @@ def main():
             v = np.asarray(run(), dtype=np.float64)
             print(f"sum={v.sum():.6e} abs={np.abs(v).sum():.6e} sq={(v * v).sum():.6e}")
         return
-    peer, name, threads, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    serve = sys.argv[1] == "--serve"
+    peer, name, threads = sys.argv[1 + serve : 4 + serve]
+    threads = int(threads)
     set_threads(threads)
     run = make(peer, name, threads)
     # Warm-up: page-in, thread-pool start, jax compilation; torch's first calls in a fresh
     # process stay slow for a few calls, so one is not enough (every side does the same).
     for _ in range(WARMUP):
         run()
+    if not serve:
+        return print(f"peer_ms={median_ms(run, int(sys.argv[4])):.4f}")
+    # interleave.py keeps this process, warm, for a whole case and asks for a round at a time;
+    # each round starts with an untimed call, which wakes the pools that slept meanwhile.
+    print("ready", flush=True)
+    for line in sys.stdin:
+        run()
+        print(f"ms={median_ms(run, int(line)):.4f}", flush=True)
+
+
+def median_ms(run, reps):
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         run()
         times.append((time.perf_counter() - t) * 1e3)
     times.sort()
-    print(f"peer_ms={times[len(times) // 2]:.4f}")
+    return times[len(times) // 2]
 
 
 if __name__ == "__main__":

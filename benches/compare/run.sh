@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Times the engine against numpy, torch and jax (CPU) on the same cases in the same run,
 # interleaved in rounds, and prints one line per case and peer:
-#   RESULT case=<name> threads=<n> ours_ms=<median> peer=<name> peer_ms=<median> speedup=<peer/ours>
+#   RESULT case=<name> threads=<n> ours_ms=.. peer=<name> peer_ms=.. speedup=<peer/ours> paired=.. won=../..
 # Usage: benches/compare/run.sh [--quick | --check]
 #   --quick  a subset (conv2d and mlp_step included) with fewer reps: ~2 min on 2 cores + the build
 #   --check  no timing: prints each side's output checksum (mlp_step: its first 5 losses),
 #            which must agree across sides, since all of them compute on the same input values
 # Installs the peers from PyPI into $TF_BENCH_VENV (default .venv-bench) when missing.
+# Timing: benches/compare/interleave.py runs each side as one warm process per case and
+# alternates them in short rounds; ours_ms/peer_ms are medians over rounds, `paired` the median
+# of the per-round ratios, `won` the rounds where the engine was faster.
 # Threads: the engine gets a rayon pool of n, torch set_num_threads(n), numpy
 # OPENBLAS/OMP_NUM_THREADS=n, jax its default pool, or for n=1 single-threaded Eigen via
 # XLA_FLAGS (see peers.py). Every 1-thread case also runs pinned to CPU 0 (taskset) on all
@@ -27,9 +30,8 @@ fi
 bin=$(cargo bench -q --no-default-features --bench compare --no-run --message-format=json-render-diagnostics |
   python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
 
-# The numpy side runs with OpenBLAS's own core detection; $pin is the current case's pinning.
-pin=()
-peer() { "${pin[@]}" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
+# The numpy side runs with OpenBLAS's own core detection (interleave.py does the same).
+peer() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
 # numpy has no convolution or autograd.
 peers_of() { case $1 in conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
 
@@ -45,25 +47,12 @@ fi
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%F)"
 peer --versions | sed 's/^/peer: /'
-declare -A theirs # peer -> its per-round medians
-reps=20; rounds=3; cases=$all
-# Each peer run pays its imports (torch: ~3 s), so quick keeps rounds and trims cases and reps.
-[ "$mode" = --quick ] && { reps=7; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"; }
+# Each side stays one warm process per case (interleave.py), so rounds cost no imports: many
+# short rounds, alternating sides, give every side the same moments of this drifting machine.
+reps=5; rounds=12; cases=$all
+[ "$mode" = --quick ] && { reps=3; rounds=8; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"; }
 for c in $cases; do
   name=${c%%:*}; th=${c##*:}
-  r=$reps; [ "$name" = sgemm2048 ] && r=5
-  pin=(); [ "$th" = 1 ] && pin=(taskset -c 0)
-  ours=(); theirs=()
-  # Interleave rounds so drift on the machine hits all sides alike; keep each side's best round.
-  for _ in $(seq $rounds); do
-    ours+=("$(RAYON_NUM_THREADS=$th "${pin[@]}" "$bin" "$name" "$th" "$r" | sed -n 's/ours_ms=//p')")
-    for p in $(peers_of "$name"); do
-      theirs[$p]+="$(peer "$p" "$name" "$th" "$r" | sed -n 's/peer_ms=//p') "
-    done
-  done
-  o=$(printf '%s\n' "${ours[@]}" | sort -g | head -1)
-  for p in $(peers_of "$name"); do
-    t=$(printf '%s\n' ${theirs[$p]} | sort -g | head -1)
-    echo "RESULT case=$name threads=$th ours_ms=$o peer=$p peer_ms=$t speedup=$(awk "BEGIN { printf \"%.2f\", $t / $o }")"
-  done
+  r=$reps; [ "$name" = sgemm2048 ] && r=2
+  "$py" benches/compare/interleave.py "$name" "$th" "$rounds" "$r" "$bin" $(peers_of "$name")
 done
