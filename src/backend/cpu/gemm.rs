@@ -535,8 +535,12 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     // thread balance no better than one rectangle per thread (sgemm 128: 6 % slower). Otherwise
     // each thread packs B blocks once for one rectangle.
     let blocks = m.div_ceil(kern.mr).div_ceil(MIN_TASK_MNK.div_ceil(kern.mr * n * k));
-    let tasks = if threads > 1 && blocks >= 4 * threads && n.is_multiple_of(kern.nr) && b.in_place(k, n, 0, 0).is_some()
-    {
+    let b_in_place = n.is_multiple_of(kern.nr) && b.in_place(k, n, 0, 0).is_some();
+    if threads > 1 && !b_in_place && m.div_ceil(kern.mr) >= CLAIMED_ROWS_MIN_PANELS * threads {
+        // SAFETY: as below, for the whole of C.
+        return unsafe { gemm_claimed_rows(&kern, m, n, k, a, b, cptr, threads) };
+    }
+    let tasks = if threads > 1 && blocks >= 4 * threads && b_in_place {
         partition(m, n, kern.mr, n, blocks)
     } else {
         partition(m, n, kern.mr, kern.nr, threads)
@@ -548,6 +552,93 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         unsafe { gemm_rect(&kern, r0, r1, c0, c1, k, a, b, cptr.get(), n) };
     };
     super::parallel::for_each_task(tasks.len(), |i| run(&tasks[i]));
+}
+
+/// A packed product with at least this many register panels of rows per thread hands its rows
+/// out panel by panel ([`gemm_claimed_rows`]) instead of one rectangle per thread.
+const CLAIMED_ROWS_MIN_PANELS: usize = 8;
+
+/// The whole product on up to `threads` threads, each packing every B block itself (it stays in
+/// that core's L2) and claiming register panels of rows one at a time in each block step, so a
+/// thread that starts late or runs on a slower vCPU takes fewer of them: one rectangle per
+/// thread waits for the slowest. A panel's depth blocks accumulate into the same C tile in
+/// order, so a thread may start a panel's block step only once the previous one is done
+/// (`done`); claims run in row order, so that wait is rare and short.
+///
+/// # Safety
+/// `a`/`b` passed `check_operand` (or were built) for `m × k` and `k × n`; `c` points to
+/// `m × n` row-major elements that no one else accesses meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
+    kern: &Kernel<T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &A,
+    b: &B,
+    c: SendPtr<T>,
+    threads: usize,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+    let (mr, nr) = (kern.mr, kern.nr);
+    let kc = depth_block(k, kern.kc);
+    let nc = n.div_ceil(n.div_ceil(kern.nc)).next_multiple_of(nr);
+    let steps: Vec<(usize, usize)> =
+        (0..n).step_by(nc).flat_map(|jc| (0..k).step_by(kc).map(move |pc| (jc, pc))).collect();
+    let panels = m.div_ceil(mr);
+    // next[s]: the next unclaimed panel of step s; done[i]: the steps panel i has finished.
+    let next: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
+    let done: Vec<AtomicUsize> = (0..panels).map(|_| AtomicUsize::new(0)).collect();
+    // Set when a thread unwinds, so that no other waits for a panel it will never finish.
+    let failed = AtomicBool::new(false);
+    struct OnUnwind<'f>(&'f AtomicBool);
+    impl Drop for OnUnwind<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.store(true, Relaxed);
+            }
+        }
+    }
+    let worker = || {
+        let _guard = OnUnwind(&failed);
+        with_pack_buf::<T, _>(kc * nc + mr * kc, |buf| {
+            let (bp, ap) = buf.split_at_mut(kc * nc);
+            for (s, &(jc, pc)) in steps.iter().enumerate() {
+                // A thread that arrives late skips the steps already handed out whole.
+                if next[s].load(Relaxed) >= panels {
+                    continue;
+                }
+                let (kb, nb) = (kc.min(k - pc), nc.min(n - jc));
+                // SAFETY: the block lies in the checked shape; `bp` holds kc*nc elements.
+                unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
+                let step = Step { pc, kb, jc, nb, b: bp.as_ptr(), ldb: nr, b_in_place: false };
+                loop {
+                    let i = next[s].fetch_add(1, Relaxed);
+                    if i >= panels {
+                        break;
+                    }
+                    // Acquire: the previous step's writes to this panel's C tile are visible.
+                    let mut spins = 0u32;
+                    while done[i].load(Acquire) != s {
+                        if failed.load(Relaxed) {
+                            return;
+                        }
+                        spins += 1;
+                        if spins < 1 << 10 {
+                            std::hint::spin_loop();
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                    // SAFETY: panel i of step s is this thread's alone (claimed once), and its
+                    // earlier steps are finished; the tile lies in C.
+                    unsafe { panel_row(kern, a, m, k, i * mr, mr.min(m - i * mr), &step, c.get(), n, ap) };
+                    done[i].store(s + 1, Release);
+                }
+            }
+        })
+    };
+    super::parallel::for_each_task(threads, |_| worker());
 }
 
 /// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to
@@ -737,39 +828,65 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                     unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
                     (bp.as_ptr(), nr)
                 });
+                let step = Step { pc, kb, jc, nb, b: bsrc, ldb, b_in_place: direct.is_some() };
                 for ir in (r0..r1).step_by(mr) {
-                    let mb = mr.min(r1 - ir);
-                    // SAFETY: as above; ir and pc step by mr and kc.
-                    let (asrc, lda) = match a.in_place(r1 - r0, k, ir, pc) {
-                        Some(direct) => direct,
-                        None => (unsafe { a.panel(ir, mb, pc, kb, mr, ap) }.as_ptr(), 0),
-                    };
-                    for (jp, j) in (0..nb).step_by(nr).enumerate() {
-                        // Panel jp: packed, kb rows of nr at jp*kb*nr; in place, B's own
-                        // rows from column j.
-                        let panel = if direct.is_some() { j } else { jp * kb * nr };
-                        // SAFETY: the A panel holds kb*mr elements and the B panel kb rows
-                        // of nr, ldb apart; the C tile (ir.., jc+j..) of mb × min(nr, nb-j)
-                        // lies inside the caller's rectangle.
-                        unsafe {
-                            (kern.ukr)(
-                                kb,
-                                asrc,
-                                lda,
-                                bsrc.add(panel),
-                                ldb,
-                                c.add(ir * ldc + jc + j),
-                                ldc,
-                                mb,
-                                nr.min(nb - j),
-                                pc > 0,
-                            )
-                        };
-                    }
+                    // SAFETY: as above; the panel row lies in the caller's rectangle.
+                    unsafe { panel_row(kern, a, r1 - r0, k, ir, mr.min(r1 - ir), &step, c, ldc, ap) };
                 }
             }
         }
     });
+}
+
+/// One depth block of one column block of a product: `B[pc..pc+kb, jc..jc+nb]`, packed (`nr`
+/// wide micro-panels) or read in place at `b` with rows `ldb` apart.
+struct Step<T> {
+    pc: usize,
+    kb: usize,
+    jc: usize,
+    nb: usize,
+    b: *const T,
+    ldb: usize,
+    b_in_place: bool,
+}
+
+/// `C[ir..ir+mb, jc..jc+nb] (+)= A[ir..ir+mb, pc..pc+kb] · B block` for one register panel of
+/// rows: its A micro-panel packed into `ap` (or read in place), then one kernel call per
+/// register panel of columns. The first depth block writes C, later ones accumulate.
+///
+/// # Safety
+/// As [`gemm_rect`], for the tile; `a_rows` is the height of the rectangle `a` is read for (it
+/// decides whether A is read in place), `ap` holds `mr * kb` elements.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
+    kern: &Kernel<T>,
+    a: &A,
+    a_rows: usize,
+    k: usize,
+    ir: usize,
+    mb: usize,
+    step: &Step<T>,
+    c: *mut T,
+    ldc: usize,
+    ap: &mut [T],
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let &Step { pc, kb, jc, nb, b, ldb, b_in_place } = step;
+    // SAFETY: ir and pc step by mr and kc inside the checked shape.
+    let (asrc, lda) = match a.in_place(a_rows, k, ir, pc) {
+        Some(direct) => direct,
+        None => (unsafe { a.panel(ir, mb, pc, kb, mr, ap) }.as_ptr(), 0),
+    };
+    for (jp, j) in (0..nb).step_by(nr).enumerate() {
+        // Panel jp: packed, kb rows of nr at jp*kb*nr; in place, B's own rows from column j.
+        let panel = if b_in_place { j } else { jp * kb * nr };
+        // SAFETY: the A panel holds kb*mr elements and the B panel kb rows of nr, ldb apart;
+        // the C tile (ir.., jc+j..) of mb × min(nr, nb-j) lies inside the caller's tile.
+        unsafe {
+            (kern.ukr)(kb, asrc, lda, b.add(panel), ldb, c.add(ir * ldc + jc + j), ldc, mb, nr.min(nb - j), pc > 0)
+        };
+    }
 }
 
 /// Packs B[pc..pc+kb, jc..jc+nb] into `nr`-wide micro-panels (row p of panel
@@ -1490,6 +1607,24 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
             let opts = Opts { isa, small_mnk: 0, par_min_mnk: 0, ..Opts::DEFAULT };
             pool.install(|| check::<f32>(&mut rng, opts, 600, 64, 100, Layout::RowMajor, Layout::RowMajor, true));
+        }
+    }
+
+    #[test]
+    fn rows_claimed_panel_by_panel() {
+        // Packed B and enough register panels of rows that threads claim them one at a time:
+        // several column and depth blocks (a panel's depth blocks must land in order), ragged
+        // last row and column panels, 2 and 3 threads, every kernel.
+        let mut rng = XorShift(11);
+        for isa in ISAS {
+            let opts = Opts { isa, blocking: Some((64, 64)), small_mnk: 0, par_min_mnk: 0 };
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    check::<f32>(&mut rng, opts, 293, 70, 150, Layout::RowMajor, Layout::ColMajor, true);
+                    check::<f64>(&mut rng, opts, 301, 97, 130, Layout::Padded, Layout::RowMajor, true);
+                });
+            }
         }
     }
 
