@@ -92,9 +92,11 @@ macro_rules! unary_fn {
                 $apply!(move |x: $F| half * x * (<$F>::ONE + (x * r).erf()))
             }
             UnaryOp::GeluTanh => {
-                let c = <$F>::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                // ½x(1 + tanh u) as x·σ(2u) = x/(1 + e^{-2u}), as the CUDA kernel and the f32
+                // AVX-512 one compute it: 1 + tanh u cancels to 0 below x ≈ -5.3 in f32.
+                let c = <$F>::from_f64(-2.0 * (2.0 / std::f64::consts::PI).sqrt());
                 let k = <$F>::from_f64(0.044715);
-                $apply!(move |x: $F| half * x * (<$F>::ONE + (c * (x + k * x * x * x)).tanh()))
+                $apply!(move |x: $F| x / (<$F>::ONE + (c * (x + k * x * x * x)).exp()))
             }
             UnaryOp::Silu => $apply!(|x: $F| x * sigmoid(x)),
             UnaryOp::Softplus => $apply!(|x: $F| softplus(x)),
@@ -111,6 +113,7 @@ fn unary_float<T: CpuFloat>(v: &[T], l: &Layout, op: UnaryOp) -> CpuStorage {
         UnaryOp::Exp => Some(ExpFn::Exp),
         UnaryOp::Sigmoid => Some(ExpFn::Sigmoid),
         UnaryOp::Silu => Some(ExpFn::Silu),
+        UnaryOp::GeluTanh => Some(ExpFn::GeluTanh),
         _ => None,
     };
     // A contiguous view of a type with a hand-written kernel for the function (f32 under
