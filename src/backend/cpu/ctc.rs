@@ -1,12 +1,11 @@
 //! CTC loss: log-space forward–backward over the extended label sequence
-//! `blank, l₁, blank, l₂, …, l_S, blank`, one rayon task per sample.
+//! `blank, l₁, blank, l₂, …, l_S, blank`, one task per sample (`cpu::parallel`).
 //!
 //! Everything is computed in f64 whatever the storage dtype: the recursions add many
 //! log-probabilities and the cost is tiny next to the network that produced them.
 
 use super::{CpuStorage, map, with_float_vec};
 use crate::{Error, Layout, Result, WithDType};
-use rayon::prelude::*;
 
 /// Checks the shapes and lengths every backend needs; returns `(T, N, C, S)`.
 pub(crate) fn check_args(
@@ -163,16 +162,14 @@ pub fn ctc_loss(
     ) -> (CpuStorage, CpuStorage) {
         let [t, n, c, blank] = dims;
         let x = map(v, l, |x| x.to_f64()); // contiguous [T, N, C]
-        let per: Vec<(f64, Vec<f64>)> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let tn = lens[i];
-                let mut g = vec![0.0; tn * c];
-                let lp = |tt: usize, k: usize| x[(tt * n + i) * c + k];
-                let loss = sample(lp, &labels[i], tn, c, blank, &mut g);
-                (loss, g)
-            })
-            .collect();
+        let mut per: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); n];
+        super::parallel::for_each_chunk(&mut per, 1, |i, slot| {
+            let tn = lens[i];
+            let mut g = vec![0.0; tn * c];
+            let lp = |tt: usize, k: usize| x[(tt * n + i) * c + k];
+            let loss = sample(lp, &labels[i], tn, c, blank, &mut g);
+            slot[0] = (loss, g);
+        });
         let mut grad = vec![F::from_f64(0.0); t * n * c];
         let mut loss = Vec::with_capacity(n);
         for (i, (l, g)) in per.into_iter().enumerate() {
