@@ -3,10 +3,11 @@
     interleave.py <case> <threads> <rounds> <reps> <engine binary> <peer>...
 
 Each side is one process, warmed up once (`--serve` in main.rs and peers.py) and kept for the
-whole case; a round asks every side in turn for the median of <reps> calls, after one untimed
-call that wakes its pools. Rounds are a few seconds apart at most, so when this machine drifts
-(its memory and its vCPUs change speed from minute to minute) every side sees the same states,
-and each round pairs the engine with each peer under the same conditions. Prints per peer:
+whole case; a round asks every side in turn for the median of <reps> calls, after 50 ms of
+untimed calls (after a pause, jax took ~5 calls to get back to speed). Rounds are a few
+seconds apart at most, so when this machine drifts (its memory and its vCPUs change speed from
+minute to minute) every side sees the same states, and each round pairs the engine with each
+peer under the same conditions. Prints per peer:
 
     RESULT case=.. threads=.. ours_ms=<median of rounds> peer=.. peer_ms=<median of rounds>
            speedup=<peer_ms/ours_ms> paired=<median over rounds of peer/ours> won=<rounds>/<all>

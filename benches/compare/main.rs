@@ -144,12 +144,17 @@ fn main() -> Result<()> {
             return Ok(());
         }
         // interleave.py keeps this process, warm, for a whole case and asks for a round at a
-        // time; each round starts with an untimed call, which wakes the pools that slept meanwhile.
+        // time; each round starts with untimed calls for 50 ms (peers.py's ROUND_WARMUP_S):
+        // after the other sides' turns, every side takes several calls to get back to speed.
         println!("ready");
         for line in std::io::stdin().lines() {
             let line = line.map_err(|e| Error::msg(e.to_string()))?;
             let reps = line.trim().parse().map_err(|_| Error::msg(format!("bad rep count {line:?}")))?;
+            let start = Instant::now();
             run()?;
+            while start.elapsed().as_secs_f64() < 0.05 {
+                run()?;
+            }
             println!("ms={:.4}", median_ms(&mut run, reps)?);
         }
         Ok(())

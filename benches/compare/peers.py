@@ -13,6 +13,7 @@ import sys
 import time
 
 WARMUP = 5  # calls before timing; benches/compare/main.rs makes the same number
+ROUND_WARMUP_S = 0.05  # --serve: untimed calls before each round, as main.rs
 
 
 def set_threads(n):
@@ -224,10 +225,14 @@ def main():
     if not serve:
         return print(f"peer_ms={median_ms(run, int(sys.argv[4])):.4f}")
     # interleave.py keeps this process, warm, for a whole case and asks for a round at a time;
-    # each round starts with an untimed call, which wakes the pools that slept meanwhile.
+    # each round starts with untimed calls for ROUND_WARMUP_S: after the other sides' turns,
+    # every side here (jax most) takes several calls to get back to its speed.
     print("ready", flush=True)
     for line in sys.stdin:
+        start = time.perf_counter()
         run()
+        while time.perf_counter() - start < ROUND_WARMUP_S:
+            run()
         print(f"ms={median_ms(run, int(line)):.4f}", flush=True)
 
 
