@@ -3,7 +3,7 @@
 # interleaved in rounds, and prints one line per case and peer:
 #   RESULT case=<name> threads=<n> ours_ms=.. peer=<name> peer_ms=.. speedup=<peer/ours> paired=.. won=../..
 # Usage: benches/compare/run.sh [--quick | --check]
-#   --quick  a subset (conv2d and mlp_step included) with fewer rounds: ~2 min on 2 cores + the build
+#   --quick  a subset (conv2d and mlp_step included) with fewer rounds: ~3 min on 2 cores + the build
 #   --check  no timing: prints each side's output checksum (mlp_step: its first 5 losses),
 #            which must agree across sides, since all of them compute on the same input values
 # Installs the peers from PyPI into $TF_BENCH_VENV (default .venv-bench) when missing.
