@@ -133,32 +133,38 @@ fn main() -> Result<()> {
     let threads: usize = threads.parse().unwrap_or(1);
     // The global pool, called from the main thread: how a program uses the engine.
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| Error::msg(e.to_string()))?;
-    (|| -> Result<()> {
-        let mut run = case(name)?;
-        // Warm-up: page-in, thread start, the buffer cache; as many calls as peers.py makes.
-        for _ in 0..5 {
+    time_case(name, reps)
+}
+
+/// Untimed calls before each `--serve` round (peers.py's `ROUND_WARMUP_S`).
+const ROUND_WARMUP_S: f64 = 0.05;
+
+/// Times `name`: the median of `reps` calls, or rounds asked for on stdin (`--serve`).
+fn time_case(name: &str, reps: Option<&String>) -> Result<()> {
+    let mut run = case(name)?;
+    // Warm-up: page-in, thread start, the buffer cache; as many calls as peers.py makes.
+    for _ in 0..5 {
+        run()?;
+    }
+    if let Some(reps) = reps {
+        println!("ours_ms={:.4}", median_ms(&mut run, reps.parse().unwrap_or(10))?);
+        return Ok(());
+    }
+    // interleave.py keeps this process, warm, for a whole case and asks for a round at a
+    // time; each round starts with untimed calls for ROUND_WARMUP_S: after the other
+    // sides' turns, every side takes several calls to get back to speed.
+    println!("ready");
+    for line in std::io::stdin().lines() {
+        let line = line.map_err(|e| Error::msg(e.to_string()))?;
+        let reps = line.trim().parse().map_err(|_| Error::msg(format!("bad rep count {line:?}")))?;
+        let start = Instant::now();
+        run()?;
+        while start.elapsed().as_secs_f64() < ROUND_WARMUP_S {
             run()?;
         }
-        if let Some(reps) = reps {
-            println!("ours_ms={:.4}", median_ms(&mut run, reps.parse().unwrap_or(10))?);
-            return Ok(());
-        }
-        // interleave.py keeps this process, warm, for a whole case and asks for a round at a
-        // time; each round starts with untimed calls for 50 ms (peers.py's ROUND_WARMUP_S):
-        // after the other sides' turns, every side takes several calls to get back to speed.
-        println!("ready");
-        for line in std::io::stdin().lines() {
-            let line = line.map_err(|e| Error::msg(e.to_string()))?;
-            let reps = line.trim().parse().map_err(|_| Error::msg(format!("bad rep count {line:?}")))?;
-            let start = Instant::now();
-            run()?;
-            while start.elapsed().as_secs_f64() < 0.05 {
-                run()?;
-            }
-            println!("ms={:.4}", median_ms(&mut run, reps)?);
-        }
-        Ok(())
-    })()
+        println!("ms={:.4}", median_ms(&mut run, reps)?);
+    }
+    Ok(())
 }
 
 /// The median time of `reps` calls, in milliseconds.
