@@ -261,7 +261,8 @@ pub fn map_f32_avx512(f: ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) -> bool
     true
 }
 
-/// The AVX-512 kernels built on one 16-lane exponential: softmax rows, exp and sigmoid.
+/// The AVX-512 kernels built on one 16-lane exponential: softmax rows, exp, sigmoid, silu and
+/// gelu (tanh form).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
 mod exp512 {
