@@ -618,17 +618,9 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                         break;
                     }
                     // Acquire: the previous step's writes to this panel's C tile are visible.
-                    let mut spins = 0u32;
-                    while done[i].load(Acquire) != s {
-                        if failed.load(Relaxed) {
-                            return;
-                        }
-                        spins += 1;
-                        if spins < 1 << 10 {
-                            std::hint::spin_loop();
-                        } else {
-                            std::thread::yield_now();
-                        }
+                    super::parallel::spin_until(|| done[i].load(Acquire) == s || failed.load(Relaxed));
+                    if done[i].load(Acquire) != s {
+                        return; // another thread unwound before finishing this panel
                     }
                     // SAFETY: panel i of step s is this thread's alone (claimed once), and its
                     // earlier steps are finished; the tile lies in C.

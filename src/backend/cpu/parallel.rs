@@ -139,17 +139,22 @@ struct Closer<'a>(&'a Section);
 impl Drop for Closer<'_> {
     fn drop(&mut self) {
         self.0.closed.store(true, SeqCst);
-        let mut spins = 0u32;
-        while self.0.active.load(SeqCst) > 0 {
-            // Helpers inside are running (they entered), so this is at most one task long;
-            // after ~50 µs of pauses, yield the core in case a helper waits for one (more
-            // threads than cores).
-            if spins < 1 << 10 {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        // Helpers inside are running (they entered), so this is at most one task long.
+        spin_until(|| self.0.active.load(SeqCst) == 0);
+    }
+}
+
+/// Waits for `ready()` without sleeping, for waits of at most a task's length: pauses first,
+/// then, after ~50 µs of them, yields the core in case the thread being waited for needs it
+/// (more threads than cores).
+pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        if spins < 1 << 10 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
