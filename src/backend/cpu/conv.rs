@@ -291,6 +291,10 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                 let mut src =
                     at.0 * plane + (start.0 * self.window.stride.0 + at.1 * dh) * self.w + start.1 + at.2 * dw;
                 for row in panel.chunks_exact_mut(nr) {
+                    if at.2 == 0 {
+                        let iy = start.0 * self.window.stride.0 + at.1 * dh;
+                        self.prefetch_next_panel(at.0, iy, start.1, nr);
+                    }
                     copy(row, &self.image[src..src + nr]);
                     at.2 += 1;
                     src += dw;
@@ -322,6 +326,9 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                 for row in panel.chunks_exact_mut(nr) {
                     let (ci, i, j) = at;
                     let iy = (oy + i * dh).wrapping_sub(ph);
+                    if j == 0 {
+                        self.prefetch_next_panel(ci, iy, start.1.saturating_sub(pw), nr);
+                    }
                     if iy < self.h {
                         let (ix0, span) = spans[j];
                         let src = self.image.as_ptr().wrapping_add(ci * plane + iy * self.w).wrapping_offset(ix0);
@@ -340,6 +347,31 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                 next_row(&mut at, self.window.kernel);
             }
         }
+    }
+}
+
+impl<T> ImplicitCols<'_, T> {
+    /// Asks the cache for the input row that the next output row's panel reads where this
+    /// panel reads row `iy` of channel `ci`, from column `x0` on for the `nr` lanes and the
+    /// kernel's width. A panel reads one input row per channel and kernel row, a page apart
+    /// for 32×32 planes, more streams than the hardware prefetcher follows: without this,
+    /// packing waited on those loads (a quarter of a 3×3 convolution's time on one core).
+    #[inline(always)]
+    fn prefetch_next_panel(&self, ci: usize, iy: usize, x0: usize, nr: usize) {
+        let next = iy.wrapping_add(self.window.stride.0);
+        if next >= self.h || x0 >= self.w {
+            return;
+        }
+        let (kw, dw) = (self.window.kernel.1, self.window.dilation.1);
+        let len = (nr + (kw - 1) * dw).min(self.w - x0);
+        let row = self.image[(ci * self.h + next) * self.w + x0..][..len].as_ptr();
+        #[cfg(target_arch = "x86_64")]
+        for at in (0..len * size_of::<T>()).step_by(64).chain([len * size_of::<T>() - 1]) {
+            // SAFETY: a prefetch only hints the cache; the address lies inside `image`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.cast::<i8>().add(at)) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = row;
     }
 }
 
