@@ -141,6 +141,11 @@ pub trait PackB<T>: Sync {
 /// strided matrix packs each panel when it is needed; a [`PackedA`] was packed once, for many
 /// products (a convolution's weights, shared by every image).
 pub trait PackA<T>: Sync {
+    /// Whether [`PackA::panel`] packs into its scratch (a strided matrix) rather than
+    /// returning panels packed beforehand: only then is a packed panel worth keeping for the
+    /// product's other column blocks.
+    const PACKS_INTO_SCRATCH: bool = true;
+
     /// The micro-panel of rows `ir..ir+mb`, depth `pc..pc+kb`, element (i, p) at `p*mr + i`:
     /// packed into `scratch` (which holds `kb*mr` elements) or found ready.
     ///
@@ -224,6 +229,8 @@ impl<T: GemmElem> PackedA<T> {
 }
 
 impl<T: GemmElem> PackA<T> for PackedA<T> {
+    const PACKS_INTO_SCRATCH: bool = false;
+
     unsafe fn panel<'s>(&'s self, ir: usize, _: usize, pc: usize, kb: usize, mr: usize, _: &'s mut [T]) -> &'s [T] {
         debug_assert!(
             mr == self.mr && pc.is_multiple_of(self.kc) && ir.is_multiple_of(mr),
@@ -583,9 +590,12 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     let (mr, nr) = (kern.mr, kern.nr);
     let kc = depth_block(k, kern.kc);
     let nc = n.div_ceil(n.div_ceil(kern.nc)).next_multiple_of(nr);
-    let steps: Vec<(usize, usize)> =
-        (0..n).step_by(nc).flat_map(|jc| (0..k).step_by(kc).map(move |pc| (jc, pc))).collect();
+    // Depth blocks outermost, so that a kept A panel serves every column block of its depth
+    // block: (jc, pc, whether this is pc's first column block).
+    let steps: Vec<(usize, usize, bool)> =
+        (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(nc).map(move |jc| (jc, pc, jc == 0))).collect();
     let panels = m.div_ceil(mr);
+    let keep_a = keeps_a_panels(a, m, k, n > nc);
     // next[s]: the next unclaimed panel of step s; done[i]: the steps panel i has finished.
     let next: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
     let done: Vec<AtomicUsize> = (0..panels).map(|_| AtomicUsize::new(0)).collect();
@@ -599,38 +609,67 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
             }
         }
     }
-    let worker = || {
-        let _guard = OnUnwind(&failed);
-        with_pack_buf::<T, _>(kc * nc + mr * kc, |buf| {
-            let (bp, ap) = buf.split_at_mut(kc * nc);
-            for (s, &(jc, pc)) in steps.iter().enumerate() {
-                // A thread that arrives late skips the steps already handed out whole.
-                if next[s].load(Relaxed) >= panels {
-                    continue;
-                }
-                let (kb, nb) = (kc.min(k - pc), nc.min(n - jc));
-                // SAFETY: the block lies in the checked shape; `bp` holds kc*nc elements.
-                unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
-                let step = Step { pc, kb, jc, nb, b: bp.as_ptr(), ldb: nr, b_in_place: false };
-                loop {
-                    let i = next[s].fetch_add(1, Relaxed);
-                    if i >= panels {
-                        break;
+    let shared_len = if keep_a { panels * mr * kc } else { 0 };
+    // The caller's buffer for the kept A panels: panel i at i*mr*kc, packed by whichever thread
+    // claims the panel in its depth block's first column block and read by the claimers of the
+    // later ones, which wait for that step first (`done`).
+    with_buf::<T, _>(&SHARED_A_BUF, shared_len, |shared| {
+        let shared = SendPtr(shared.as_mut_ptr());
+        let worker = || {
+            let _guard = OnUnwind(&failed);
+            with_pack_buf::<T, _>(kc * nc + mr * kc, |buf| {
+                let (bp, ap) = buf.split_at_mut(kc * nc);
+                for (s, &(jc, pc, first)) in steps.iter().enumerate() {
+                    // A thread that arrives late skips the steps already handed out whole.
+                    if next[s].load(Relaxed) >= panels {
+                        continue;
                     }
-                    // Acquire: the previous step's writes to this panel's C tile are visible.
-                    super::parallel::spin_until(|| done[i].load(Acquire) == s || failed.load(Relaxed));
-                    if done[i].load(Acquire) != s {
-                        return; // another thread unwound before finishing this panel
+                    let (kb, nb) = (kc.min(k - pc), nc.min(n - jc));
+                    // SAFETY: the block lies in the checked shape; `bp` holds kc*nc elements.
+                    unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
+                    let step = Step { pc, kb, jc, nb, b: bp.as_ptr(), ldb: nr, b_in_place: false };
+                    loop {
+                        let i = next[s].fetch_add(1, Relaxed);
+                        if i >= panels {
+                            break;
+                        }
+                        // Acquire: the previous step's writes to this panel's C tile are visible.
+                        super::parallel::spin_until(|| done[i].load(Acquire) == s || failed.load(Relaxed));
+                        if done[i].load(Acquire) != s {
+                            return; // another thread unwound before finishing this panel
+                        }
+                        // SAFETY: the kept slot of panel i lies in `shared`; no other thread
+                        // touches it while this one holds the panel's current step.
+                        let slot = if keep_a {
+                            unsafe { std::slice::from_raw_parts_mut(shared.get().add(i * mr * kc), mr * kc) }
+                        } else {
+                            &mut *ap
+                        };
+                        // SAFETY: panel i of step s is this thread's alone (claimed once), and its
+                        // earlier steps are finished, among them the one that packed a kept slot;
+                        // the tile lies in C.
+                        unsafe {
+                            panel_row(
+                                kern,
+                                a,
+                                m,
+                                k,
+                                i * mr,
+                                mr.min(m - i * mr),
+                                &step,
+                                c.get(),
+                                n,
+                                slot,
+                                keep_a && !first,
+                            )
+                        };
+                        done[i].store(s + 1, Release);
                     }
-                    // SAFETY: panel i of step s is this thread's alone (claimed once), and its
-                    // earlier steps are finished; the tile lies in C.
-                    unsafe { panel_row(kern, a, m, k, i * mr, mr.min(m - i * mr), &step, c.get(), n, ap) };
-                    done[i].store(s + 1, Release);
                 }
-            }
-        })
-    };
-    super::parallel::for_each_task(threads, |_| worker());
+            })
+        };
+        super::parallel::for_each_task(threads, |_| worker());
+    });
 }
 
 /// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to
@@ -760,10 +799,22 @@ thread_local! {
     /// Per-thread packing buffer, reused across calls so steady-state GEMMs
     /// neither allocate nor page-fault.
     static PACK_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for A's panels of one depth block, which the threads of
+    /// [`gemm_claimed_rows`] share.
+    static SHARED_A_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a 64-byte aligned scratch slice of `len` elements.
 fn with_pack_buf<T: GemmElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    with_buf(&PACK_BUF, len, f)
+}
+
+/// Runs `f` with a 64-byte aligned slice of `len` elements of the thread-local buffer `key`.
+fn with_buf<T: GemmElem, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<Align64>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     let blocks = (len * size_of::<T>()).div_ceil(64);
     let view = |v: &mut Vec<Align64>| -> &mut [T] {
         if v.len() < blocks {
@@ -774,12 +825,21 @@ fn with_pack_buf<T: GemmElem, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R
         // any bit pattern. The borrow of `v` outlives the returned slice.
         unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), len) }
     };
-    PACK_BUF.with(|cell| match cell.try_borrow_mut() {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => f(view(&mut v)),
         // Re-entered on this thread (e.g. a nested call from a stolen rayon
         // job): fall back to a fresh buffer instead of panicking.
         Err(_) => f(view(&mut Vec::new())),
     })
+}
+
+/// Whether a product keeps its packed A panels for all column blocks of a depth block
+/// (`several_column_blocks`) instead of packing each panel again per column block. Packing A
+/// reads `mr` rows a row pitch apart, often from memory: in sgemm 2048 that was a tenth of the
+/// time, repeated for each of the four column blocks. A kept block costs `rows × kc` elements
+/// of buffer, read back in order.
+fn keeps_a_panels<T, A: PackA<T>>(a: &A, rows: usize, k: usize, several_column_blocks: bool) -> bool {
+    several_column_blocks && A::PACKS_INTO_SCRATCH && a.in_place(rows, k, 0, 0).is_none()
 }
 
 /// Computes the rows `r0..r1`, columns `c0..c1` of C sequentially.
@@ -807,12 +867,15 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     let nc = width.div_ceil(width.div_ceil(kern.nc)).next_multiple_of(nr);
     // B block first so that its rows start 64-byte aligned.
     let b_len = kc * nc;
-    with_pack_buf::<T, _>(b_len + mr * kc, |buf| {
+    let keep_a = keeps_a_panels(a, r1 - r0, k, width > nc);
+    let a_len = if keep_a { (r1 - r0).div_ceil(mr) * mr * kc } else { mr * kc };
+    with_pack_buf::<T, _>(b_len + a_len, |buf| {
         let (bp, ap) = buf.split_at_mut(b_len);
-        for jc in (c0..c1).step_by(nc) {
-            let nb = nc.min(c1 - jc);
-            for pc in (0..k).step_by(kc) {
-                let kb = kc.min(k - pc);
+        // Depth blocks outermost: a kept A panel serves every column block of its depth block.
+        for pc in (0..k).step_by(kc) {
+            let kb = kc.min(k - pc);
+            for (jb, jc) in (c0..c1).step_by(nc).enumerate() {
+                let nb = nc.min(c1 - jc);
                 // A block of whole register panels may be read in place; otherwise it is packed.
                 let direct = b.in_place(k, ldc, pc, jc).filter(|_| nb.is_multiple_of(nr));
                 let (bsrc, ldb) = direct.unwrap_or_else(|| {
@@ -821,9 +884,12 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                     (bp.as_ptr(), nr)
                 });
                 let step = Step { pc, kb, jc, nb, b: bsrc, ldb, b_in_place: direct.is_some() };
-                for ir in (r0..r1).step_by(mr) {
-                    // SAFETY: as above; the panel row lies in the caller's rectangle.
-                    unsafe { panel_row(kern, a, r1 - r0, k, ir, mr.min(r1 - ir), &step, c, ldc, ap) };
+                for (q, ir) in (r0..r1).step_by(mr).enumerate() {
+                    let slot = if keep_a { &mut ap[q * mr * kc..][..mr * kc] } else { &mut *ap };
+                    let a_ready = keep_a && jb > 0;
+                    // SAFETY: as above; the panel row lies in the caller's rectangle, and a kept
+                    // panel was packed for this depth block by the first column block.
+                    unsafe { panel_row(kern, a, r1 - r0, k, ir, mr.min(r1 - ir), &step, c, ldc, slot, a_ready) };
                 }
             }
         }
@@ -848,7 +914,8 @@ struct Step<T> {
 ///
 /// # Safety
 /// As [`gemm_rect`], for the tile; `a_rows` is the height of the rectangle `a` is read for (it
-/// decides whether A is read in place), `ap` holds `mr * kb` elements.
+/// decides whether A is read in place), `ap` holds `mr * kb` elements, and with `a_ready` it
+/// already holds this panel (`a` packs into scratch and is not read in place).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
@@ -862,12 +929,14 @@ unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
     c: *mut T,
     ldc: usize,
     ap: &mut [T],
+    a_ready: bool,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     let &Step { pc, kb, jc, nb, b, ldb, b_in_place } = step;
     // SAFETY: ir and pc step by mr and kc inside the checked shape.
     let (asrc, lda) = match a.in_place(a_rows, k, ir, pc) {
         Some(direct) => direct,
+        None if a_ready => (ap.as_ptr(), 0),
         None => (unsafe { a.panel(ir, mb, pc, kb, mr, ap) }.as_ptr(), 0),
     };
     for (jp, j) in (0..nb).step_by(nr).enumerate() {
@@ -1076,6 +1145,8 @@ macro_rules! simd_kernel {
             const NR: usize = 2 * $lanes;
             // Prefetch distance in k iterations for the B stream.
             const PF_DIST: usize = 8;
+            // The same for the packed A stream, which is `mr` elements per iteration.
+            const PF_DIST_A: usize = 16;
             let mut c0 = [$zero(); R];
             let mut c1 = [$zero(); R];
             // SAFETY (whole block): every pointer offset stays inside the
@@ -1094,6 +1165,11 @@ macro_rules! simd_kernel {
                     // iterations ahead so the FMAs never wait on it.
                     _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * ldb).cast());
                     _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_DIST * ldb + NR - 1).cast());
+                    if PACKED {
+                        // A packed panel kept for several column blocks comes from L3 after the
+                        // first: one line covers 64/(mr·size) k steps, so fetch ahead every step.
+                        _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(PF_DIST_A * $mr).cast());
+                    }
                     let b0 = $loadu(bp);
                     let b1 = $loadu(bp.add($lanes));
                     for i in 0..R {
@@ -1605,7 +1681,8 @@ mod tests {
     #[test]
     fn rows_claimed_panel_by_panel() {
         // Packed B and enough register panels of rows that threads claim them one at a time:
-        // several column and depth blocks (a panel's depth blocks must land in order), ragged
+        // several column and depth blocks (a panel's depth blocks must land in order, and a
+        // kept A panel must be packed before a later column block reads it), ragged
         // last row and column panels, 2 and 3 threads, every kernel.
         let mut rng = XorShift(11);
         for isa in ISAS {
@@ -1615,6 +1692,10 @@ mod tests {
                 pool.install(|| {
                     check::<f32>(&mut rng, opts, 293, 70, 150, Layout::RowMajor, Layout::ColMajor, true);
                     check::<f64>(&mut rng, opts, 301, 97, 130, Layout::Padded, Layout::RowMajor, true);
+                    // A packed (not read in place): its panels are kept for the second column
+                    // block, packed by one thread and read by whichever claims the next step.
+                    check::<f32>(&mut rng, opts, 293, 70, 150, Layout::ColMajor, Layout::RowMajor, true);
+                    check::<f64>(&mut rng, opts, 150, 100, 70, Layout::ColMajor, Layout::ColMajor, true);
                 });
             }
         }
