@@ -565,12 +565,20 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
 /// out panel by panel ([`gemm_claimed_rows`]) instead of one rectangle per thread.
 const CLAIMED_ROWS_MIN_PANELS: usize = 8;
 
-/// The whole product on up to `threads` threads, each packing every B block itself (it stays in
-/// that core's L2) and claiming register panels of rows one at a time in each block step, so a
-/// thread that starts late or runs on a slower vCPU takes fewer of them: one rectangle per
-/// thread waits for the slowest. A panel's depth blocks accumulate into the same C tile in
-/// order, so a thread may start a panel's block step only once the previous one is done
-/// (`done`); claims run in row order, so that wait is rare and short.
+/// The whole product on up to `threads` threads, which share the packing and claim register
+/// panels of rows one at a time in each block step, so a thread that starts late or runs on a
+/// slower vCPU takes fewer of them: one rectangle per thread waits for the slowest.
+///
+/// - **B blocks** are packed once for all threads, into two buffers used by alternate steps:
+///   the threads that reach a step claim its B panels a few at a time, so one that arrives
+///   while the other still computes packs them all, and the block is ready when all are packed.
+///   A step packs into its buffer only once every row panel is past the step that last read it.
+/// - **A panels** of a depth block (when packed rather than read in place, over several column
+///   blocks) are packed by whichever thread claims the panel in the depth block's first column
+///   block and kept for the later ones.
+/// - A panel's steps accumulate into the same C tile in order, so a thread may start a panel's
+///   step only once the previous one is done (`done`); claims run in row order, so that wait
+///   is rare and short.
 ///
 /// # Safety
 /// `a`/`b` passed `check_operand` (or were built) for `m × k` and `k × n`; `c` points to
@@ -586,6 +594,7 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     c: SendPtr<T>,
     threads: usize,
 ) {
+    use super::parallel::spin_until;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
     let (mr, nr) = (kern.mr, kern.nr);
     let kc = depth_block(k, kern.kc);
@@ -596,9 +605,11 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(nc).map(move |jc| (jc, pc, jc == 0))).collect();
     let panels = m.div_ceil(mr);
     let keep_a = keeps_a_panels(a, m, k, n > nc);
-    // next[s]: the next unclaimed panel of step s; done[i]: the steps panel i has finished.
-    let next: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
-    let done: Vec<AtomicUsize> = (0..panels).map(|_| AtomicUsize::new(0)).collect();
+    let atomics = |len: usize| -> Vec<AtomicUsize> { (0..len).map(|_| AtomicUsize::new(0)).collect() };
+    // next[s]: the next unclaimed row panel of step s; done[i]: the steps panel i has finished;
+    // b_next[s] / b_done[s]: the next unclaimed / the packed units of step s's B block.
+    let (next, done, b_next, b_done) =
+        (atomics(steps.len()), atomics(panels), atomics(steps.len()), atomics(steps.len()));
     // Set when a thread unwinds, so that no other waits for a panel it will never finish.
     let failed = AtomicBool::new(false);
     struct OnUnwind<'f>(&'f AtomicBool);
@@ -609,59 +620,78 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
             }
         }
     }
-    let shared_len = if keep_a { panels * mr * kc } else { 0 };
-    // The caller's buffer for the kept A panels: panel i at i*mr*kc, packed by whichever thread
-    // claims the panel in its depth block's first column block and read by the claimers of the
-    // later ones, which wait for that step first (`done`).
-    with_buf::<T, _>(&SHARED_A_BUF, shared_len, |shared| {
+    let b_len = kc * nc;
+    let a_len = if keep_a { panels * mr * kc } else { 0 };
+    // The caller's buffer: B blocks at 0 and b_len (64-byte aligned: nc is a multiple of the
+    // register width), then kept A panel i at 2*b_len + i*mr*kc.
+    with_buf::<T, _>(&SHARED_BUF, 2 * b_len + a_len, |shared| {
         let shared = SendPtr(shared.as_mut_ptr());
         let worker = || {
             let _guard = OnUnwind(&failed);
-            with_pack_buf::<T, _>(kc * nc + mr * kc, |buf| {
-                let (bp, ap) = buf.split_at_mut(kc * nc);
+            with_pack_buf::<T, _>(mr * kc, |ap| {
                 for (s, &(jc, pc, first)) in steps.iter().enumerate() {
                     // A thread that arrives late skips the steps already handed out whole.
                     if next[s].load(Relaxed) >= panels {
                         continue;
                     }
                     let (kb, nb) = (kc.min(k - pc), nc.min(n - jc));
-                    // SAFETY: the block lies in the checked shape; `bp` holds kc*nc elements.
-                    unsafe { b.pack(pc, kb, jc, nb, nr, bp) };
-                    let step = Step { pc, kb, jc, nb, b: bp.as_ptr(), ldb: nr, b_in_place: false };
+                    let bp = shared.get().wrapping_add(s % 2 * b_len);
+                    let units = nb.div_ceil(nr * SHARED_B_UNIT);
+                    if b_next[s].load(Relaxed) < units {
+                        // Acquire: the reads of the step that last used this buffer are over.
+                        let reused = || s < 2 || done.iter().all(|d| d.load(Acquire) + 1 >= s);
+                        spin_until(|| reused() || failed.load(Relaxed));
+                        if !reused() {
+                            return; // another thread unwound before finishing its panel
+                        }
+                        loop {
+                            let u = b_next[s].fetch_add(1, Relaxed);
+                            if u >= units {
+                                break;
+                            }
+                            let j0 = u * nr * SHARED_B_UNIT;
+                            let w = (nr * SHARED_B_UNIT).min(nb - j0);
+                            // SAFETY: unit u's panels lie in buffer s % 2, which no thread reads
+                            // meanwhile (`reused`) and no other packs (claimed once); the block
+                            // lies in the checked shape.
+                            unsafe {
+                                let dst = std::slice::from_raw_parts_mut(bp.add(j0 * kb), w.div_ceil(nr) * kb * nr);
+                                b.pack(pc, kb, jc + j0, w, nr, dst);
+                            }
+                            // Release: the packed unit is visible to whoever sees the count.
+                            b_done[s].fetch_add(1, Release);
+                        }
+                    }
+                    spin_until(|| b_done[s].load(Acquire) == units || failed.load(Relaxed));
+                    if b_done[s].load(Acquire) != units {
+                        return;
+                    }
+                    let step = Step { pc, kb, jc, nb, b: bp.cast_const(), ldb: nr, b_in_place: false };
                     loop {
                         let i = next[s].fetch_add(1, Relaxed);
                         if i >= panels {
                             break;
                         }
                         // Acquire: the previous step's writes to this panel's C tile are visible.
-                        super::parallel::spin_until(|| done[i].load(Acquire) == s || failed.load(Relaxed));
+                        spin_until(|| done[i].load(Acquire) == s || failed.load(Relaxed));
                         if done[i].load(Acquire) != s {
                             return; // another thread unwound before finishing this panel
                         }
-                        // SAFETY: the kept slot of panel i lies in `shared`; no other thread
-                        // touches it while this one holds the panel's current step.
                         let slot = if keep_a {
-                            unsafe { std::slice::from_raw_parts_mut(shared.get().add(i * mr * kc), mr * kc) }
+                            // SAFETY: the kept slot of panel i lies in `shared`; no other thread
+                            // touches it while this one holds the panel's current step.
+                            unsafe {
+                                std::slice::from_raw_parts_mut(shared.get().add(2 * b_len + i * mr * kc), mr * kc)
+                            }
                         } else {
                             &mut *ap
                         };
                         // SAFETY: panel i of step s is this thread's alone (claimed once), and its
                         // earlier steps are finished, among them the one that packed a kept slot;
-                        // the tile lies in C.
+                        // the B block is packed and the tile lies in C.
                         unsafe {
-                            panel_row(
-                                kern,
-                                a,
-                                m,
-                                k,
-                                i * mr,
-                                mr.min(m - i * mr),
-                                &step,
-                                c.get(),
-                                n,
-                                slot,
-                                keep_a && !first,
-                            )
+                            let (ir, mb) = (i * mr, mr.min(m - i * mr));
+                            panel_row(kern, a, m, k, ir, mb, &step, c.get(), n, slot, keep_a && !first)
                         };
                         done[i].store(s + 1, Release);
                     }
@@ -671,6 +701,9 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         super::parallel::for_each_task(threads, |_| worker());
     });
 }
+
+/// The register panels of B that a thread of [`gemm_claimed_rows`] claims to pack at a time.
+const SHARED_B_UNIT: usize = 4;
 
 /// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to
 /// the register tile, minimising the largest one (the critical path). Ties
@@ -799,9 +832,9 @@ thread_local! {
     /// Per-thread packing buffer, reused across calls so steady-state GEMMs
     /// neither allocate nor page-fault.
     static PACK_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's buffer for A's panels of one depth block, which the threads of
-    /// [`gemm_claimed_rows`] share.
-    static SHARED_A_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for what the threads of [`gemm_claimed_rows`] pack for one
+    /// another: two B blocks and A's panels of one depth block.
+    static SHARED_BUF: RefCell<Vec<Align64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a 64-byte aligned scratch slice of `len` elements.
