@@ -167,6 +167,13 @@ pub trait PackA<T>: Sync {
     fn in_place(&self, _m: usize, _k: usize, _ir: usize, _pc: usize) -> Option<(*const T, usize)> {
         None
     }
+
+    /// Asks the cache for part `part` of `parts` of what packing the panel `(ir, mb, pc, kb)`
+    /// will read, so that the kernel calls before that packing hide its memory latency. A panel
+    /// reads `mb` rows a row pitch apart, from a new page each once rows are 4 KiB or more:
+    /// more streams than the hardware prefetcher starts in time (sgemm 1024, one thread:
+    /// packing A took 5.1 % of the time, 1.7 % with the next panel fetched during this one).
+    fn prefetch_panel(&self, _ir: usize, _mb: usize, _pc: usize, _kb: usize, _part: usize, _parts: usize) {}
 }
 
 impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
@@ -182,6 +189,21 @@ impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
         // SAFETY: forwarded from the caller.
         unsafe { pack_a(self, ir, mb, pc, kb, mr, scratch) };
         scratch
+    }
+
+    fn prefetch_panel(&self, ir: usize, mb: usize, pc: usize, kb: usize, part: usize, parts: usize) {
+        if self.col_stride != 1 {
+            return;
+        }
+        // Rows ir..ir+mb, each kb elements from column pc (one line more for a start inside a
+        // line): their lines, in `parts` equal shares.
+        let per_row = (kb * size_of::<T>()).div_ceil(64) + 1;
+        let lines = mb * per_row;
+        let base = self.data.as_ptr().wrapping_add(self.offset + pc).cast::<u8>();
+        for l in lines * part / parts..lines * (part + 1) / parts {
+            let (i, j) = (l / per_row, l % per_row);
+            prefetch_hint(base.wrapping_add((ir + i) * self.row_stride * size_of::<T>() + j * 64));
+        }
     }
 
     fn in_place(&self, m: usize, k: usize, ir: usize, pc: usize) -> Option<(*const T, usize)> {
@@ -691,7 +713,7 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                         // the B block is packed and the tile lies in C.
                         unsafe {
                             let (ir, mb) = (i * mr, mr.min(m - i * mr));
-                            panel_row(kern, a, m, k, ir, mb, &step, c.get(), n, slot, keep_a && !first)
+                            panel_row(kern, a, m, k, ir, mb, &step, c.get(), n, slot, keep_a && !first, None)
                         };
                         done[i].store(s + 1, Release);
                     }
@@ -920,9 +942,11 @@ unsafe fn gemm_rect<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                 for (q, ir) in (r0..r1).step_by(mr).enumerate() {
                     let slot = if keep_a { &mut ap[q * mr * kc..][..mr * kc] } else { &mut *ap };
                     let a_ready = keep_a && jb > 0;
+                    // The next panel, packed after this one: fetched during this one's kernel calls.
+                    let next = (ir + mr < r1 && !a_ready).then(|| (ir + mr, mr.min(r1 - ir - mr)));
                     // SAFETY: as above; the panel row lies in the caller's rectangle, and a kept
                     // panel was packed for this depth block by the first column block.
-                    unsafe { panel_row(kern, a, r1 - r0, k, ir, mr.min(r1 - ir), &step, c, ldc, slot, a_ready) };
+                    unsafe { panel_row(kern, a, r1 - r0, k, ir, mr.min(r1 - ir), &step, c, ldc, slot, a_ready, next) };
                 }
             }
         }
@@ -948,7 +972,8 @@ struct Step<T> {
 /// # Safety
 /// As [`gemm_rect`], for the tile; `a_rows` is the height of the rectangle `a` is read for (it
 /// decides whether A is read in place), `ap` holds `mr * kb` elements, and with `a_ready` it
-/// already holds this panel (`a` packs into scratch and is not read in place).
+/// already holds this panel (`a` packs into scratch and is not read in place). `next` is the
+/// panel (`ir`, `mb`) to be packed after this one, whose source is fetched meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
@@ -963,6 +988,7 @@ unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
     ldc: usize,
     ap: &mut [T],
     a_ready: bool,
+    next: Option<(usize, usize)>,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
     let &Step { pc, kb, jc, nb, b, ldb, b_in_place } = step;
@@ -972,7 +998,12 @@ unsafe fn panel_row<T: GemmElem, A: PackA<T>>(
         None if a_ready => (ap.as_ptr(), 0),
         None => (unsafe { a.panel(ir, mb, pc, kb, mr, ap) }.as_ptr(), 0),
     };
+    let fetch_next = next.filter(|_| lda == 0);
+    let parts = nb.div_ceil(nr);
     for (jp, j) in (0..nb).step_by(nr).enumerate() {
+        if let Some((next_ir, next_mb)) = fetch_next {
+            a.prefetch_panel(next_ir, next_mb, pc, kb, jp, parts);
+        }
         // Panel jp: packed, kb rows of nr at jp*kb*nr; in place, B's own rows from column j.
         let panel = if b_in_place { j } else { jp * kb * nr };
         // SAFETY: the A panel holds kb*mr elements and the B panel kb rows of nr, ldb apart;
@@ -1001,6 +1032,9 @@ unsafe fn pack_b<T: GemmElem>(
         if b.col_stride == 1 {
             for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
                 let s = b.offset + (pc + p) * b.row_stride + j0;
+                let pf = b.data.as_ptr().wrapping_add(s + PACK_B_AHEAD_ROWS * b.row_stride);
+                prefetch_hint(pf);
+                prefetch_hint(pf.wrapping_add(w - 1));
                 copy_row(&mut row[..w], &b.data[s..s + w]);
                 row[w..].fill(T::ZERO);
             }
@@ -1034,6 +1068,25 @@ unsafe fn pack_b<T: GemmElem>(
             }
         }
     }
+}
+
+/// How many rows ahead [`pack_b`] fetches the B rows of a panel: each panel walks k rows a row
+/// pitch apart, a new page per row once rows are 4 KiB or more, which the hardware prefetcher
+/// does not follow (sgemm 1024, one thread: packing B 4.5 % of the time without, 3.4 % at 24
+/// or 48 rows ahead).
+const PACK_B_AHEAD_ROWS: usize = 32;
+
+/// Hints the cache to fetch the line holding `p` into L1. A hint never faults, so `p` may lie
+/// anywhere.
+#[inline(always)]
+fn prefetch_hint<T>(p: *const T) {
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `dst.copy_from_slice(src)`, inlined for the usual register-tile widths:
