@@ -2,6 +2,9 @@
 
     interleave.py <case> <threads> <rounds> <reps> <engine binary> <peer>...
 
+A peer `engine=<path>` is another build of the engine's compare binary: an A/B of two builds of
+the engine under the same paired rounds (`speedup` = the other build's time / this one's).
+
 Each side is one process, warmed up once (`--serve` in main.rs and peers.py) and kept for the
 whole case; a round asks every side in turn for the median of <reps> calls, after 50 ms of
 untimed calls (after a pause, jax took ~5 calls to get back to speed). Rounds are a few
@@ -63,6 +66,10 @@ def main():
     peer_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     sides = [Side("ours", pin + [engine, "--serve", case, str(threads)], dict(os.environ, RAYON_NUM_THREADS=str(threads)))]
     for p in peers:
+        if p.startswith("engine="):
+            argv = pin + [p[len("engine=") :], "--serve", case, str(threads)]
+            sides.append(Side(p, argv, dict(os.environ, RAYON_NUM_THREADS=str(threads))))
+            continue
         argv = pin + [sys.executable, os.path.join(here, "peers.py"), "--serve", p, case, str(threads)]
         sides.append(Side(p, argv, peer_env))
     for r in range(rounds):
