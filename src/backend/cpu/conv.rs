@@ -1,7 +1,7 @@
 //! im2col / col2im: sliding windows as columns, so convolution is one GEMM.
 
 use super::float::{CpuFloat, Float};
-use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a};
+use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a, prefetch_hint};
 use super::{CpuStorage, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
@@ -364,14 +364,10 @@ impl<T> ImplicitCols<'_, T> {
         }
         let (kw, dw) = (self.window.kernel.1, self.window.dilation.1);
         let len = (nr + (kw - 1) * dw).min(self.w - x0);
-        let row = self.image[(ci * self.h + next) * self.w + x0..][..len].as_ptr();
-        #[cfg(target_arch = "x86_64")]
+        let row = self.image[(ci * self.h + next) * self.w + x0..][..len].as_ptr().cast::<u8>();
         for at in (0..len * size_of::<T>()).step_by(64).chain([len * size_of::<T>() - 1]) {
-            // SAFETY: a prefetch only hints the cache; the address lies inside `image`.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.cast::<i8>().add(at)) };
+            prefetch_hint(row.wrapping_add(at));
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = row;
     }
 }
 

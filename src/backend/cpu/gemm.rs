@@ -1079,7 +1079,7 @@ const PACK_B_AHEAD_ROWS: usize = 32;
 /// Hints the cache to fetch the line holding `p` into L1. A hint never faults, so `p` may lie
 /// anywhere.
 #[inline(always)]
-fn prefetch_hint<T>(p: *const T) {
+pub(crate) fn prefetch_hint<T>(p: *const T) {
     // SAFETY: a prefetch reads nothing architecturally and cannot fault.
     #[cfg(target_arch = "x86_64")]
     unsafe {
