@@ -592,7 +592,7 @@ const CLAIMED_ROWS_MIN_PANELS: usize = 8;
 /// slower vCPU takes fewer of them: one rectangle per thread waits for the slowest.
 ///
 /// - **B blocks** are packed once for all threads, into two buffers used by alternate steps:
-///   the threads that reach a step claim its B panels a few at a time, so one that arrives
+///   the threads that reach a step claim its B panels one at a time, so one that arrives
 ///   while the other still computes packs them all, and the block is ready when all are packed.
 ///   A step packs into its buffer only once every row panel is past the step that last read it.
 /// - **A panels** of a depth block (when packed rather than read in place, over several column
