@@ -592,7 +592,7 @@ const CLAIMED_ROWS_MIN_PANELS: usize = 8;
 /// slower vCPU takes fewer of them: one rectangle per thread waits for the slowest.
 ///
 /// - **B blocks** are packed once for all threads, into two buffers used by alternate steps:
-///   the threads that reach a step claim its B panels one at a time, so one that arrives
+///   the threads that reach a step claim its B register panels one at a time, so one that arrives
 ///   while the other still computes packs them all, and the block is ready when all are packed.
 ///   A step packs into its buffer only once every row panel is past the step that last read it.
 /// - **A panels** of a depth block (when packed rather than read in place, over several column
@@ -622,14 +622,14 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     let kc = depth_block(k, kern.kc);
     let nc = n.div_ceil(n.div_ceil(kern.nc)).next_multiple_of(nr);
     // Depth blocks outermost, so that a kept A panel serves every column block of its depth
-    // block: (jc, pc, whether this is pc's first column block).
-    let steps: Vec<(usize, usize, bool)> =
-        (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(nc).map(move |jc| (jc, pc, jc == 0))).collect();
+    // block (packed in the one at jc == 0).
+    let steps: Vec<(usize, usize)> =
+        (0..k).step_by(kc).flat_map(|pc| (0..n).step_by(nc).map(move |jc| (jc, pc))).collect();
     let panels = m.div_ceil(mr);
     let keep_a = keeps_a_panels(a, m, k, n > nc);
     let atomics = |len: usize| -> Vec<AtomicUsize> { (0..len).map(|_| AtomicUsize::new(0)).collect() };
     // next[s]: the next unclaimed row panel of step s; done[i]: the steps panel i has finished;
-    // b_next[s] / b_done[s]: the next unclaimed / the packed units of step s's B block.
+    // b_next[s] / b_done[s]: the next unclaimed / the packed register panels of step s's B block.
     let (next, done, b_next, b_done) =
         (atomics(steps.len()), atomics(panels), atomics(steps.len()), atomics(steps.len()));
     // Set when a thread unwinds, so that no other waits for a panel it will never finish.
@@ -651,41 +651,41 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         let worker = || {
             let _guard = OnUnwind(&failed);
             with_pack_buf::<T, _>(mr * kc, |ap| {
-                for (s, &(jc, pc, first)) in steps.iter().enumerate() {
+                for (s, &(jc, pc)) in steps.iter().enumerate() {
                     // A thread that arrives late skips the steps already handed out whole.
                     if next[s].load(Relaxed) >= panels {
                         continue;
                     }
                     let (kb, nb) = (kc.min(k - pc), nc.min(n - jc));
                     let bp = shared.get().wrapping_add(s % 2 * b_len);
-                    let units = nb.div_ceil(nr * SHARED_B_UNIT);
-                    if b_next[s].load(Relaxed) < units {
+                    let b_panels = nb.div_ceil(nr);
+                    if b_next[s].load(Relaxed) < b_panels {
                         // Acquire: the reads of the step that last used this buffer are over.
                         let reused = || s < 2 || done.iter().all(|d| d.load(Acquire) + 1 >= s);
                         spin_until(|| reused() || failed.load(Relaxed));
                         if !reused() {
                             return; // another thread unwound before finishing its panel
                         }
+                        // One register panel at a time: a block is only a few panels wide.
                         loop {
-                            let u = b_next[s].fetch_add(1, Relaxed);
-                            if u >= units {
+                            let q = b_next[s].fetch_add(1, Relaxed);
+                            if q >= b_panels {
                                 break;
                             }
-                            let j0 = u * nr * SHARED_B_UNIT;
-                            let w = (nr * SHARED_B_UNIT).min(nb - j0);
-                            // SAFETY: unit u's panels lie in buffer s % 2, which no thread reads
+                            let j0 = q * nr;
+                            // SAFETY: panel q lies in buffer s % 2, which no thread reads
                             // meanwhile (`reused`) and no other packs (claimed once); the block
                             // lies in the checked shape.
                             unsafe {
-                                let dst = std::slice::from_raw_parts_mut(bp.add(j0 * kb), w.div_ceil(nr) * kb * nr);
-                                b.pack(pc, kb, jc + j0, w, nr, dst);
+                                let dst = std::slice::from_raw_parts_mut(bp.add(j0 * kb), kb * nr);
+                                b.pack(pc, kb, jc + j0, nr.min(nb - j0), nr, dst);
                             }
-                            // Release: the packed unit is visible to whoever sees the count.
+                            // Release: the packed panel is visible to whoever sees the count.
                             b_done[s].fetch_add(1, Release);
                         }
                     }
-                    spin_until(|| b_done[s].load(Acquire) == units || failed.load(Relaxed));
-                    if b_done[s].load(Acquire) != units {
+                    spin_until(|| b_done[s].load(Acquire) == b_panels || failed.load(Relaxed));
+                    if b_done[s].load(Acquire) != b_panels {
                         return;
                     }
                     let step = Step { pc, kb, jc, nb, b: bp.cast_const(), ldb: nr, b_in_place: false };
@@ -713,7 +713,7 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
                         // the B block is packed and the tile lies in C.
                         unsafe {
                             let (ir, mb) = (i * mr, mr.min(m - i * mr));
-                            panel_row(kern, a, m, k, ir, mb, &step, c.get(), n, slot, keep_a && !first, None)
+                            panel_row(kern, a, m, k, ir, mb, &step, c.get(), n, slot, keep_a && jc > 0, None)
                         };
                         done[i].store(s + 1, Release);
                     }
@@ -723,10 +723,6 @@ unsafe fn gemm_claimed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
         super::parallel::for_each_task(threads, |_| worker());
     });
 }
-
-/// The register panels of B that a thread of [`gemm_claimed_rows`] claims to pack at a time:
-/// one, since a B block of the AVX-512 kernel is only four panels wide.
-const SHARED_B_UNIT: usize = 1;
 
 /// Splits C into at most `threads` rectangles `(r0, r1, c0, c1)` aligned to
 /// the register tile, minimising the largest one (the critical path). Ties
