@@ -405,11 +405,25 @@ struct Opts {
     small_mnk: usize,
     /// Products with fewer multiply-adds than this stay on one thread.
     par_min_mnk: usize,
+    /// The most bytes of A panels a product keeps packed across its column blocks.
+    kept_a_bytes: usize,
 }
 
 impl Opts {
-    const DEFAULT: Opts = Opts { isa: Isa::Avx512, blocking: None, small_mnk: SMALL_MNK, par_min_mnk: PAR_MIN_MNK };
+    const DEFAULT: Opts = Opts {
+        isa: Isa::Avx512,
+        blocking: None,
+        small_mnk: SMALL_MNK,
+        par_min_mnk: PAR_MIN_MNK,
+        kept_a_bytes: KEPT_A_BYTES,
+    };
 }
+
+/// The bound on kept A panels ([`keeps_a_panels`]): they live in a thread-local buffer that
+/// stays allocated, and a taller product would otherwise keep a copy of all of A (a batch of
+/// 65536 rows of 1024 inputs: 256 MiB). 16 MiB keeps every row of a 4092-row f32 product
+/// with 1024-deep blocks (sgemm 2048 takes 8 MiB); beyond that, row blocks.
+const KEPT_A_BYTES: usize = 16 << 20;
 
 #[allow(clippy::too_many_arguments)]
 fn gemm_with<T: GemmElem>(
@@ -545,12 +559,75 @@ fn packed<T: GemmElem, A: PackA<T>, B: PackB<T>>(
     c: &mut [MaybeUninit<T>],
     parallel: bool,
 ) {
-    let mnk = m.saturating_mul(n).saturating_mul(k);
     let mut kern = T::kernel(usable_isa(opts.isa));
     if let Some((kc, nc)) = opts.blocking {
         kern.kc = kc.max(1);
         kern.nc = nc.max(1);
     }
+    // A product that would keep more than `kept_a_bytes` of A panels (A packed, several column
+    // blocks) runs as row blocks of whole register panels, as even as possible, each packing B
+    // again: once per few thousand rows, a small price for a bounded buffer.
+    let panel_bytes = kern.mr * depth_block(k, kern.kc) * size_of::<T>();
+    let panels = m.div_ceil(kern.mr);
+    let max_panels = (opts.kept_a_bytes / panel_bytes).max(1);
+    if A::PACKS_INTO_SCRATCH && n > kern.nc && panels > max_panels {
+        let rows = panels.div_ceil(panels.div_ceil(max_panels)) * kern.mr;
+        for (r0, c) in (0..m).step_by(rows).zip(c.chunks_mut(rows * n)) {
+            let block = RowBlock { a, r0 };
+            packed_rows(&kern, opts, c.len() / n, n, k, &block, b, c, parallel);
+        }
+        return;
+    }
+    packed_rows(&kern, opts, m, n, k, a, b, c, parallel);
+}
+
+/// Rows `r0..` of an A operand, for a product run as row blocks; `r0` is a multiple of the
+/// register panel height.
+struct RowBlock<'a, A> {
+    a: &'a A,
+    r0: usize,
+}
+
+impl<T: GemmElem, A: PackA<T>> PackA<T> for RowBlock<'_, A> {
+    const PACKS_INTO_SCRATCH: bool = A::PACKS_INTO_SCRATCH;
+
+    unsafe fn panel<'s>(
+        &'s self,
+        ir: usize,
+        mb: usize,
+        pc: usize,
+        kb: usize,
+        mr: usize,
+        scratch: &'s mut [T],
+    ) -> &'s [T] {
+        // SAFETY: the block's rows lie in the operand's checked rows.
+        unsafe { self.a.panel(self.r0 + ir, mb, pc, kb, mr, scratch) }
+    }
+
+    fn in_place(&self, m: usize, k: usize, ir: usize, pc: usize) -> Option<(*const T, usize)> {
+        self.a.in_place(m, k, self.r0 + ir, pc)
+    }
+
+    fn prefetch_panel(&self, ir: usize, mb: usize, pc: usize, kb: usize, part: usize, parts: usize) {
+        self.a.prefetch_panel(self.r0 + ir, mb, pc, kb, part, parts);
+    }
+}
+
+/// [`packed`] for `m` rows with the kernel and blocking chosen.
+#[allow(clippy::too_many_arguments)]
+fn packed_rows<T: GemmElem, A: PackA<T>, B: PackB<T>>(
+    kern: &Kernel<T>,
+    opts: Opts,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &A,
+    b: &B,
+    c: &mut [MaybeUninit<T>],
+    parallel: bool,
+) {
+    let kern = *kern;
+    let mnk = m.saturating_mul(n).saturating_mul(k);
     let split = parallel && super::splitting_bar(opts.par_min_mnk).is_some_and(|bar| mnk >= bar);
     let threads = if split { rayon::current_num_threads() } else { 1 };
     // The kernels write every element of C before reading it back (`acc` is false on the
@@ -1640,7 +1717,7 @@ mod tests {
 
     /// Packed path whatever the size, threads whenever asked.
     fn packed(isa: Isa, blocking: Option<(usize, usize)>) -> Opts {
-        Opts { isa, blocking, small_mnk: 0, par_min_mnk: 0 }
+        Opts { isa, blocking, small_mnk: 0, par_min_mnk: 0, kept_a_bytes: KEPT_A_BYTES }
     }
 
     fn sweep<T: TestElem>(seed: u64) {
@@ -1778,7 +1855,7 @@ mod tests {
         // last row and column panels, 2 and 3 threads, every kernel.
         let mut rng = XorShift(11);
         for isa in ISAS {
-            let opts = Opts { isa, blocking: Some((64, 64)), small_mnk: 0, par_min_mnk: 0 };
+            let opts = packed(isa, Some((64, 64)));
             for threads in [2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
@@ -1788,6 +1865,31 @@ mod tests {
                     // block, packed by one thread and read by whichever claims the next step.
                     check::<f32>(&mut rng, opts, 293, 70, 150, Layout::ColMajor, Layout::RowMajor, true);
                     check::<f64>(&mut rng, opts, 150, 100, 70, Layout::ColMajor, Layout::ColMajor, true);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn tall_products_run_as_row_blocks() {
+        // A bound of 20 kept A panels: 49 panels of rows run as 3 row blocks of 17, 17 and 15
+        // panels, so at 2 threads the first two claim rows and the last splits into rectangles;
+        // B is packed again per block and A is read from the block's first row.
+        let mut rng = XorShift(13);
+        for isa in ISAS {
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mr = f32::kernel(usable_isa(isa)).mr;
+                let opts = Opts { kept_a_bytes: 20 * mr * 64 * size_of::<f32>(), ..packed(isa, Some((64, 64))) };
+                let m = 49 * mr - 5;
+                pool.install(|| {
+                    check::<f32>(&mut rng, opts, m, 70, 150, Layout::ColMajor, Layout::RowMajor, true);
+                    check::<f32>(&mut rng, opts, m, 100, 70, Layout::RowMajor, Layout::ColMajor, true);
+                });
+                let mr = f64::kernel(usable_isa(isa)).mr;
+                let opts = Opts { kept_a_bytes: 20 * mr * 64 * size_of::<f64>(), ..packed(isa, Some((64, 64))) };
+                pool.install(|| {
+                    check::<f64>(&mut rng, opts, 49 * mr - 5, 97, 130, Layout::Padded, Layout::RowMajor, true)
                 });
             }
         }
