@@ -4,6 +4,10 @@
 
 A peer `engine=<path>` is another build of the engine's compare binary: an A/B of two builds of
 the engine under the same paired rounds (`speedup` = the other build's time / this one's).
+The peer `peak` is the case's flops as register-only FMAs on the same threads (main.rs's
+`peak:<case>`): instead of a RESULT line it adds one line with each side's fraction of it,
+
+    PEAK case=.. threads=.. peak_ms=<median of rounds> ours=<median over rounds of peak/ours> <peer>=..
 
 Each side is one process, warmed up once (`--serve` in main.rs and peers.py) and kept for the
 whole case; a round asks every side in turn for the median of <reps> calls, after 50 ms of
@@ -66,8 +70,9 @@ def main():
     peer_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     sides = [Side("ours", pin + [engine, "--serve", case, str(threads)], dict(os.environ, RAYON_NUM_THREADS=str(threads)))]
     for p in peers:
-        if p.startswith("engine="):
-            argv = pin + [p[len("engine=") :], "--serve", case, str(threads)]
+        if p.startswith("engine=") or p == "peak":
+            binary, what = (engine, f"peak:{case}") if p == "peak" else (p[len("engine=") :], case)
+            argv = pin + [binary, "--serve", what, str(threads)]
             sides.append(Side(p, argv, dict(os.environ, RAYON_NUM_THREADS=str(threads))))
             continue
         argv = pin + [sys.executable, os.path.join(here, "peers.py"), "--serve", p, case, str(threads)]
@@ -80,7 +85,10 @@ def main():
     for s in sides:
         s.close()
     ours = sides[0].rounds
+    peak = next((s for s in sides if s.name == "peak"), None)
     for s in sides[1:]:
+        if s is peak:
+            continue
         o, t = median(ours), median(s.rounds)
         paired = median([b / a for a, b in zip(ours, s.rounds)])
         won = sum(a < b for a, b in zip(ours, s.rounds))
@@ -89,6 +97,10 @@ def main():
             f"speedup={t / o:.2f} paired={paired:.2f} won={won}/{rounds}",
             flush=True,
         )
+    if peak:
+        share = lambda s: median([p / t for p, t in zip(peak.rounds, s.rounds)])
+        parts = " ".join(f"{'ours' if s is sides[0] else s.name}={share(s):.2f}" for s in sides if s is not peak)
+        print(f"PEAK case={case} threads={threads} peak_ms={median(peak.rounds):.4f} {parts}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 //! on stdin with `ms=<median>` (how `interleave.py` runs it);
 //! `compare --check <case>` prints a checksum of the case's output (for `mlp_step`, the loss of
 //! five consecutive steps) to compare with `peers.py --check`.
+//! The case `peak:sgemm<n>` is the FMA ceiling for `sgemm<n>`: its 2·n³ flops as register-only
+//! FMAs on every thread of the pool (`interleave.py`'s peer `peak`).
 //! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32, fresh outputs, and the
 //! same input values (`det`), so the checksums of all sides agree.
 
@@ -63,8 +65,84 @@ fn mlp_step() -> Result<Run> {
     }))
 }
 
+/// Independent accumulators in [`fma_loop`]: more than FMA latency × FMA pipes on the cores
+/// we know (4 × 2), so the loop runs at the FMA units' throughput.
+const PEAK_ACCS: usize = 12;
+
+/// `iters` rounds of `PEAK_ACCS` vector FMAs on registers, with the widest f32 vectors the GEMM
+/// kernels use here (AVX-512, else AVX2+FMA); returns a sum so the work is not dropped.
+#[cfg(target_arch = "x86_64")]
+fn fma_loop(iters: usize, wide: bool) -> f32 {
+    use std::arch::x86_64::*;
+    macro_rules! fma_loop {
+        ($feat:literal, $set1:ident, $fmadd:ident, $store:ident, $lanes:literal) => {{
+            #[target_feature(enable = $feat)]
+            fn run(iters: usize) -> f32 {
+                // |acc| stays near 1000: no overflow, no subnormals.
+                let (mul, add) = ($set1(std::hint::black_box(0.999)), $set1(std::hint::black_box(1.0)));
+                let mut acc = [$set1(0.0); PEAK_ACCS];
+                for _ in 0..iters {
+                    for a in acc.iter_mut() {
+                        *a = $fmadd(*a, mul, add);
+                    }
+                }
+                let mut lanes = [0.0f32; $lanes];
+                let mut sum = 0.0;
+                for a in acc {
+                    // SAFETY: `lanes` holds one vector.
+                    unsafe { $store(lanes.as_mut_ptr(), a) };
+                    sum += lanes.iter().sum::<f32>();
+                }
+                sum
+            }
+            // SAFETY: called only where the CPU has the features (`peak_lanes`).
+            unsafe { run(iters) }
+        }};
+    }
+    if wide {
+        fma_loop!("avx512f", _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps, 16)
+    } else {
+        fma_loop!("avx2,fma", _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps, 8)
+    }
+}
+
+/// f32 lanes of the vectors [`fma_loop`] can use on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn peak_lanes() -> Option<usize> {
+    if is_x86_feature_detected!("avx512f") {
+        Some(16)
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Some(8)
+    } else {
+        None
+    }
+}
+
+/// The FMA ceiling of case `of`: its flops as register-only FMAs, split evenly over the
+/// global pool's threads. Timed in the same rounds as the case, it says what fraction of the
+/// machine's FMA throughput each side reaches at that moment.
+fn fma_peak(of: &str) -> Result<Run> {
+    let n: usize = of
+        .strip_prefix("sgemm")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::msg(format!("peak: no flop count for case {of}")))?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(lanes) = peak_lanes() {
+        let flops = 2 * n * n * n;
+        return Ok(Box::new(move || {
+            let iters = flops / rayon::current_num_threads() / (2 * PEAK_ACCS * lanes);
+            let sums = rayon::broadcast(|_| fma_loop(iters, lanes == 16));
+            Tensor::from_vec(vec![sums.iter().sum::<f32>()], 1, Device::Cpu)
+        }));
+    }
+    Err(Error::msg(format!("peak: this CPU has no AVX-512 or AVX2+FMA for {n}")))
+}
+
 /// Builds the inputs of `case` and returns a closure running it once.
 fn case(name: &str) -> Result<Run> {
+    if let Some(of) = name.strip_prefix("peak:") {
+        return fma_peak(of);
+    }
     if let Some(n) = name.strip_prefix("sgemm") {
         let n: usize = n.parse().map_err(|_| Error::msg(format!("bad case {name}")))?;
         let (a, b) = (det(&[n, n], 0)?, det(&[n, n], 1)?);
