@@ -9,7 +9,7 @@
 # Installs the peers from PyPI into $TF_BENCH_VENV (default .venv-bench) when missing.
 # Timing: benches/compare/interleave.py runs each side as one warm process per case and
 # alternates them in short rounds; ours_ms/peer_ms are medians over rounds, `paired` the median
-# of the per-round ratios, `won` the rounds where the engine was faster. GEMM cases add a line
+# of the per-round ratios, `won` the rounds where the engine was faster. GEMMs of 512 and up add
 #   PEAK case=<name> threads=<n> peak_ms=.. ours=<share> numpy=.. torch=.. jax=..
 # where a share is the case's flops timed as register-only FMAs on the same threads, divided by
 # that side's time, per round (median): how close each side gets to this machine's FMA ceiling.
@@ -57,7 +57,8 @@ reps=5; rounds=12; cases=$all
 for c in $cases; do
   name=${c%%:*}; th=${c##*:}
   r=$reps; [ "$name" = sgemm2048 ] && r=2
-  # GEMM rows also time their flops as register-only FMAs (`peak`): each side's share of it.
-  extra=; case $name in sgemm*) extra=peak ;; esac
+  # Large GEMM rows also time their flops as register-only FMAs (`peak`): each side's share
+  # of it. Below 512 the FMA loop's start on every thread (~10 µs) outweighs the work.
+  extra=; case $name in sgemm512 | sgemm1024 | sgemm2048) extra=peak ;; esac
   "$py" benches/compare/interleave.py "$name" "$th" "$rounds" "$r" "$bin" $(peers_of "$name") $extra
 done
