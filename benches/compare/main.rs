@@ -67,6 +67,7 @@ fn mlp_step() -> Result<Run> {
 
 /// Independent accumulators in [`fma_loop`]: more than FMA latency × FMA pipes on the cores
 /// we know (4 × 2), so the loop runs at the FMA units' throughput.
+#[cfg(target_arch = "x86_64")]
 const PEAK_ACCS: usize = 12;
 
 /// `iters` rounds of `PEAK_ACCS` vector FMAs on registers, with the widest f32 vectors the GEMM
