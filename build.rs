@@ -2,11 +2,120 @@
 //! bindgen (needs libclang). Plain builds do nothing here, so they need no libclang; the
 //! generated file is committed and CI regenerates it to check that it is current. The kernel
 //! sources are embedded with `include_str!`, which cargo already tracks.
+//!
+//! With feature `cuda-emu`: compiles `kernels/*.cu` as host C++ against `kernels/emu/shim.h`
+//! (the CUDA emulator, see docs/EMULATOR.md), with a table of every `extern "C"` kernel found
+//! in the preprocessed source, so the Rust side launches kernels by name as it does on a GPU.
+//! `TENSORFORGE_EMU_SANITIZE=address|undefined|thread` builds them under that sanitizer.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "regen-abi")]
     regen_abi();
+    #[cfg(feature = "cuda-emu")]
+    emu::build();
+}
+
+/// The kernel families, as in `src/backend/cuda/compile.rs`'s MODULES.
+#[cfg(feature = "cuda-emu")]
+mod emu {
+    use std::fmt::Write as _;
+    use std::path::{Path, PathBuf};
+
+    const FAMILIES: &[&str] =
+        &["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc"];
+
+    /// Names of the `extern "C"` functions defined in `file` (the family's own `.cu`, after the
+    /// preprocessor, so macro-instantiated kernels count): those are its kernels.
+    pub fn kernel_names(expanded: &str, file: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut in_file = false;
+        for line in expanded.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                // Line markers: `# 12 "path/to/file.cu" 2`
+                in_file = rest.split('"').nth(1).is_some_and(|f| f.ends_with(file));
+                continue;
+            }
+            if !in_file {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(i) = rest.find("extern \"C\"") {
+                rest = &rest[i + 10..];
+                let words: Vec<&str> = rest.trim_start().splitn(2, '(').collect();
+                let head: Vec<&str> = words[0].split_whitespace().collect();
+                if head.len() == 2 && head[0] == "void" && words.len() == 2 {
+                    names.push(head[1].to_string());
+                }
+            }
+        }
+        names
+    }
+
+    fn sanitize(b: &mut cc::Build) {
+        println!("cargo:rerun-if-env-changed=TENSORFORGE_EMU_SANITIZE");
+        if let Ok(s) = std::env::var("TENSORFORGE_EMU_SANITIZE")
+            && !s.is_empty()
+        {
+            b.flag(format!("-fsanitize={s}")).flag("-fno-omit-frame-pointer").flag("-fno-sanitize-recover=all");
+            // rustc links through the C compiler, which then links the sanitizer's runtime.
+            println!("cargo:rustc-link-arg=-fsanitize={s}");
+        }
+    }
+
+    pub fn build() {
+        let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("emu");
+        std::fs::create_dir_all(&out).unwrap();
+        let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        println!("cargo:rerun-if-changed={}", kernels.display());
+        let base = || {
+            let mut b = cc::Build::new();
+            b.cpp(true)
+                .std("c++17")
+                .include(&kernels)
+                .include(kernels.join("emu"))
+                .opt_level(1)
+                .warnings(false)
+                .flag_if_supported("-Wno-unknown-pragmas")
+                .flag("-fno-strict-aliasing");
+            sanitize(&mut b);
+            b
+        };
+        let mut table = String::from("#include \"shim.h\"\n#include <stddef.h>\n");
+        let mut all = String::from("static const TfEmuKernel* const families[] = {");
+        let mut build = base();
+        for fam in FAMILIES {
+            let tu = out.join(format!("{fam}.cpp"));
+            let head = format!("#include \"shim.h\"\n#include \"{fam}.cu\"\n");
+            std::fs::write(&tu, &head).unwrap();
+            let expanded = base().file(&tu).expand();
+            let names = kernel_names(&String::from_utf8_lossy(&expanded), &format!("{fam}.cu"));
+            assert!(!names.is_empty(), "no kernels found in kernels/{fam}.cu");
+            let mut src = head;
+            writeln!(src, "extern \"C\" const TfEmuKernel tf_emu_family_{fam}[] = {{").unwrap();
+            for n in &names {
+                writeln!(src, "    TF_EMU_KERNEL({n}),").unwrap();
+            }
+            src.push_str("    {nullptr, nullptr}};\n");
+            std::fs::write(&tu, src).unwrap();
+            build.file(&tu);
+            writeln!(table, "extern \"C\" const TfEmuKernel tf_emu_family_{fam}[];").unwrap();
+            write!(all, "tf_emu_family_{fam}, ").unwrap();
+        }
+        table.push_str(&all);
+        table.push_str(
+            "nullptr};\n// Kernel i over every family in order, or null past the last.\n\
+             extern \"C\" const TfEmuKernel* tf_emu_builtin(size_t i) {\n\
+             \x20   for (const TfEmuKernel* const* f = families; *f; ++f)\n\
+             \x20       for (const TfEmuKernel* k = *f; k->name; ++k)\n\
+             \x20           if (i-- == 0) return k;\n\
+             \x20   return nullptr;\n}\n",
+        );
+        let t = out.join("table.cpp");
+        std::fs::write(&t, table).unwrap();
+        build.file(&t).file(kernels.join("emu/runtime.cpp"));
+        build.compile("tensorforge_emu");
+    }
 }
 
 #[cfg(feature = "regen-abi")]

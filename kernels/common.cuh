@@ -14,6 +14,13 @@ struct tf_bf16 { tf_u16 bits; };
 
 #define TF_DEV __device__ __forceinline__
 
+// The tensor-core and async-copy paths exist from sm_80 on; the emulator reports sm_90.
+#if defined(TF_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+#define TF_SM80 1
+#else
+#define TF_SM80 0
+#endif
+
 // Grid-stride loop: the host caps the grid, so one launch covers any element count.
 #define TF_FOR(i, n) \
     for (tf_u64 i = (tf_u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (tf_u64)blockDim.x * gridDim.x)
@@ -35,9 +42,24 @@ TF_DEV tf_u64 tf_offset(const TfLayout& l, tf_u64 i) {
 }
 
 // ---- conversions (cvt through inline PTX; bf16 by bit manipulation, as the `half` crate) ----
+// Under the emulator (TF_EMU, kernels/emu/shim.h) every inline-PTX helper has a host branch
+// written from the PTX ISA's definition of the instruction; NVRTC never sees those branches.
+#ifdef TF_EMU
+TF_DEV float tf_h2f(tf_u16 h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
+TF_DEV tf_u16 tf_f2h(float f) { _Float16 x = (_Float16)f; tf_u16 h; memcpy(&h, &x, 2); return h; }
+TF_DEV tf_u16 tf_d2h(double d) { _Float16 x = (_Float16)d; tf_u16 h; memcpy(&h, &x, 2); return h; }
+// cvt.rz.f32.f64: round toward zero (the nearest float is one step too far when larger).
+TF_DEV float tf_d2f_rz(double d) {
+    float f = (float)d;
+    if (fabs((double)f) > fabs(d)) f = nextafterf(f, 0.0f);
+    return f;
+}
+#else
 TF_DEV float tf_h2f(tf_u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
 TF_DEV tf_u16 tf_f2h(float f) { tf_u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 TF_DEV tf_u16 tf_d2h(double d) { tf_u16 h; asm("cvt.rn.f16.f64 %0, %1;" : "=h"(h) : "d"(d)); return h; }
+TF_DEV float tf_d2f_rz(double d) { float f; asm("cvt.rz.f32.f64 %0, %1;" : "=f"(f) : "d"(d)); return f; }
+#endif
 TF_DEV float tf_b2f(tf_u16 b) { return __uint_as_float(((unsigned)b) << 16); }
 TF_DEV tf_u16 tf_f2b(float f) {
     unsigned u = __float_as_uint(f);
@@ -49,8 +71,7 @@ TF_DEV tf_u16 tf_f2b(float f) {
 // then to nearest-even into bf16; f32 keeps more than two extra bits, so no double rounding.
 TF_DEV tf_u16 tf_d2b(double d) {
     if (d != d) return 0x7fc0;
-    float f;
-    asm("cvt.rz.f32.f64 %0, %1;" : "=f"(f) : "d"(d));
+    float f = tf_d2f_rz(d);
     if ((double)f != d && fabsf(f) != __int_as_float(0x7f800000)) f = __uint_as_float(__float_as_uint(f) | 1u);
     return tf_f2b(f);
 }
@@ -187,5 +208,80 @@ template <typename A> TF_DEV A tf_min_nan(A a, A b) { return (a < b || a != a) ?
 template <typename A> TF_DEV A tf_shfl_down(A v, int delta) {
     return __shfl_down_sync(0xffffffffu, v, delta);
 }
+
+// ---- tensor-core and async-copy instructions (sm_80+), one named helper each ----
+#if TF_SM80
+#ifndef TF_EMU
+TF_DEV unsigned tf_smem_addr(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+#endif
+
+// One 16-byte copy global -> shared, zero-filled when `full` is false (nothing is read then).
+TF_DEV void tf_cp_async16(void* dst, const void* src, bool full) {
+#ifdef TF_EMU
+    tf_emu_cp_async16(dst, src, full);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(tf_smem_addr(dst)), "l"(src), "r"(full ? 16 : 0));
+#endif
+}
+TF_DEV void tf_cp_async_commit() {
+#ifdef TF_EMU
+    tf_emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+// Waits until at most N of this thread's committed cp.async groups are still in flight.
+template <int N> TF_DEV void tf_cp_async_wait() {
+#ifdef TF_EMU
+    tf_emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// ldmatrix.m8n8.x4(.trans).b16: lanes 8i..8i+7 give the rows of matrix i (16 bytes each).
+TF_DEV void tf_ldmatrix_x4(unsigned (&r)[4], const unsigned short* p) {
+#ifdef TF_EMU
+    tf_emu_ldmatrix_x4(r, p, 0);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(tf_smem_addr(p)));
+#endif
+}
+TF_DEV void tf_ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* p) {
+#ifdef TF_EMU
+    tf_emu_ldmatrix_x4(r, p, 1);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(tf_smem_addr(p)));
+#endif
+}
+
+// d += A (16×16, row) · B (16×8, col) in f32 from f16 or bf16 pairs (mma.sync m16n8k16).
+template <bool BF16>
+TF_DEV void tf_mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef TF_EMU
+    tf_emu_mma16816(d, a, b0, b1, BF16);
+#else
+    if (BF16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+#endif
+}
+#endif
 
 #endif

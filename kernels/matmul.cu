@@ -88,8 +88,8 @@ TF_DEV float4 tf_ld4(const float* p) { return *(const float4*)p; }
 
 __device__ void matmul_simt_f32_impl(const float* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const float* b, TfLayout bb,
                                      tf_u64 brs, tf_u64 bcs, float* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
-    __shared__ alignas(16) float As[2][SG_BK][SG_BM + SG_PAD];
-    __shared__ alignas(16) float Bs[2][SG_BK][SG_BM + SG_PAD];
+    alignas(16) __shared__ float As[2][SG_BK][SG_BM + SG_PAD];
+    alignas(16) __shared__ float Bs[2][SG_BK][SG_BM + SG_PAD];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const tf_u64 row0 = (tf_u64)blockIdx.y * SG_BM, col0 = (tf_u64)blockIdx.x * SG_BM;
     // Element q (0..3) of this thread's share of a tile: (row, k) for A, (k, col) for B.
@@ -187,7 +187,7 @@ TF_DEV unsigned int tc_pack(unsigned short lo, unsigned short hi) { return (unsi
 template <typename T, bool BF16>
 __device__ void matmul_tc(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const T* b, TfLayout bb, tf_u64 brs,
                           tf_u64 bcs, T* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if TF_SM80
     __shared__ unsigned short As[TM][TK + TC_PAD];
     __shared__ unsigned short Bs[TN][TK + TC_PAD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -223,19 +223,8 @@ __device__ void matmul_tc(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const
                 const int cn = wc + 8 * j + g;
                 unsigned int b0 = tc_pack(Bs[cn][2 * t], Bs[cn][2 * t + 1]);
                 unsigned int b1 = tc_pack(Bs[cn][2 * t + 8], Bs[cn][2 * t + 9]);
-                if (BF16) {
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                        "{%0,%1,%2,%3};"
-                        : "+f"(acc[j][0]), "+f"(acc[j][1]), "+f"(acc[j][2]), "+f"(acc[j][3])
-                        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-                } else {
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                        "{%0,%1,%2,%3};"
-                        : "+f"(acc[j][0]), "+f"(acc[j][1]), "+f"(acc[j][2]), "+f"(acc[j][3])
-                        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-                }
+                const unsigned af[4] = {a0, a1, a2, a3};
+                tf_mma16816<BF16>(acc[j], af, b0, b1);
             }
             __syncthreads();
         }
@@ -279,17 +268,6 @@ MATMUL_TC(tf_bf16, bf16, true)
 #define MMA_MNROW (MMA_BM + 8)  // mn-major tile row (halfs): rows 272 bytes apart
 #define MMA_TILE 5120           // halfs per operand tile: max(128 × 40, 32 × 136)
 
-TF_DEV unsigned tf_smem_addr(const void* p) {
-    unsigned r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// One 16-byte copy global -> shared, zero-filled when `full` is false (nothing is read then).
-TF_DEV void tf_cp_async16(unsigned dst, const void* src, bool full) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(full ? 16 : 0));
-}
-
 // Stages rows [r0, r0+128) × k [k0, k0+32) of one operand into `tile` (512 chunks of 8
 // halfs, two per thread). `rs`/`ks`: strides along rows and k; `rows`: rows in range.
 template <bool KMAJOR>
@@ -302,25 +280,14 @@ TF_DEV void mma_stage(unsigned short* tile, const unsigned short* p, tf_u64 rs, 
             const int r = c >> 2, kc = (c & 3) * 8;
             const bool in = r0 + r < rows && k0 + kc < k;
             const unsigned short* src = in ? p + (r0 + r) * rs + (k0 + kc) : p;
-            tf_cp_async16(tf_smem_addr(tile + r * MMA_KROW + kc), src, in);
+            tf_cp_async16(tile + r * MMA_KROW + kc, src, in);
         } else {
             const int kr = c >> 4, rc = (c & 15) * 8;
             const bool in = k0 + kr < k && r0 + rc < rows;
             const unsigned short* src = in ? p + (k0 + kr) * ks + (r0 + rc) : p;
-            tf_cp_async16(tf_smem_addr(tile + kr * MMA_MNROW + rc), src, in);
+            tf_cp_async16(tile + kr * MMA_MNROW + rc, src, in);
         }
     }
-}
-
-TF_DEV void tf_ldmatrix_x4(unsigned (&r)[4], const unsigned short* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(tf_smem_addr(p)));
-}
-TF_DEV void tf_ldmatrix_x4_trans(unsigned (&r)[4], const unsigned short* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(tf_smem_addr(p)));
 }
 
 // A fragment (16 rows × 16 k at `m`, `kk`): registers (rows 0-7 | 8-15) × (k 0-7 | 8-15).
@@ -338,26 +305,11 @@ TF_DEV void mma_frag_b(unsigned (&r)[4], const unsigned short* tile, int n, int 
     else tf_ldmatrix_x4_trans(r, tile + (kk + j + (i & 1) * 8) * MMA_MNROW + n + (i >> 1) * 8);
 }
 
-template <bool BF16>
-TF_DEV void tf_mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    if (BF16) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
 template <typename T, bool BF16, bool AK, bool BK>
 __device__ void matmul_mma(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, const T* b, TfLayout bb, tf_u64 brs,
                            tf_u64 bcs, T* c, tf_u64 batches, tf_u64 m, tf_u64 n, tf_u64 k) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    __shared__ alignas(16) unsigned short smem[2][2][MMA_TILE];  // [stage][A | B]
+#if TF_SM80
+    alignas(16) __shared__ unsigned short smem[2][2][MMA_TILE];  // [stage][A | B]
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const tf_u64 row0 = (tf_u64)blockIdx.y * MMA_BM, col0 = (tf_u64)blockIdx.x * MMA_BN;
@@ -375,16 +327,16 @@ __device__ void matmul_mma(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, cons
         // B's rows are C's columns: its row stride is bcs and its k stride brs.
         mma_stage<AK>(smem[0][0], pa, ars, acs, row0, m, 0, k);
         mma_stage<BK>(smem[0][1], pb, bcs, brs, col0, n, 0, k);
-        asm volatile("cp.async.commit_group;");
+        tf_cp_async_commit();
         for (tf_u64 kt = 0; kt < ktiles; ++kt) {
             const int s = (int)(kt & 1);
             if (kt + 1 < ktiles) {
                 mma_stage<AK>(smem[s ^ 1][0], pa, ars, acs, row0, m, (kt + 1) * MMA_BK, k);
                 mma_stage<BK>(smem[s ^ 1][1], pb, bcs, brs, col0, n, (kt + 1) * MMA_BK, k);
-                asm volatile("cp.async.commit_group;");
-                asm volatile("cp.async.wait_group 1;" ::: "memory");
+                tf_cp_async_commit();
+                tf_cp_async_wait<1>();
             } else {
-                asm volatile("cp.async.wait_group 0;" ::: "memory");
+                tf_cp_async_wait<0>();
             }
             __syncthreads();
 #pragma unroll
@@ -417,7 +369,7 @@ __device__ void matmul_mma(const T* a, TfLayout ba, tf_u64 ars, tf_u64 acs, cons
                 }
     }
 #else
-    asm volatile("trap;");  // the host selects these kernels on sm_80 and newer only
+    __trap();  // the host selects these kernels on sm_80 and newer only
 #endif
 }
 

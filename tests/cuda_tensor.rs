@@ -8,7 +8,7 @@ fn gpu() -> Device {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn ops_across_devices_are_errors_and_copies_are_explicit() -> Result<()> {
     let a = Tensor::arange(0.0, 6.0, 1.0, DType::F32, Device::Cpu)?.reshape((2, 3))?;
     let b = a.to_device(gpu())?;
@@ -23,7 +23,7 @@ fn ops_across_devices_are_errors_and_copies_are_explicit() -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn autograd_runs_on_the_device_and_matches_the_cpu() -> Result<()> {
     let x = Tensor::randn(0.0, 1.0, (8, 5), DType::F32, Device::Cpu)?;
     let w = Tensor::randn(0.0, 1.0, (5, 3), DType::F32, Device::Cpu)?;
@@ -45,7 +45,7 @@ fn autograd_runs_on_the_device_and_matches_the_cpu() -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs a CUDA device"]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn conv_and_pooling_match_the_cpu() -> Result<()> {
     let x = Tensor::randn(0.0, 1.0, (2, 4, 9, 9), DType::F32, Device::Cpu)?;
     let w = Tensor::randn(0.0, 0.3, (6, 2, 3, 3), DType::F32, Device::Cpu)?;

@@ -2,12 +2,12 @@
 
 use super::abi::TfWindow;
 use super::device::Arg;
+use super::driver::LaunchCfg;
 use super::elementwise::contiguous_copy;
 use super::{CudaStorage, byte_suffix};
 use crate::backend::Window2d;
 use crate::backend::cpu::CpuStorage;
 use crate::{DType, Error, Layout, Result, Shape, WithDType};
-use cudarc::driver::LaunchConfig;
 
 fn window_abi(w: &Window2d, [n, c, h, wd]: [usize; 4], (oh, ow): (usize, usize)) -> TfWindow {
     let u = |x: usize| x as u64;
@@ -67,7 +67,7 @@ pub(super) fn im2col(s: &CudaStorage, l: &Layout, w: &Window2d, pad: f64) -> Res
         // plane has output pixels, in warps, up to 256.
         let threads = (o.0 * o.1).next_multiple_of(32).min(256) as u32;
         let blocks = (n * c).clamp(1, dev.sm_count() * 32) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchCfg { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };
         dev.launch("conv", &format!("im2col_{}", byte_suffix(s.dtype)), cfg, &args)?;
     }
     Ok(out)

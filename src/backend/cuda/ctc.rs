@@ -2,10 +2,10 @@
 
 use super::CudaStorage;
 use super::device::Arg;
+use super::driver::LaunchCfg;
 use super::elementwise::contiguous_copy;
 use crate::backend::cpu::ctc::check_args;
 use crate::{DType, Error, Layout, Result};
-use cudarc::driver::LaunchConfig;
 
 pub(super) fn ctc_loss(
     s: &CudaStorage,
@@ -46,7 +46,7 @@ pub(super) fn ctc_loss(
     // Enough threads for the longest extended sequence (and the classes of the gradient),
     // a multiple of the warp size.
     let threads = (2 * sl + 1).max(c).next_multiple_of(32).clamp(32, 256) as u32;
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchCfg { grid: (n as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };
     let u = |x: usize| Arg::U64(x as u64);
     let args = [
         Arg::Ptr(lp),

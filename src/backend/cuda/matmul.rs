@@ -1,9 +1,9 @@
 //! Launches for kernels/matmul.cu (batched, strided operands, contiguous result).
 
 use super::device::Arg;
+use super::driver::LaunchCfg;
 use super::{CudaStorage, layout_abi};
 use crate::{DType, Error, Layout, Result, Shape};
-use cudarc::driver::LaunchConfig;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
 fn batch_view(l: &Layout) -> (Layout, usize, usize) {
@@ -48,10 +48,10 @@ pub(super) fn matmul(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout)
             msg: format!("{m} rows exceed the CUDA kernel's limit of {}", 65535 * tile),
         });
     }
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(tile).min(u32::MAX as usize) as u32, grid_y as u32, batches.min(65535) as u32),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let cfg = LaunchCfg {
+        grid: (n.div_ceil(tile).min(u32::MAX as usize) as u32, grid_y as u32, batches.min(65535) as u32),
+        block: (256, 1, 1),
+        shared_bytes: 0,
     };
     let args = [
         Arg::Ptr(a.ptr()),

@@ -12,10 +12,15 @@ pub(crate) mod compile;
 mod conv;
 mod ctc;
 pub(crate) mod device;
+pub(crate) mod driver;
 mod elementwise;
+#[cfg(feature = "cuda-emu")]
+pub(crate) mod emu;
 mod index;
 mod matmul;
 mod optim;
+#[cfg_attr(feature = "cuda-emu", allow(dead_code))]
+mod real;
 mod reduce;
 
 pub use compile::{cache_dir, compile_all_kernels, nvrtc_version};

@@ -2,10 +2,10 @@
 
 use super::abi::*;
 use super::device::Arg;
+use super::driver::LaunchCfg;
 use super::{CudaStorage, layout_abi};
 use crate::backend::ReduceOp;
 use crate::{DType, Error, Layout, Result, Shape};
-use cudarc::driver::LaunchConfig;
 
 /// The CPU backend's split: `outer` over the kept axes, `inner` (offset 0) over the reduced ones.
 fn split_axes(l: &Layout, axes: &[usize]) -> (Layout, Layout) {
@@ -17,15 +17,15 @@ fn split_axes(l: &Layout, axes: &[usize]) -> (Layout, Layout) {
 
 /// A warp per output for short rows; a block per output (1024 threads when there are too few
 /// outputs to fill the chip) for long ones. Returns the config and the block-mode flag.
-fn row_config(dev: &super::CudaDevice, rows: usize, len: usize) -> (LaunchConfig, u32) {
+fn row_config(dev: &super::CudaDevice, rows: usize, len: usize) -> (LaunchCfg, u32) {
     let sms = dev.sm_count();
     if len >= 1024 || (rows <= 2 * sms && len >= 256) {
         let threads = if rows < sms { 1024 } else { 256 };
         let blocks = rows.clamp(1, sms * 32) as u32;
-        (LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }, 1)
+        (LaunchCfg { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }, 1)
     } else {
         let blocks = rows.div_ceil(8).clamp(1, sms * 32) as u32;
-        (LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }, 0)
+        (LaunchCfg { grid: (blocks, 1, 1), block: (256, 1, 1), shared_bytes: 0 }, 0)
     }
 }
 

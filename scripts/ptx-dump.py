@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Compiles every kernel family with NVRTC (as src/backend/cuda/compile.rs does: abi.h and
+common.cuh spliced in, `--gpu-architecture=ARCH --std=c++17`) and writes one PTX file per
+family and arch into OUT_DIR, from the working tree or from a git revision.
+
+    scripts/ptx-dump.py OUT_DIR [--rev REV] [--arch sm_80 --arch sm_90]
+
+Needs libnvrtc.so.13 on LD_LIBRARY_PATH (scripts/nvrtc-venv.sh). Used to check that moving
+inline PTX behind helpers leaves NVRTC's output byte-identical:
+    diff -r <(scripts/ptx-dump.py a --rev HEAD~1) ...  or  diff -r a b
+"""
+import argparse, ctypes, os, subprocess, sys
+
+FAMILIES = ["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc"]
+
+
+def read(path, rev):
+    if rev is None:
+        return open(path).read()
+    return subprocess.check_output(["git", "show", f"{rev}:{path}"], text=True)
+
+
+def expanded(src, abi, common):
+    out = []
+    for line in src.split("\n"):
+        t = line.strip()
+        out.append(abi if t == '#include "abi.h"' else common if t == '#include "common.cuh"' else line)
+    return "\n".join(out) + "\n"
+
+
+def compile_ptx(lib, name, src, arch):
+    prog = ctypes.c_void_p()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None)
+    assert rc == 0, rc
+    opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    if rc != 0:
+        n = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+        buf = ctypes.create_string_buffer(n.value)
+        lib.nvrtcGetProgramLog(prog, buf)
+        sys.exit(f"{name} {arch}: {buf.value.decode()}")
+    n = ctypes.c_size_t()
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
+    buf = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetPTX(prog, buf)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return buf.value.decode()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--rev")
+    ap.add_argument("--arch", action="append")
+    a = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.chdir(root)
+    lib = ctypes.CDLL("libnvrtc.so.13")
+    abi, common = read("kernels/abi.h", a.rev), read("kernels/common.cuh", a.rev)
+    os.makedirs(a.out, exist_ok=True)
+    for arch in a.arch or ["sm_80", "sm_90"]:
+        for fam in FAMILIES:
+            ptx = compile_ptx(lib, fam, expanded(read(f"kernels/{fam}.cu", a.rev), abi, common), arch)
+            open(os.path.join(a.out, f"{fam}-{arch}.ptx"), "w").write(ptx)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    main()
