@@ -53,17 +53,22 @@ mod emu {
     }
 
     fn sanitize(b: &mut cc::Build) {
-        println!("cargo:rerun-if-env-changed=TENSORFORGE_EMU_SANITIZE");
         if let Ok(s) = std::env::var("TENSORFORGE_EMU_SANITIZE")
             && !s.is_empty()
         {
             b.flag(format!("-fsanitize={s}")).flag("-fno-omit-frame-pointer").flag("-fno-sanitize-recover=all");
-            // rustc links through the C compiler, which then links the sanitizer's runtime.
-            println!("cargo:rustc-link-arg=-fsanitize={s}");
+            // rustc links through the C compiler but with -nodefaultlibs, which drops the
+            // sanitizer runtimes: name them.
+            for (check, lib) in [("address", "asan"), ("undefined", "ubsan"), ("thread", "tsan")] {
+                if s.split(',').any(|x| x == check) {
+                    println!("cargo:rustc-link-lib=dylib={lib}");
+                }
+            }
         }
     }
 
     pub fn build() {
+        println!("cargo:rerun-if-env-changed=TENSORFORGE_EMU_SANITIZE");
         let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("emu");
         std::fs::create_dir_all(&out).unwrap();
         let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");

@@ -11,7 +11,8 @@ template <typename A> __device__ __forceinline__ A float_op(A x, A y, tf_u32 op)
         case TF_BINARY_DIV: return x / y;
         case TF_BINARY_POW: return pow(x, y);
         case TF_BINARY_MAXIMUM: return tf_max_nan(x, y);
-        default: return tf_min_nan(x, y);
+        case TF_BINARY_MINIMUM: return tf_min_nan(x, y);
+        default: __trap(); return x;  // an op code the host never sends: fail loudly
     }
 }
 
@@ -24,7 +25,8 @@ __device__ __forceinline__ tf_i64 i64_op(tf_i64 x, tf_i64 y, tf_u32 op) {
         case TF_BINARY_MUL: return (tf_i64)(a * b);
         case TF_BINARY_DIV: return y == 0 ? 0 : (y == -1 ? (tf_i64)(0ull - a) : x / y);
         case TF_BINARY_MAXIMUM: return x > y ? x : y;
-        default: return x < y ? x : y;
+        case TF_BINARY_MINIMUM: return x < y ? x : y;
+        default: __trap(); return x;
     }
 }
 __device__ __forceinline__ tf_u8 u8_op(tf_u8 x, tf_u8 y, tf_u32 op) {
@@ -34,7 +36,8 @@ __device__ __forceinline__ tf_u8 u8_op(tf_u8 x, tf_u8 y, tf_u32 op) {
         case TF_BINARY_MUL: return (tf_u8)(x * y);
         case TF_BINARY_DIV: return y == 0 ? 0 : (tf_u8)(x / y);
         case TF_BINARY_MAXIMUM: return x > y ? x : y;
-        default: return x < y ? x : y;
+        case TF_BINARY_MINIMUM: return x < y ? x : y;
+        default: __trap(); return x;
     }
 }
 
@@ -58,7 +61,8 @@ template <typename A> __device__ __forceinline__ tf_u8 cmp_op(A x, A y, tf_u32 o
         case TF_CMP_LT: return x < y;
         case TF_CMP_LE: return x <= y;
         case TF_CMP_GT: return x > y;
-        default: return x >= y;
+        case TF_CMP_GE: return x >= y;
+        default: __trap(); return 0;
     }
 }
 

@@ -38,7 +38,9 @@ __device__ void uniform_impl(T* out, tf_u64 n, tf_u64 seed, tf_u64 offset, doubl
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
             tf_u64 i = g * 4 + w;
-            if (i < n) out[i] = Tr<T>::from_f64(lo + (hi - lo) * ((double)r.w[w] * (1.0 / 4294967296.0)));
+            // __dmul_rn: NVRTC would otherwise fuse the multiply into the add (one rounding
+            // instead of the CPU's two) and the bits would differ.
+            if (i < n) out[i] = Tr<T>::from_f64(lo + __dmul_rn(hi - lo, (double)r.w[w] * (1.0 / 4294967296.0)));
         }
     }
 }

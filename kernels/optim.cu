@@ -33,10 +33,12 @@ __device__ void optim_impl(T* param, const T* grad, T* s0, T* s1, tf_u64 n, TfOp
             } else {
                 p = p - (A)o.lr * d;
             }
-        } else {
+        } else if (o.rule == TF_OPTIM_ADAGRAD) {
             g = g + (A)o.weight_decay * p;
             a = a + g * g;
             p = p - (A)o.lr * g / (sqrt(a) + (A)o.eps);
+        } else {
+            __trap();  // a rule the host never sends: fail loudly
         }
         param[i] = Tr<T>::from(p);
         if (s0) s0[i] = Tr<T>::from(a);

@@ -47,7 +47,7 @@ template <typename A, bool Short = false> __device__ __forceinline__ A unary_op(
         case TF_UNARY_FLOOR: return floor(x);
         case TF_UNARY_CEIL: return ceil(x);
         case TF_UNARY_ROUND: return rint(x);  // ties to even, as round_ties_even
-        default: return x;
+        default: __trap(); return x;  // an op code the host never sends: fail loudly
     }
 }
 
@@ -69,7 +69,7 @@ __device__ __forceinline__ tf_i64 unary_i64_op(tf_i64 x, tf_u32 op) {
         case TF_UNARY_ABS: return x < 0 ? (tf_i64)(0ull - u) : x;
         case TF_UNARY_SIGN: return (x > 0) - (x < 0);
         case TF_UNARY_SQR: return (tf_i64)(u * u);
-        default: return x;
+        default: __trap(); return x;
     }
 }
 

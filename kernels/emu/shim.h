@@ -65,8 +65,11 @@ inline void __syncthreads() { tf_emu_syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { tf_emu_syncwarp(mask); }
 [[noreturn]] inline void __trap() { tf_emu_trap("__trap()"); }
 
-// ---- warp shuffles (PTX shfl.sync: lanes are grouped by `width`; a source lane outside the
-// caller's group, or past the warp for down/up/xor, yields the caller's own value) ----
+// ---- warp shuffles, as PTX shfl.sync defines them for CUDA's `width` (segments of `width`
+// lanes): idx reads lane `src % width` of the caller's segment; down and up read lane ± delta
+// and keep their own value past the segment's end (down) or start (up); xor (bfly) reads
+// lane ^ mask and keeps its own value only past the segment's *end*: PTX checks j <= maxLane,
+// so a lane below the segment is read ----
 template <typename T> inline T tf_emu_shfl(unsigned mask, T v, int src, bool own) {
     static_assert(sizeof(T) <= 16, "shuffle of a value wider than 16 bytes");
     T out;
@@ -87,7 +90,7 @@ template <typename T> inline T __shfl_up_sync(unsigned mask, T v, unsigned delta
 }
 template <typename T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     const int lane = (int)tf_emu_lane(), base = lane & ~(width - 1), s = lane ^ lane_mask;
-    return tf_emu_shfl(mask, v, s, s < base || s >= base + width);
+    return tf_emu_shfl(mask, v, s, s > base + width - 1);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     unsigned bits = 0;
@@ -123,6 +126,9 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Rounded products the compiler may not fuse (the host build never contracts: -std=c++17).
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 template <typename T> inline T __ldg(const T* p) { return *p; }

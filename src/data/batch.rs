@@ -61,15 +61,20 @@ pub(crate) fn permutation(n: usize, seed: u64) -> Vec<usize> {
 /// iterated before, so a run resumed with [`BatchIter::set_epoch`] sees the same batches as
 /// an uninterrupted one.
 ///
-/// ```ignore
+/// ```
+/// use tensorforge::data::{BatchIter, digits};
+/// let (train, _test) = digits::load().split(0.2, 7);
 /// let mut batches = BatchIter::new(train.len(), 64, true, 42);
-/// for _epoch in 0..10 {
+/// let mut seen = 0;
+/// for _epoch in 0..2 {
 ///     for idx in &mut batches {
-///         let (x, y) = train.gather(&idx);
-///         // ...
+///         let (x, _y) = train.gather(&idx);
+///         assert_eq!(x.len(), idx.len() * 64);
+///         seen += idx.len();
 ///     }
 ///     batches.next_epoch();
 /// }
+/// assert_eq!(seen, 2 * train.len());
 /// ```
 #[derive(Clone, Debug)]
 pub struct BatchIter {

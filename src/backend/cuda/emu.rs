@@ -401,3 +401,136 @@ mod user {
         std::fs::rename(&tmp, lib).map_err(|e| format!("storing {}: {e}", lib.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::CudaDevice;
+    use super::super::abi::TfLayout;
+    use super::super::driver::{Arg, LaunchCfg};
+    use std::sync::Arc;
+
+    fn dev() -> Arc<CudaDevice> {
+        CudaDevice::get(0).unwrap()
+    }
+
+    /// Runs a one-block user kernel `k(int* out)` of `threads` threads; returns `n` ints.
+    fn run_user(src: &str, kernel: &str, threads: u32, n: usize) -> crate::Result<Vec<i32>> {
+        let d = dev();
+        let mut out = d.alloc(n * 4)?;
+        // SAFETY: the kernel takes one int pointer and writes at most `n` ints.
+        let r = unsafe { d.launch_user("emu_test", src, kernel, LaunchCfg::linear(1, threads), &[Arg::Ptr(out.ptr)]) };
+        let mut v = vec![0i32; n];
+        let read = r.and_then(|_| d.dtoh(out.ptr, &mut v));
+        d.release(&mut out);
+        read.map(|_| v)
+    }
+
+    #[test]
+    fn an_unknown_op_code_traps_and_names_the_kernel() {
+        let d = dev();
+        let (mut x, mut y) = (d.alloc(64).unwrap(), d.alloc(64).unwrap());
+        let mut l = TfLayout { rank: 1, contiguous: 1, ..Default::default() };
+        l.dims[0] = 16;
+        l.strides[0] = 1;
+        let args = [Arg::Ptr(x.ptr), Arg::Layout(l), Arg::Ptr(y.ptr), Arg::U64(16), Arg::U32(999)];
+        let err = d.launch("unary", "unary_f32", LaunchCfg::linear(1, 32), &args).unwrap_err().to_string();
+        assert!(err.contains("unary::unary_f32") && err.contains("trapped"), "{err}");
+        d.release(&mut x);
+        d.release(&mut y);
+    }
+
+    #[test]
+    fn a_barrier_not_every_thread_reaches_is_an_error() {
+        let src = r#"extern "C" __global__ void half_sync(int* out) {
+            if (threadIdx.x < 16) __syncthreads();
+            out[threadIdx.x] = 1;
+        }"#;
+        let err = run_user(src, "half_sync", 32, 32).unwrap_err().to_string();
+        assert!(err.contains("half_sync") && err.contains("reached by 16 of 32"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_barrier_is_seen_by_the_greedy_schedule() {
+        // Thread 0 reads what thread 31 writes; without __syncthreads the greedy schedule runs
+        // thread 0 to its end first (in order), so it reads the stale zero.
+        let src = |sync: &str| {
+            format!(
+                r#"extern "C" __global__ void neighbour(int* out) {{
+                __shared__ int s[32];
+                s[threadIdx.x] = 0;
+                {sync}
+                s[threadIdx.x] = threadIdx.x + 1;
+                {sync}
+                out[threadIdx.x] = s[31 - threadIdx.x];
+            }}"#
+            )
+        };
+        let good = run_user(&src("__syncthreads();"), "neighbour", 32, 32).unwrap();
+        assert_eq!(good, (0..32).map(|i| 32 - i).collect::<Vec<_>>());
+        let racy = run_user(&src(""), "neighbour", 32, 32).unwrap();
+        assert_ne!(racy, good, "the race went unseen");
+    }
+
+    /// Shuffles and ballot against the PTX ISA's definitions (segments of `width` lanes; an
+    /// out-of-range source keeps the caller's value; bfly checks only the segment's end).
+    #[test]
+    fn warp_functions_follow_the_ptx_isa() {
+        let src = r#"extern "C" __global__ void shfl_table(int* out) {
+            const int lane = threadIdx.x, v = lane * 10;
+            out[0 * 32 + lane] = __shfl_down_sync(0xffffffffu, v, 3);
+            out[1 * 32 + lane] = __shfl_up_sync(0xffffffffu, v, 5, 16);
+            out[2 * 32 + lane] = __shfl_xor_sync(0xffffffffu, v, 9, 8);
+            out[3 * 32 + lane] = __shfl_sync(0xffffffffu, v, lane + 3, 8);
+            out[4 * 32 + lane] = __shfl_down_sync(0xffffffffu, v, 2, 4);
+            out[5 * 32 + lane] = (int)__ballot_sync(0xffffffffu, lane % 3 == 0);
+            double d = __shfl_xor_sync(0xffffffffu, lane + 0.5, 1);
+            out[6 * 32 + lane] = (int)(d * 2.0);
+        }"#;
+        let got = run_user(src, "shfl_table", 32, 7 * 32).unwrap();
+        let v = |l: i32| l * 10;
+        let mut want = Vec::new();
+        for l in 0..32 {
+            want.push(if l + 3 <= 31 { v(l + 3) } else { v(l) });
+        }
+        for l in 0..32 {
+            want.push(if l % 16 >= 5 { v(l - 5) } else { v(l) });
+        }
+        for l in 0..32 {
+            let (j, max) = (l ^ 9, (l & !7) | 7);
+            want.push(if j <= max { v(j) } else { v(l) });
+        }
+        for l in 0..32 {
+            want.push(v((l & !7) | ((l + 3) & 7)));
+        }
+        for l in 0..32 {
+            let (j, max) = (l + 2, (l & !3) | 3);
+            want.push(if j <= max { v(j) } else { v(l) });
+        }
+        let ballot = (0..32).filter(|l| l % 3 == 0).fold(0u32, |b, l| b | (1 << l)) as i32;
+        want.extend(std::iter::repeat_n(ballot, 32));
+        want.extend((0..32).map(|l: i32| 2 * (l ^ 1) + 1));
+        for (row, name) in
+            ["down 3", "up 5 w16", "xor 9 w8", "idx +3 w8", "down 2 w4", "ballot", "xor f64"].iter().enumerate()
+        {
+            assert_eq!(got[row * 32..row * 32 + 32], want[row * 32..row * 32 + 32], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_shuffle_with_an_exited_lane_is_an_error() {
+        let src = r#"extern "C" __global__ void early_exit(int* out) {
+            if (threadIdx.x == 5) return;
+            out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 1);
+        }"#;
+        let err = run_user(src, "early_exit", 32, 32).unwrap_err().to_string();
+        assert!(err.contains("early_exit") && err.contains("warp function"), "{err}");
+    }
+
+    #[test]
+    fn a_custom_source_that_does_not_compile_returns_the_log() {
+        let err = run_user("extern \"C\" __global__ void broken(int* out) { out[0] = ; }", "broken", 32, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken") && err.contains("error"), "{err}");
+    }
+}
