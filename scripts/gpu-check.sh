@@ -85,6 +85,21 @@ run() {
             export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         fi
     done
+    # What the binaries need there: glibc 2.34 or newer (they were built here) and NVRTC 13.
+    local glibc
+    glibc="$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || echo 0.0)"
+    if [ "$(printf '%s\n2.34\n' "$glibc" | sort -V | head -1)" != "2.34" ]; then
+        echo "gpu-check: glibc $glibc on this machine; the bundle needs 2.34 or newer" >&2
+        return 1
+    fi
+    local found="" p
+    ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.13' && found=1
+    IFS=: read -ra paths <<<"${LD_LIBRARY_PATH:-}"
+    for p in "${paths[@]}"; do [ -e "$p/libnvrtc.so.13" ] && found=1; done
+    if [ -z "$found" ]; then
+        echo "gpu-check: libnvrtc.so.13 (NVRTC 13) not found on the loader's path or in LD_LIBRARY_PATH" >&2
+        return 1
+    fi
     {
         nvidia-smi -L || true
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true

@@ -211,3 +211,19 @@ fn parity_on_cuda_or_a_clear_unavailable() {
     let err = cpu_only.apply(&[&row.to_device(dev).unwrap()]).unwrap_err().to_string();
     assert!(err.contains("cpu_only") && err.contains("no CUDA source"), "{err}");
 }
+
+/// A NUL byte in a custom op's CUDA source is an `Err` from the compiler path, never a panic
+/// (the C-string conversions underneath would unwrap).
+#[test]
+#[cfg(feature = "cuda")]
+fn a_nul_byte_in_the_cuda_source_is_an_error() {
+    let op =
+        unsafe { CustomOp::new("nul", Squareplus).unwrap().cuda("extern \"C\" __global__ void k_f32() {}\0", "k") };
+    if let Ok(op) = op {
+        let r = op.compile_cuda("sm_80");
+        assert!(r.is_err(), "compiled a source with a NUL byte");
+        if let Err(Error::KernelCompile { log, .. }) = r {
+            assert!(log.contains("NUL"), "{log}");
+        }
+    }
+}

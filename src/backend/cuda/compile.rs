@@ -97,6 +97,13 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 fn nvrtc_compile(module: &str, src: &str, arch: &str) -> Result<String> {
+    // cudarc turns these into C strings with unwrap: a NUL byte would panic there.
+    if src.contains('\0') || module.contains('\0') {
+        return Err(Error::KernelCompile {
+            module: module.replace('\0', "\\0"),
+            log: "the CUDA source or its name contains a NUL byte".into(),
+        });
+    }
     let opts = cudarc::nvrtc::CompileOptions {
         options: compile_options(arch),
         name: Some(format!("{module}.cu")),
@@ -148,6 +155,7 @@ fn cached_ptx(module: &str, file_label: &str, src: &str, arch: &str) -> Result<S
     if let Some(f) = &file
         && let Ok(ptx) = std::fs::read_to_string(f)
         && ptx.contains(".entry")
+        && !ptx.contains('\0')
     {
         return Ok(ptx);
     }

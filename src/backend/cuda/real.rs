@@ -79,6 +79,9 @@ impl RealDriver {
 
     /// Loads PTX into this context, explaining the one failure users hit in practice.
     fn load_ptx(&self, name: &str, ptx: String) -> Result<Arc<CudaModule>> {
+        if ptx.contains('\0') {
+            return Err(Error::Cuda { op: "load_module", msg: format!("module {name}: the PTX contains a NUL byte") });
+        }
         self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| {
             if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
                 let mut v = 0;
@@ -101,6 +104,12 @@ impl RealDriver {
     }
 
     fn kernel(&self, m: &Arc<CudaModule>, module: &str, kernel: &str) -> Result<Kernel> {
+        if kernel.contains('\0') {
+            return Err(Error::Cuda {
+                op: "load_function",
+                msg: format!("{module}: a kernel name contains a NUL byte"),
+            });
+        }
         let f = m.load_function(kernel).map_err(|e| Error::Cuda {
             op: "load_function",
             msg: format!("{module}: no kernel `{kernel}` ({e:?}); is it declared extern \"C\"?"),
