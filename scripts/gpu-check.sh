@@ -2,7 +2,8 @@
 # Build here, run on the GPU machine.
 #
 #   scripts/gpu-check.sh build          (build machine: needs Rust; no GPU)
-#       Builds release test binaries (cuda_parity, cuda_tensor, cuda_ctc, nvrtc_compile,
+#       Builds release test binaries (cuda_parity, cuda_allocator, cuda_matmul_tiled, cuda_tensor,
+#       cuda_ctc, custom_op, nvrtc_compile,
 #       cuda_unavailable), the cuda_kernels bench and the examples train_digits, ctc_toy and
 #       char_lstm with --features cuda, strips them and copies them with the comparison script
 #       into gpu-bundle/ (git-ignored), checking the bundle is under 64 MiB.
@@ -25,7 +26,7 @@ build() {
     local json
     json="$(mktemp)"
     cargo test --release --features cuda --no-run --message-format=json \
-        --test cuda_parity --test cuda_allocator --test cuda_tensor --test cuda_ctc --test custom_op --test nvrtc_compile --test cuda_unavailable >"$json"
+        --test cuda_parity --test cuda_allocator --test cuda_matmul_tiled --test cuda_tensor --test cuda_ctc --test custom_op --test nvrtc_compile --test cuda_unavailable >"$json"
     cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
     cargo build --release --features cuda --message-format=json \
         --example train_digits --example ctc_toy --example char_lstm >>"$json"
@@ -35,7 +36,7 @@ build() {
     python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-wanted = {"cuda_parity", "cuda_allocator", "cuda_tensor", "cuda_ctc", "custom_op", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
+wanted = {"cuda_parity", "cuda_allocator", "cuda_matmul_tiled", "cuda_tensor", "cuda_ctc", "custom_op", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
           "train_digits", "ctc_toy", "char_lstm"}
 found = set()
 for line in open(src):
@@ -105,7 +106,7 @@ run() {
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
         echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     } >"$out/env.txt" 2>&1
-    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_tensor cuda_ctc custom_op; do
+    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_matmul_tiled cuda_tensor cuda_ctc custom_op; do
         echo "== $t" | tee -a "$out/tests.log"
         # cuda_parity runs on the GPU; nvrtc_compile compiles every kernel for two targets on
         # the CPU (over 60 s on one thread of the H200 machine).
