@@ -44,27 +44,10 @@ typedef struct TfWindow {
     tf_u64 oh, ow;
 } TfWindow;
 
-enum TfUnaryOp {
-    TF_UNARY_NEG = 0, TF_UNARY_ABS = 1, TF_UNARY_EXP = 2, TF_UNARY_LOG = 3, TF_UNARY_SQRT = 4,
-    TF_UNARY_RSQRT = 5, TF_UNARY_RECIP = 6, TF_UNARY_SQR = 7, TF_UNARY_SIN = 8, TF_UNARY_COS = 9,
-    TF_UNARY_TANH = 10, TF_UNARY_SIGMOID = 11, TF_UNARY_RELU = 12, TF_UNARY_GELU_ERF = 13,
-    TF_UNARY_GELU_TANH = 14, TF_UNARY_SILU = 15, TF_UNARY_SOFTPLUS = 16, TF_UNARY_SIGN = 17,
-    TF_UNARY_FLOOR = 18, TF_UNARY_CEIL = 19, TF_UNARY_ROUND = 20
-};
+/* The op codes of UnaryOp, BinaryOp, CmpOp and ReduceOp are generated from their Rust
+ * tables into ops.h (build.rs); the families that switch on them include it. */
 
 enum TfScalarOp { TF_SCALAR_AFFINE = 0, TF_SCALAR_POWF = 1, TF_SCALAR_CLAMP = 2 };
-
-enum TfBinaryOp {
-    TF_BINARY_ADD = 0, TF_BINARY_SUB = 1, TF_BINARY_MUL = 2, TF_BINARY_DIV = 3, TF_BINARY_POW = 4,
-    TF_BINARY_MAXIMUM = 5, TF_BINARY_MINIMUM = 6
-};
-
-enum TfCmpOp { TF_CMP_EQ = 0, TF_CMP_NE = 1, TF_CMP_LT = 2, TF_CMP_LE = 3, TF_CMP_GT = 4, TF_CMP_GE = 5 };
-
-enum TfReduceOp {
-    TF_REDUCE_SUM = 0, TF_REDUCE_MEAN = 1, TF_REDUCE_MAX = 2, TF_REDUCE_MIN = 3, TF_REDUCE_PROD = 4,
-    TF_REDUCE_ARGMAX = 5, TF_REDUCE_ARGMIN = 6
-};
 
 enum TfOptimRule { TF_OPTIM_SGD = 0, TF_OPTIM_ADAM = 1, TF_OPTIM_RMSPROP = 2, TF_OPTIM_ADAGRAD = 3 };
 

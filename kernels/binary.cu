@@ -2,6 +2,7 @@
 // shape (broadcast by stride 0), as in src/backend/cpu/elementwise.rs.
 #include "abi.h"
 #include "common.cuh"
+#include "ops.h"
 
 template <typename A> __device__ __forceinline__ A float_op(A x, A y, tf_u32 op) {
     switch (op) {

@@ -4,6 +4,7 @@
 // results combine with warp shuffles, then through shared memory across warps.
 #include "abi.h"
 #include "common.cuh"
+#include "ops.h"
 
 #define FULL_MASK 0xffffffffu
 

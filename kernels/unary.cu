@@ -2,6 +2,7 @@
 // src/backend/cpu/elementwise.rs, computed in the accumulation type (f32 for f16/bf16).
 #include "abi.h"
 #include "common.cuh"
+#include "ops.h"
 
 template <typename A> __device__ __forceinline__ A tf_sigmoid(A x) {
     // Two branches so that exp never overflows.

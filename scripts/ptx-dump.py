@@ -9,7 +9,7 @@ Needs libnvrtc.so.13 on LD_LIBRARY_PATH (scripts/nvrtc-venv.sh). Used to check t
 inline PTX behind helpers leaves NVRTC's output byte-identical:
     diff -r <(scripts/ptx-dump.py a --rev HEAD~1) ...  or  diff -r a b
 """
-import argparse, ctypes, os, subprocess, sys
+import argparse, ctypes, glob, os, subprocess, sys
 
 FAMILIES = ["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc"]
 
@@ -20,12 +20,21 @@ def read(path, rev):
     return subprocess.check_output(["git", "show", f"{rev}:{path}"], text=True)
 
 
-def expanded(src, abi, common):
+def expanded(src, headers):
     out = []
     for line in src.split("\n"):
         t = line.strip()
-        out.append(abi if t == '#include "abi.h"' else common if t == '#include "common.cuh"' else line)
+        name = t[len('#include "'):-1] if t.startswith('#include "') else None
+        out.append(headers[name] if name in headers else line)
     return "\n".join(out) + "\n"
+
+
+def ops_h():
+    """The newest ops.h a cargo build generated (build.rs writes it from src/backend/mod.rs)."""
+    found = glob.glob("target/**/build/tensorforge-*/out/ops.h", recursive=True)
+    if not found:
+        sys.exit("ptx-dump: no generated ops.h under target/: run cargo build first")
+    return open(max(found, key=os.path.getmtime)).read()
 
 
 def compile_ptx(lib, name, src, arch):
@@ -58,11 +67,13 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.chdir(root)
     lib = ctypes.CDLL("libnvrtc.so.13")
-    abi, common = read("kernels/abi.h", a.rev), read("kernels/common.cuh", a.rev)
+    headers = {"abi.h": read("kernels/abi.h", a.rev), "common.cuh": read("kernels/common.cuh", a.rev)}
+    if '#include "ops.h"' in read("kernels/unary.cu", a.rev):
+        headers["ops.h"] = ops_h()
     os.makedirs(a.out, exist_ok=True)
     for arch in a.arch or ["sm_80", "sm_90"]:
         for fam in FAMILIES:
-            ptx = compile_ptx(lib, fam, expanded(read(f"kernels/{fam}.cu", a.rev), abi, common), arch)
+            ptx = compile_ptx(lib, fam, expanded(read(f"kernels/{fam}.cu", a.rev), headers), arch)
             open(os.path.join(a.out, f"{fam}-{arch}.ptx"), "w").write(ptx)
     print(a.out)
 

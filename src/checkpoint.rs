@@ -108,12 +108,7 @@ pub fn save(path: impl AsRef<Path>, store: &ParameterStore, opt: &dyn Optimizer,
     meta.insert("optim.buffers".into(), join(&mut o.buffers.iter().map(|b| b.len().to_string())));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let bytes = to_safetensors_bytes(&refs, Some(&meta))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| bad(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        bad(&path, e.to_string())
-    })
+    crate::io::write_file(&path, &bytes)
 }
 
 /// Loads a checkpoint written by [`save`] into `store` and `opt` (built the same way as when

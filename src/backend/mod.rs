@@ -13,8 +13,14 @@ macro_rules! op_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $kname:literal),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
         pub enum $name { $($variant),* }
         impl $name {
+            /// The code kernels switch on: the op's position in its table. build.rs writes
+            /// the same table into the kernels' `ops.h`, so the two cannot disagree.
+            pub fn code(self) -> u32 {
+                self as u32
+            }
             /// Every variant, for tests and tables.
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
             /// The name shared by the CPU kernel, the CUDA kernel and error messages.

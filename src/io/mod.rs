@@ -27,6 +27,7 @@
 //! # Ok::<(), tensorforge::Error>(())
 //! ```
 
+mod atomic;
 mod inflate;
 mod json;
 pub mod npy;
@@ -56,8 +57,9 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| err(&path.display().to_string(), e.to_string()))
 }
 
+/// Writes a file a user will load later: crash-safe (see [`atomic`]).
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| err(&path.display().to_string(), e.to_string()))
+    atomic::write_atomic(path, bytes)
 }
 
 /// Re-labels an error from a bytes-level reader/writer with the file's path, so that the

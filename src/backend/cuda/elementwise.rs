@@ -7,55 +7,6 @@ use super::{CudaStorage, byte_suffix, layout_abi};
 use crate::backend::{BinaryOp, CmpOp, ScalarOp, UnaryOp};
 use crate::{DType, Error, Layout, Result};
 
-pub(super) fn unary_code(op: UnaryOp) -> u32 {
-    match op {
-        UnaryOp::Neg => TfUnaryOp_TF_UNARY_NEG,
-        UnaryOp::Abs => TfUnaryOp_TF_UNARY_ABS,
-        UnaryOp::Exp => TfUnaryOp_TF_UNARY_EXP,
-        UnaryOp::Log => TfUnaryOp_TF_UNARY_LOG,
-        UnaryOp::Sqrt => TfUnaryOp_TF_UNARY_SQRT,
-        UnaryOp::Rsqrt => TfUnaryOp_TF_UNARY_RSQRT,
-        UnaryOp::Recip => TfUnaryOp_TF_UNARY_RECIP,
-        UnaryOp::Sqr => TfUnaryOp_TF_UNARY_SQR,
-        UnaryOp::Sin => TfUnaryOp_TF_UNARY_SIN,
-        UnaryOp::Cos => TfUnaryOp_TF_UNARY_COS,
-        UnaryOp::Tanh => TfUnaryOp_TF_UNARY_TANH,
-        UnaryOp::Sigmoid => TfUnaryOp_TF_UNARY_SIGMOID,
-        UnaryOp::Relu => TfUnaryOp_TF_UNARY_RELU,
-        UnaryOp::GeluErf => TfUnaryOp_TF_UNARY_GELU_ERF,
-        UnaryOp::GeluTanh => TfUnaryOp_TF_UNARY_GELU_TANH,
-        UnaryOp::Silu => TfUnaryOp_TF_UNARY_SILU,
-        UnaryOp::Softplus => TfUnaryOp_TF_UNARY_SOFTPLUS,
-        UnaryOp::Sign => TfUnaryOp_TF_UNARY_SIGN,
-        UnaryOp::Floor => TfUnaryOp_TF_UNARY_FLOOR,
-        UnaryOp::Ceil => TfUnaryOp_TF_UNARY_CEIL,
-        UnaryOp::Round => TfUnaryOp_TF_UNARY_ROUND,
-    }
-}
-
-fn binary_code(op: BinaryOp) -> u32 {
-    match op {
-        BinaryOp::Add => TfBinaryOp_TF_BINARY_ADD,
-        BinaryOp::Sub => TfBinaryOp_TF_BINARY_SUB,
-        BinaryOp::Mul => TfBinaryOp_TF_BINARY_MUL,
-        BinaryOp::Div => TfBinaryOp_TF_BINARY_DIV,
-        BinaryOp::Pow => TfBinaryOp_TF_BINARY_POW,
-        BinaryOp::Maximum => TfBinaryOp_TF_BINARY_MAXIMUM,
-        BinaryOp::Minimum => TfBinaryOp_TF_BINARY_MINIMUM,
-    }
-}
-
-fn cmp_code(op: CmpOp) -> u32 {
-    match op {
-        CmpOp::Eq => TfCmpOp_TF_CMP_EQ,
-        CmpOp::Ne => TfCmpOp_TF_CMP_NE,
-        CmpOp::Lt => TfCmpOp_TF_CMP_LT,
-        CmpOp::Le => TfCmpOp_TF_CMP_LE,
-        CmpOp::Gt => TfCmpOp_TF_CMP_GT,
-        CmpOp::Ge => TfCmpOp_TF_CMP_GE,
-    }
-}
-
 /// `f(out, n)` after allocating a contiguous output of `l`'s shape; skips empty launches.
 fn with_output(
     s: &CudaStorage,
@@ -119,8 +70,7 @@ pub(super) fn unary(s: &CudaStorage, l: &Layout, op: UnaryOp) -> Result<CudaStor
     }
     let tl = s.abi_layout(l, op.name())?;
     with_output(s, l, s.dtype, |out, n| {
-        let args =
-            [Arg::Ptr(s.ptr()), Arg::Layout(tl), Arg::Ptr(out.ptr()), Arg::U64(n as u64), Arg::U32(unary_code(op))];
+        let args = [Arg::Ptr(s.ptr()), Arg::Layout(tl), Arg::Ptr(out.ptr()), Arg::U64(n as u64), Arg::U32(op.code())];
         s.dev().launch("unary", &format!("unary_{}", s.dtype.as_str()), s.dev().grid_1d(n), &args)
     })
 }
@@ -191,11 +141,11 @@ pub(super) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout,
     if op == BinaryOp::Pow && !a.dtype.is_float() {
         return Err(Error::UnsupportedDType { op: "pow", dtype: a.dtype });
     }
-    launch_pair(a, la, b, lb, a.dtype, ("binary", binary_code(op)), op.name())
+    launch_pair(a, la, b, lb, a.dtype, ("binary", op.code()), op.name())
 }
 
 pub(super) fn cmp(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: CmpOp) -> Result<CudaStorage> {
-    launch_pair(a, la, b, lb, DType::U8, ("cmp", cmp_code(op)), op.name())
+    launch_pair(a, la, b, lb, DType::U8, ("cmp", op.code()), op.name())
 }
 
 pub(super) fn where_cond(

@@ -336,6 +336,7 @@ mod user {
         ("runtime.cpp", include_str!("../../../kernels/emu/runtime.cpp")),
         ("abi.h", include_str!("../../../kernels/abi.h")),
         ("common.cuh", include_str!("../../../kernels/common.cuh")),
+        ("ops.h", crate::backend::cuda::compile::OPS_H),
     ];
 
     fn compiler() -> String {

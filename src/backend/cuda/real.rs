@@ -34,6 +34,9 @@ fn size_class(bytes: usize) -> usize {
 pub(crate) struct RealDriver {
     name: String,
     cc: (u32, u32),
+    /// What NVRTC compiles for: the device's `sm_XY`, or `compute_XY` when the device is
+    /// newer than this NVRTC (see `compile::target_arch`).
+    target: String,
     sm_count: u32,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -62,19 +65,19 @@ impl RealDriver {
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver_err("attribute", e))?;
+        let cc = (major.max(0) as u32, minor.max(0) as u32);
+        // Without the list (an NVRTC too old to give it), compile for the device itself.
+        let target = compile::target_arch(cc.0 * 10 + cc.1, &compile::nvrtc_archs().unwrap_or_default())?;
         Ok(RealDriver {
             name: ctx.name().unwrap_or_else(|_| "unknown".into()),
-            cc: (major.max(0) as u32, minor.max(0) as u32),
+            cc,
+            target,
             sm_count: sm_count.max(1) as u32,
             ctx,
             stream,
             live: Mutex::default(),
             modules: Mutex::default(),
         })
-    }
-
-    fn arch(&self) -> String {
-        format!("sm_{}{}", self.cc.0, self.cc.1)
     }
 
     /// Loads PTX into this context, explaining the one failure users hit in practice.
@@ -173,7 +176,7 @@ impl Driver for RealDriver {
             match modules.get(family) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = self.load_ptx(family, compile::module_ptx(family, &self.arch())?)?;
+                    let m = self.load_ptx(family, compile::module_ptx(family, &self.target)?)?;
                     modules.insert(family, m.clone());
                     m
                 }
@@ -182,7 +185,7 @@ impl Driver for RealDriver {
         self.kernel(&m, family, kernel)
     }
     fn user(&self, name: &str, source: &str, kernel: &str) -> Result<Kernel> {
-        let m = self.load_ptx(name, compile::user_ptx(name, source, &self.arch())?)?;
+        let m = self.load_ptx(name, compile::user_ptx(name, source, &self.target)?)?;
         self.kernel(&m, name, kernel)
     }
     unsafe fn launch(&self, k: &Kernel, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {

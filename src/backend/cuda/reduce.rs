@@ -1,6 +1,5 @@
 //! Launches for kernels/reduce.cu and softmax.cu.
 
-use super::abi::*;
 use super::device::Arg;
 use super::driver::LaunchCfg;
 use super::{CudaStorage, layout_abi};
@@ -53,20 +52,8 @@ pub(super) fn reduce(s: &CudaStorage, l: &Layout, op: ReduceOp, axes: &[usize]) 
     let (name, out_dtype, code) = match op {
         ReduceOp::ArgMax => (format!("argreduce_{dt}"), DType::I64, 0),
         ReduceOp::ArgMin => (format!("argreduce_{dt}"), DType::I64, 1),
-        ReduceOp::Sum | ReduceOp::Prod if !float => {
-            let code = if op == ReduceOp::Sum { TfReduceOp_TF_REDUCE_SUM } else { TfReduceOp_TF_REDUCE_PROD };
-            (format!("reduce_wide_{dt}"), DType::I64, code)
-        }
-        _ => {
-            let code = match op {
-                ReduceOp::Sum => TfReduceOp_TF_REDUCE_SUM,
-                ReduceOp::Mean => TfReduceOp_TF_REDUCE_MEAN,
-                ReduceOp::Max => TfReduceOp_TF_REDUCE_MAX,
-                ReduceOp::Min => TfReduceOp_TF_REDUCE_MIN,
-                _ => TfReduceOp_TF_REDUCE_PROD,
-            };
-            (format!("reduce_{dt}"), s.dtype, code)
-        }
+        ReduceOp::Sum | ReduceOp::Prod if !float => (format!("reduce_wide_{dt}"), DType::I64, op.code()),
+        _ => (format!("reduce_{dt}"), s.dtype, op.code()),
     };
     let out = CudaStorage::alloc(s.dev(), n_out, out_dtype)?;
     if n_out > 0 {
