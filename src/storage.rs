@@ -106,6 +106,17 @@ impl Storage {
         offset: u64,
         dist: Distribution,
     ) -> Result<Storage> {
+        match dist {
+            Distribution::Uniform { lo, hi } if !(lo.is_finite() && hi.is_finite() && lo <= hi) => {
+                return Err(Error::msg(format!("rand: expects a finite range lo <= hi, got [{lo}, {hi})")));
+            }
+            Distribution::Normal { mean, std } if !(mean.is_finite() && std.is_finite() && std >= 0.0) => {
+                return Err(Error::msg(format!(
+                    "randn: expects a finite mean and std >= 0, got mean {mean}, std {std}"
+                )));
+            }
+            _ => {}
+        }
         fn go<D: BackendDevice>(
             d: &D,
             shape: &Shape,

@@ -214,7 +214,9 @@ fn hostile_checkpoints_are_errors() {
     store.save(&plain).unwrap();
     attempt(&std::fs::read(&plain).unwrap(), "a parameter file");
     let mut s = ParameterStore::new(Device::Cpu);
-    let mut o = Adam::new(vec![], AdamConfig::default()).unwrap();
+    // (An optimizer needs a parameter: an empty list is itself an error.)
+    let p = tensorforge::Tensor::zeros(1, tensorforge::DType::F32, Device::Cpu).unwrap().requires_grad();
+    let mut o = Adam::new(vec![p], AdamConfig::default()).unwrap();
     assert!(checkpoint::load(dir.join("missing"), &mut s, &mut o).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }

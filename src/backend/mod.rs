@@ -190,10 +190,14 @@ pub struct Window2d {
 impl Window2d {
     /// Output height and width over an `h × w` input, or `None` when the window does not fit.
     pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        // Checked: sizes come from users' configs, and a stride or dilation of 0 is no window.
         let one = |n: usize, k: usize, s: usize, p: usize, d: usize| {
-            let span = d * (k.checked_sub(1)?) + 1;
-            let padded = n + 2 * p;
-            if s == 0 || padded < span { None } else { Some((padded - span) / s + 1) }
+            if s == 0 || d == 0 {
+                return None;
+            }
+            let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+            let padded = p.checked_mul(2)?.checked_add(n)?;
+            if padded < span { None } else { Some((padded - span) / s + 1) }
         };
         Some((
             one(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,

@@ -113,6 +113,9 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Normalizes over trailing axes of shape `normalized`.
     pub fn new(normalized: &[usize], device: Device) -> Result<LayerNorm> {
+        if normalized.is_empty() {
+            return Err(Error::msg("LayerNorm: normalized shape is empty (give the trailing axes to normalize over)"));
+        }
         Ok(LayerNorm {
             weight: Tensor::ones(normalized.to_vec(), DType::F32, device)?.requires_grad(),
             bias: Tensor::zeros(normalized.to_vec(), DType::F32, device)?.requires_grad(),

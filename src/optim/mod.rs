@@ -89,6 +89,12 @@ pub(crate) struct ParamState {
 
 impl ParamState {
     pub(crate) fn new(params: Vec<Tensor>) -> Result<Self> {
+        if params.is_empty() {
+            // As PyTorch: a model whose parameters were never registered would train silently.
+            return Err(Error::msg(
+                "optimizer got an empty parameter list (were the model's parameters registered in its ParameterStore?)",
+            ));
+        }
         for (i, p) in params.iter().enumerate() {
             if !p.is_variable() {
                 return Err(Error::msg(format!("optimizer: parameter {i} is not a variable (use requires_grad)")));

@@ -1,0 +1,88 @@
+//! Bad input returns a clear `Err` where PyTorch raises, instead of a silent `Ok`: random
+//! ranges, values a dtype cannot hold, windows that are no window, empty layer shapes, and an
+//! optimizer with nothing to optimize.
+
+use tensorforge::nn::LayerNorm;
+use tensorforge::ops::Conv2dOptions;
+use tensorforge::optim::{Adam, AdamConfig, Sgd, SgdConfig};
+use tensorforge::{DType, Device, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+#[test]
+fn random_ranges_must_make_sense() {
+    for (lo, hi) in [(2.0, 1.0), (f64::NAN, 1.0), (0.0, f64::NAN), (0.0, f64::INFINITY)] {
+        let e = Tensor::rand(lo, hi, 4, DType::F32, CPU).unwrap_err().to_string();
+        assert!(e.contains("rand"), "rand({lo}, {hi}): {e}");
+    }
+    for (mean, std) in [(0.0, -1.0), (0.0, f64::NAN), (f64::NAN, 1.0), (f64::INFINITY, 1.0)] {
+        assert!(Tensor::randn(mean, std, 4, DType::F32, CPU).is_err(), "randn({mean}, {std})");
+    }
+    // The edges PyTorch accepts.
+    assert!(Tensor::rand(1.0, 1.0, 4, DType::F32, CPU).is_ok());
+    assert_eq!(Tensor::randn(3.0, 0.0, 4, DType::F64, CPU).unwrap().to_vec_f64().unwrap(), vec![3.0; 4]);
+}
+
+#[test]
+fn full_refuses_values_its_dtype_cannot_hold() {
+    let bad = [
+        (300.0, DType::U8),
+        (-1.0, DType::U8),
+        (256.0, DType::U8),
+        (1e20, DType::I64),
+        (9_223_372_036_854_775_808.0, DType::I64),
+        (f64::NAN, DType::I64),
+        (f64::INFINITY, DType::U8),
+        (1e6, DType::F16),
+        (65520.0, DType::F16),
+        (1e39, DType::BF16),
+        (1e39, DType::F32),
+    ];
+    for (v, dt) in bad {
+        let e = Tensor::full(v, 3, dt, CPU).unwrap_err().to_string();
+        assert!(e.contains("overflow"), "full({v}, {dt:?}): {e}");
+    }
+    let good = [
+        (255.0, DType::U8, 255.0),
+        (2.7, DType::U8, 2.0),
+        (-9_223_372_036_854_775_808.0, DType::I64, -9_223_372_036_854_775_808.0),
+        (65504.0, DType::F16, 65504.0),
+        (f64::INFINITY, DType::F16, f64::INFINITY),
+        (-f64::INFINITY, DType::F32, -f64::INFINITY),
+        (1e300, DType::F64, 1e300),
+    ];
+    for (v, dt, want) in good {
+        assert_eq!(Tensor::full(v, 1, dt, CPU).unwrap().to_vec_f64().unwrap(), vec![want], "full({v}, {dt:?})");
+    }
+    assert!(Tensor::full(f64::NAN, 1, DType::F16, CPU).unwrap().to_vec_f64().unwrap()[0].is_nan());
+}
+
+#[test]
+fn a_window_with_zero_dilation_or_huge_padding_is_an_error() {
+    let x = Tensor::ones((1, 1, 5, 5), DType::F32, CPU).unwrap();
+    let w = Tensor::ones((1, 1, 3, 3), DType::F32, CPU).unwrap();
+    for opt in [
+        Conv2dOptions { dilation: (0, 1), ..Default::default() },
+        Conv2dOptions { stride: (1, 0), ..Default::default() },
+        Conv2dOptions { padding: (usize::MAX / 2 + 1, 0), ..Default::default() },
+        Conv2dOptions { dilation: (usize::MAX, 1), ..Default::default() },
+    ] {
+        assert!(x.conv2d(&w, None, opt).is_err(), "{opt:?}");
+    }
+    assert_eq!(x.conv2d(&w, None, Conv2dOptions::default()).unwrap().dims(), &[1, 1, 3, 3]);
+}
+
+#[test]
+fn a_layer_norm_over_no_axes_is_an_error() {
+    assert!(LayerNorm::new(&[], CPU).is_err());
+    assert!(LayerNorm::new(&[4], CPU).is_ok());
+}
+
+#[test]
+fn an_optimizer_over_no_parameters_is_an_error() {
+    let e = Sgd::new(Vec::new(), SgdConfig::default()).err().expect("an Err").to_string();
+    assert!(e.contains("empty parameter list"), "{e}");
+    assert!(Adam::new(Vec::new(), AdamConfig::default()).is_err());
+    let p = Tensor::zeros(3, DType::F32, CPU).unwrap().requires_grad();
+    assert!(Sgd::new(vec![p], SgdConfig::default()).is_ok());
+}
