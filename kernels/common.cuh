@@ -134,6 +134,37 @@ template <> struct Tr<tf_u8> {
 // access is 512 contiguous bytes; a misaligned buffer or the tail takes the element loop.
 struct alignas(16) tf_vec16 { unsigned w[4]; };
 
+// Element q of a vector, and setting it, by shifts of its 32-bit words: no object is read
+// through a pointer of another type (q is a constant after unrolling, so these are moves).
+template <typename T> struct tf_lane;
+template <> struct tf_lane<float> {
+    static TF_DEV float get(const tf_vec16& v, int q) { return __uint_as_float(v.w[q]); }
+    static TF_DEV void set(tf_vec16& v, int q, float x) { v.w[q] = __float_as_uint(x); }
+};
+template <> struct tf_lane<double> {
+    static TF_DEV double get(const tf_vec16& v, int q) {
+        return __longlong_as_double((long long)(((tf_u64)v.w[2 * q + 1] << 32) | v.w[2 * q]));
+    }
+    static TF_DEV void set(tf_vec16& v, int q, double x) {
+        const tf_u64 b = (tf_u64)__double_as_longlong(x);
+        v.w[2 * q] = (unsigned)b;
+        v.w[2 * q + 1] = (unsigned)(b >> 32);
+    }
+};
+template <typename H> struct tf_lane16 {
+    static TF_DEV H get(const tf_vec16& v, int q) {
+        H h;
+        h.bits = (tf_u16)(v.w[q >> 1] >> (16 * (q & 1)));
+        return h;
+    }
+    static TF_DEV void set(tf_vec16& v, int q, H x) {
+        const unsigned sh = 16 * (q & 1);
+        v.w[q >> 1] = (v.w[q >> 1] & ~(0xffffu << sh)) | ((unsigned)x.bits << sh);
+    }
+};
+template <> struct tf_lane<tf_f16> : tf_lane16<tf_f16> {};
+template <> struct tf_lane<tf_bf16> : tf_lane16<tf_bf16> {};
+
 TF_DEV bool tf_aligned16(const void* p) { return ((tf_u64)p & 15) == 0; }
 
 // y[i] = f(x[i]) for i = first, first + step, … over contiguous x and y (in vectors when
@@ -145,11 +176,10 @@ TF_DEV void tf_map_lanes(const T* x, T* y, tf_u64 n, tf_u64 first, tf_u64 step, 
     if (tf_aligned16(x) && tf_aligned16(y)) {
         const tf_u64 nv = n / V;
         for (tf_u64 j = first; j < nv; j += step) {
-            tf_vec16 v = ((const tf_vec16*)x)[j], r;
-            const T* e = (const T*)&v;
-            T* o = (T*)&r;
+            const tf_vec16 v = ((const tf_vec16*)x)[j];
+            tf_vec16 r = {{0u, 0u, 0u, 0u}};
 #pragma unroll
-            for (int q = 0; q < V; ++q) o[q] = Tr<T>::from(f(Tr<T>::to(e[q])));
+            for (int q = 0; q < V; ++q) tf_lane<T>::set(r, q, Tr<T>::from(f(Tr<T>::to(tf_lane<T>::get(v, q)))));
             ((tf_vec16*)y)[j] = r;
         }
         done = nv * V;
@@ -168,10 +198,9 @@ TF_DEV A tf_fold_lanes(const T* x, tf_u64 n, tf_u64 first, tf_u64 step, A acc, F
     if (tf_aligned16(x)) {
         const tf_u64 nv = n / V;
         for (tf_u64 j = first; j < nv; j += step) {
-            tf_vec16 v = ((const tf_vec16*)x)[j];
-            const T* e = (const T*)&v;
+            const tf_vec16 v = ((const tf_vec16*)x)[j];
 #pragma unroll
-            for (int q = 0; q < V; ++q) acc = f(acc, Tr<T>::to(e[q]));
+            for (int q = 0; q < V; ++q) acc = f(acc, Tr<T>::to(tf_lane<T>::get(v, q)));
         }
         done = nv * V;
     }
@@ -186,12 +215,11 @@ template <typename T, typename F> TF_DEV void tf_zip_contiguous(const T* a, cons
     if (tf_aligned16(a) && tf_aligned16(b) && tf_aligned16(y)) {
         const tf_u64 nv = n / V;
         TF_FOR(j, nv) {
-            tf_vec16 va = ((const tf_vec16*)a)[j], vb = ((const tf_vec16*)b)[j], r;
-            const T* ea = (const T*)&va;
-            const T* eb = (const T*)&vb;
-            T* o = (T*)&r;
+            const tf_vec16 va = ((const tf_vec16*)a)[j], vb = ((const tf_vec16*)b)[j];
+            tf_vec16 r = {{0u, 0u, 0u, 0u}};
 #pragma unroll
-            for (int q = 0; q < V; ++q) o[q] = Tr<T>::from(f(Tr<T>::to(ea[q]), Tr<T>::to(eb[q])));
+            for (int q = 0; q < V; ++q)
+                tf_lane<T>::set(r, q, Tr<T>::from(f(Tr<T>::to(tf_lane<T>::get(va, q)), Tr<T>::to(tf_lane<T>::get(vb, q)))));
             ((tf_vec16*)y)[j] = r;
         }
         done = nv * V;
