@@ -42,3 +42,24 @@ fn kernels_compile_for_sm90() {
 fn bad_arch_is_an_error() {
     assert!(compile_all_kernels("sm_80 --bogus").is_err());
 }
+
+/// The emulator runs exactly the kernels a GPU would: the `.entry` names NVRTC produces and
+/// the table build.rs generated from the same sources are the same set.
+#[test]
+#[cfg(feature = "cuda-emu")]
+fn the_emulator_has_every_ptx_entry_point() {
+    match tensorforge::backend::cuda::kernel_entry_names("sm_90") {
+        Ok(ptx) => {
+            let emu = tensorforge::backend::cuda::emulator_kernel_names();
+            assert!(ptx.len() > 100, "{} entries", ptx.len());
+            assert_eq!(ptx, emu, "PTX entry points and the emulator's table differ");
+        }
+        Err(Error::CudaUnavailable { reason }) => {
+            if std::env::var("TENSORFORGE_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("TENSORFORGE_REQUIRE_NVRTC=1 but NVRTC is unavailable: {reason}");
+            }
+            eprintln!("skipping the entry-point comparison ({reason})");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

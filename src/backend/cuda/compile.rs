@@ -225,6 +225,24 @@ pub fn compile_all_kernels(arch: &str) -> Result<Vec<(String, usize)>> {
         .collect()
 }
 
+/// The `.entry` names of every family's PTX for `arch`: the kernels a launch can name on a
+/// GPU. Needs only libnvrtc; CI compares them with the emulator's table.
+pub fn kernel_entry_names(arch: &str) -> Result<Vec<String>> {
+    check_arch(arch)?;
+    probe_nvrtc()?;
+    let mut names = Vec::new();
+    for (name, src) in MODULES {
+        let ptx = nvrtc_compile(name, &expanded_source(src), arch)?;
+        for line in ptx.lines() {
+            if let Some(rest) = line.split(".entry ").nth(1) {
+                names.push(rest.trim().trim_end_matches('(').trim().to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

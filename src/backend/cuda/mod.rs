@@ -15,7 +15,7 @@ pub(crate) mod device;
 pub(crate) mod driver;
 mod elementwise;
 #[cfg(feature = "cuda-emu")]
-pub(crate) mod emu;
+pub mod emu;
 mod index;
 mod matmul;
 mod optim;
@@ -23,8 +23,10 @@ mod optim;
 mod real;
 mod reduce;
 
-pub use compile::{cache_dir, compile_all_kernels, nvrtc_version};
+pub use compile::{cache_dir, compile_all_kernels, kernel_entry_names, nvrtc_version};
 pub use device::CudaDevice;
+#[cfg(feature = "cuda-emu")]
+pub use emu::kernel_names as emulator_kernel_names;
 
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{
