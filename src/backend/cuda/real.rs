@@ -21,6 +21,20 @@ pub(crate) fn unavailable(reason: impl Into<String>) -> Error {
     Error::CudaUnavailable { reason: reason.into() }
 }
 
+/// Runs a driver call, turning a panic inside cudarc (it panics when the driver library lacks
+/// a function it needs, e.g. a driver older than the CUDA version this build targets) into
+/// an `Err` instead of unwinding through the user's program.
+fn guarded<T>(op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Cuda {
+            op,
+            msg: "the CUDA driver library lacks a function this build needs (cudarc panicked); update the NVIDIA \
+                  driver"
+                .into(),
+        })
+    })
+}
+
 fn driver_err(op: &'static str, e: cudarc::driver::DriverError) -> Error {
     Error::Cuda { op, msg: format!("{e:?}") }
 }
@@ -138,78 +152,95 @@ impl Driver for RealDriver {
         true
     }
     fn alloc(&self, bytes: usize) -> Result<u64> {
-        // SAFETY: u8 has no invalid bit patterns; every kernel writes before reading.
-        let s = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| driver_err("alloc", e))?;
-        let (ptr, _) = s.device_ptr(&self.stream);
-        self.live.lock().map_err(|_| Error::msg("allocation table poisoned"))?.insert(ptr, s);
-        Ok(ptr)
+        guarded("alloc", || {
+            // SAFETY: u8 has no invalid bit patterns; every kernel writes before reading.
+            let s = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| driver_err("alloc", e))?;
+            let (ptr, _) = s.device_ptr(&self.stream);
+            self.live.lock().map_err(|_| Error::msg("allocation table poisoned"))?.insert(ptr, s);
+            Ok(ptr)
+        })
     }
     unsafe fn free(&self, ptr: u64, _bytes: usize) {
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(&ptr);
-        }
+        let _ = guarded("free", || {
+            if let Ok(mut live) = self.live.lock() {
+                live.remove(&ptr);
+            }
+            Ok(())
+        });
     }
     unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
-        // SAFETY: forwarded to the caller.
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| driver_err("memcpy_htod", e))?;
-        // Pageable sources are staged by the driver, but syncing keeps `src`'s lifetime obvious.
-        self.synchronize()
+        guarded("memcpy_htod", || {
+            self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
+            // SAFETY: forwarded to the caller.
+            unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+                .map_err(|e| driver_err("memcpy_htod", e))?;
+            // Pageable sources are staged by the driver, but syncing keeps `src`'s lifetime obvious.
+            self.synchronize()
+        })
     }
     unsafe fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
-        // SAFETY: forwarded to the caller.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| driver_err("memcpy_dtoh", e))?;
-        self.synchronize()
+        guarded("memcpy_dtoh", || {
+            self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
+            // SAFETY: forwarded to the caller.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+                .map_err(|e| driver_err("memcpy_dtoh", e))?;
+            self.synchronize()
+        })
     }
     unsafe fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
-        // SAFETY: forwarded to the caller.
-        unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
-            .map_err(|e| driver_err("memset", e))
+        guarded("memset", || {
+            self.ctx.bind_to_thread().map_err(|e| driver_err("bind", e))?;
+            // SAFETY: forwarded to the caller.
+            unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+                .map_err(|e| driver_err("memset", e))
+        })
     }
     fn builtin(&self, family: &'static str, kernel: &str) -> Result<Kernel> {
-        let m = {
-            let mut modules = self.modules.lock().map_err(|_| Error::msg("module table poisoned"))?;
-            match modules.get(family) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self.load_ptx(family, compile::module_ptx(family, &self.target)?)?;
-                    modules.insert(family, m.clone());
-                    m
+        guarded("load_module", || {
+            let m = {
+                let mut modules = self.modules.lock().map_err(|_| Error::msg("module table poisoned"))?;
+                match modules.get(family) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = self.load_ptx(family, compile::module_ptx(family, &self.target)?)?;
+                        modules.insert(family, m.clone());
+                        m
+                    }
                 }
-            }
-        };
-        self.kernel(&m, family, kernel)
+            };
+            self.kernel(&m, family, kernel)
+        })
     }
     fn user(&self, name: &str, source: &str, kernel: &str) -> Result<Kernel> {
-        let m = self.load_ptx(name, compile::user_ptx(name, source, &self.target)?)?;
-        self.kernel(&m, name, kernel)
+        guarded("load_module", || {
+            let m = self.load_ptx(name, compile::user_ptx(name, source, &self.target)?)?;
+            self.kernel(&m, name, kernel)
+        })
     }
     unsafe fn launch(&self, k: &Kernel, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {
-        let f = k.handle.downcast_ref::<CudaFunction>().ok_or_else(|| Error::msg("kernel of another driver"))?;
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::Ptr(x) | Arg::U64(x) => b.arg(x),
-                Arg::U32(x) => b.arg(x),
-                Arg::U16(x) => b.arg(x),
-                Arg::U8(x) => b.arg(x),
-                Arg::I64(x) => b.arg(x),
-                Arg::F64(x) => b.arg(x),
-                Arg::Layout(x) => b.arg(x),
-                Arg::Optim(x) => b.arg(x),
-                Arg::Window(x) => b.arg(x),
-            };
-        }
-        let cfg = LaunchConfig { grid_dim: cfg.grid, block_dim: cfg.block, shared_mem_bytes: cfg.shared_bytes };
-        // SAFETY: forwarded to the caller.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda { op: "launch", msg: format!("{}: {e:?}", k.name) })?;
-        Ok(())
+        guarded("launch", || {
+            let f = k.handle.downcast_ref::<CudaFunction>().ok_or_else(|| Error::msg("kernel of another driver"))?;
+            let mut b = self.stream.launch_builder(f);
+            for a in args {
+                match a {
+                    Arg::Ptr(x) | Arg::U64(x) => b.arg(x),
+                    Arg::U32(x) => b.arg(x),
+                    Arg::U16(x) => b.arg(x),
+                    Arg::U8(x) => b.arg(x),
+                    Arg::I64(x) => b.arg(x),
+                    Arg::F64(x) => b.arg(x),
+                    Arg::Layout(x) => b.arg(x),
+                    Arg::Optim(x) => b.arg(x),
+                    Arg::Window(x) => b.arg(x),
+                };
+            }
+            let cfg = LaunchConfig { grid_dim: cfg.grid, block_dim: cfg.block, shared_mem_bytes: cfg.shared_bytes };
+            // SAFETY: forwarded to the caller.
+            unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda { op: "launch", msg: format!("{}: {e:?}", k.name) })?;
+            Ok(())
+        })
     }
     fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+        guarded("synchronize", || self.stream.synchronize().map_err(|e| driver_err("synchronize", e)))
     }
 }
