@@ -25,6 +25,22 @@ impl Shape {
     pub fn rank(&self) -> usize {
         self.0.len()
     }
+    /// Number of elements and bytes of a buffer of this shape and `dtype`, checked: the one
+    /// place sizes from users (shapes read from files, configs, other programs) are validated
+    /// before anything is allocated. A count or byte size past `isize::MAX` is an `Err` naming
+    /// `op`; a 0 anywhere makes 0 elements, whatever the other dimensions.
+    pub fn checked_size(&self, op: &'static str, dtype: crate::DType) -> Result<(usize, usize)> {
+        if self.0.contains(&0) {
+            return Ok((0, 0));
+        }
+        let too_big = || Error::BadShape {
+            op,
+            msg: format!("shape {:?} of {dtype:?} has more elements or bytes than memory can address", self.0),
+        };
+        let n = self.0.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
+        let bytes = n.checked_mul(dtype.size_in_bytes()).filter(|&b| b <= isize::MAX as usize).ok_or_else(too_big)?;
+        Ok((n, bytes))
+    }
     /// Number of elements (1 for a scalar).
     pub fn elem_count(&self) -> usize {
         self.0.iter().product()

@@ -89,6 +89,7 @@ impl Storage {
     }
     /// A buffer of `shape` filled with `v`.
     pub fn full(shape: &Shape, dtype: DType, v: f64, device: Device) -> Result<Storage> {
+        shape.checked_size("full", dtype)?;
         match device {
             Device::Cpu => Ok(Storage::Cpu(CpuDevice.full(shape, dtype, v)?)),
             #[cfg(feature = "cuda")]
@@ -106,6 +107,7 @@ impl Storage {
         offset: u64,
         dist: Distribution,
     ) -> Result<Storage> {
+        shape.checked_size("random", dtype)?;
         match dist {
             Distribution::Uniform { lo, hi } if !(lo.is_finite() && hi.is_finite() && lo <= hi) => {
                 return Err(Error::msg(format!("rand: expects a finite range lo <= hi, got [{lo}, {hi})")));

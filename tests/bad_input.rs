@@ -86,3 +86,23 @@ fn an_optimizer_over_no_parameters_is_an_error() {
     let p = Tensor::zeros(3, DType::F32, CPU).unwrap().requires_grad();
     assert!(Sgd::new(vec![p], SgdConfig::default()).is_ok());
 }
+
+#[test]
+fn sizes_that_overflow_are_errors_and_zero_sized_shapes_are_fine() {
+    let huge = (1usize << 40, 1usize << 40);
+    let e = Tensor::zeros(huge, DType::F32, CPU).unwrap_err().to_string();
+    assert!(e.contains("address"), "{e}");
+    assert!(Tensor::randn(0.0, 1.0, (1usize << 62, 4), DType::F32, CPU).is_err(), "bytes past isize::MAX");
+    // A shape whose element count wraps to 0 must not accept an empty buffer.
+    assert!(Tensor::from_vec(Vec::<f32>::new(), (1usize << 32, 1usize << 32), CPU).is_err());
+    assert!(Tensor::eye(usize::MAX, DType::F32, CPU).is_err());
+    assert!(Tensor::arange(0.0, 1e300, 1.0, DType::F32, CPU).is_err());
+    let x = Tensor::ones((3, 1), DType::F32, CPU).unwrap();
+    assert!(x.narrow(0, usize::MAX, 2).is_err());
+    assert!(x.broadcast_as((3, usize::MAX)).is_err());
+    assert!(x.reshape((usize::MAX, 3)).is_err());
+    // A 0 next to huge dimensions is an empty tensor, as in PyTorch.
+    let empty = Tensor::zeros((0, usize::MAX), DType::F32, CPU).unwrap();
+    assert_eq!(empty.dims(), &[0, usize::MAX]);
+    assert_eq!(empty.to_vec_f64().unwrap(), Vec::<f64>::new());
+}

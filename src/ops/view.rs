@@ -172,7 +172,7 @@ impl Tensor {
     /// express the new shape.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        if shape.elem_count() != self.elem_count() {
+        if shape.checked_size("reshape", self.dtype())?.0 != self.elem_count() {
             return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape().clone(), rhs: shape });
         }
         if shape.rank() > MAX_DIMS {
@@ -247,6 +247,7 @@ impl Tensor {
         if &shape == self.shape() {
             return Ok(self.clone());
         }
+        shape.checked_size("broadcast_as", self.dtype())?;
         self.layout().broadcast_as(&shape)?;
         apply(BroadcastAs(shape), &[self])
     }
@@ -256,7 +257,10 @@ impl Tensor {
     }
     /// Elements `start..start+len` along `axis` (a view).
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
-        self.slice(axis, start, start + len, 1)
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| Error::BadShape { op: "narrow", msg: format!("start {start} + length {len} overflows") })?;
+        self.slice(axis, start, end, 1)
     }
     /// Elements `start, start+step, …` below `end` along `axis` (a view).
     pub fn slice(&self, axis: isize, start: usize, end: usize, step: usize) -> Result<Tensor> {

@@ -15,7 +15,7 @@ impl Tensor {
     /// ```
     pub fn from_vec<T: WithDType>(data: Vec<T>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        if shape.elem_count() != data.len() {
+        if shape.checked_size("from_vec", T::DTYPE)?.0 != data.len() {
             return Err(Error::BadShape {
                 op: "from_vec",
                 msg: format!("{} values for shape {:?} ({} elements)", data.len(), shape, shape.elem_count()),
@@ -79,12 +79,20 @@ impl Tensor {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
             return Err(Error::msg(format!("arange: bad range {start}..{end} step {step}")));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let count = ((end - start) / step).ceil().max(0.0);
+        if count > (isize::MAX as usize / 8) as f64 {
+            return Err(Error::BadShape {
+                op: "arange",
+                msg: format!("{count} elements ({start}..{end} step {step})"),
+            });
+        }
+        let n = count as usize;
         let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         Tensor::from_vec(v, n, Device::Cpu)?.to_dtype(dtype)?.to_device(device)
     }
     /// The `n×n` identity.
     pub fn eye(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
+        Shape::from((n, n)).checked_size("eye", dtype)?;
         let mut v = vec![0.0; n * n];
         for i in 0..n {
             v[i * n + i] = 1.0;
@@ -94,13 +102,15 @@ impl Tensor {
     /// Uniform values in `[lo, hi)` from the global seeded stream ([`crate::manual_seed`]).
     pub fn rand(lo: f64, hi: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        let (seed, offset) = rng::reserve(shape.elem_count().div_ceil(4) as u64);
+        let (n, _) = shape.checked_size("rand", dtype)?;
+        let (seed, offset) = rng::reserve(n.div_ceil(4) as u64);
         Tensor::rand_seeded(seed, offset, lo, hi, shape, dtype, device)
     }
     /// Normal values from the global seeded stream.
     pub fn randn(mean: f64, std: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        let (seed, offset) = rng::reserve(shape.elem_count().div_ceil(2) as u64);
+        let (n, _) = shape.checked_size("randn", dtype)?;
+        let (seed, offset) = rng::reserve(n.div_ceil(2) as u64);
         let s = Storage::random(&shape, dtype, device, seed, offset, Distribution::Normal { mean, std })?;
         Ok(Tensor::from_contiguous(s, shape))
     }
