@@ -53,8 +53,9 @@ __device__ void softmax_impl(const T* x, TfLayout in_rows, T* y, TfLayout out_ro
             for (tf_u64 j = lane; j < len; j += width) s += exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift);
         }
         s = sm_allreduce(s, false, block_mode != 0);
-        const A lse = shift + log(s), inv = (A)1 / s;
-        auto out = [=](A v) { return log_out ? v - lse : exp(v - shift) * inv; };
+        // (v - shift) - log(s): v - (shift + log(s)) would round the log away next to a huge shift.
+        const A ln_s = log(s), inv = (A)1 / s;
+        auto out = [=](A v) { return log_out ? (v - shift) - ln_s : exp(v - shift) * inv; };
         if (fast) {
             tf_map_lanes(x + in_rows.offset + first, y + out_rows.offset + first, len, lane, width, out);
         } else {

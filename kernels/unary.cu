@@ -81,7 +81,8 @@ __device__ void scalar_impl(const T* x, TfLayout l, T* y, tf_u64 n, tf_u32 op, d
     auto f = [op, a, b](A v) {
         if (op == TF_SCALAR_AFFINE) return v * a + b;
         if (op == TF_SCALAR_POWF) return (A)pow(v, a);
-        return v < a ? a : (v > b ? b : v);
+        const A lo = v < a ? a : v;  // min(max(v, a), b) in that order: a > b gives b
+        return lo > b ? b : lo;
     };
     if (l.contiguous) {
         tf_map_contiguous(x + l.offset, y, n, f);

@@ -106,3 +106,23 @@ fn sizes_that_overflow_are_errors_and_zero_sized_shapes_are_fine() {
     assert_eq!(empty.dims(), &[0, usize::MAX]);
     assert_eq!(empty.to_vec_f64().unwrap(), Vec::<f64>::new());
 }
+
+#[test]
+fn clamp_with_lo_above_hi_gives_hi_as_pytorch() {
+    let x = Tensor::from_vec(vec![-5.0f64, 0.0, 2.0, 9.0], 4, CPU).unwrap();
+    assert_eq!(x.clamp(3.0, 1.0).unwrap().to_vec_f64().unwrap(), vec![1.0; 4]);
+}
+
+#[test]
+fn log_softmax_of_huge_values_is_stable() {
+    let ln2 = std::f64::consts::LN_2;
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::from_vec(vec![1e30f64, 1e30, -1e30], (1, 3), CPU).unwrap().to_dtype(dtype).unwrap();
+        // Along a contiguous row, and down a column (the strided path).
+        for (t, axis) in [(x.clone(), 1), (x.transpose(0, 1).unwrap(), 0)] {
+            let y = t.log_softmax(axis).unwrap().to_vec_f64().unwrap();
+            assert!((y[0] + ln2).abs() < 1e-6 && (y[1] + ln2).abs() < 1e-6, "{dtype:?} axis {axis}: {y:?}");
+            assert!(y[2] < -1e29, "{y:?}");
+        }
+    }
+}

@@ -64,3 +64,19 @@ fn conv_and_pooling_match_the_cpu() -> Result<()> {
     }
     Ok(())
 }
+
+/// PyTorch's conventions on the device too: clamp with lo > hi gives hi, and log_softmax of
+/// [1e30, 1e30, -1e30] gives -ln 2 for the first two (the shift is subtracted before ln(sum)).
+#[test]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
+fn clamp_and_log_softmax_edge_cases_on_the_device() {
+    let dev = Device::cuda(0).unwrap();
+    let x = Tensor::from_vec(vec![-5.0f32, 0.0, 2.0, 9.0], 4, Device::Cpu).unwrap().to_device(dev).unwrap();
+    assert_eq!(x.clamp(3.0, 1.0).unwrap().to_vec_f64().unwrap(), vec![1.0; 4]);
+    let ln2 = std::f64::consts::LN_2;
+    for dtype in [DType::F32, DType::F64] {
+        let t = Tensor::from_vec(vec![1e30f64, 1e30, -1e30], (1, 3), Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let y = t.to_device(dev).unwrap().log_softmax(1).unwrap().to_vec_f64().unwrap();
+        assert!((y[0] + ln2).abs() < 1e-6 && (y[1] + ln2).abs() < 1e-6, "{dtype:?}: {y:?}");
+    }
+}

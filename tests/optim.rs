@@ -215,3 +215,27 @@ fn schedules() {
     let got: Vec<f64> = (0..8).map(|i| w.lr(i)).collect();
     close(&got, &[0.2, 0.4, 0.6, 0.8, 0.8, 0.8, 0.4, 0.4]);
 }
+
+/// SGD with dampening seeds the velocity with the first raw gradient, as PyTorch does:
+/// p = 1, g = 1 every step, lr 0.1, momentum 0.9, dampening 0.5 gives 0.9 then 0.76
+/// (`torch.optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.5)`).
+#[test]
+fn sgd_dampening_uses_the_raw_first_gradient() {
+    use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
+    use tensorforge::{DType, Device, Tensor};
+    let p = Tensor::ones(1, DType::F64, Device::Cpu).unwrap().requires_grad();
+    let mut opt =
+        Sgd::new(vec![p.clone()], SgdConfig { lr: 0.1, momentum: 0.9, dampening: 0.5, ..Default::default() }).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        opt.zero_grad();
+        p.sum_all().unwrap().backward().unwrap();
+        opt.step().unwrap();
+        seen.push(p.to_vec_f64().unwrap()[0]);
+    }
+    // Third step: v = 0.9·1.4 + 0.5 = 1.76, p = 0.76 − 0.176.
+    let want = [0.9, 0.76, 0.584];
+    for (g, w) in seen.iter().zip(want) {
+        assert!((g - w).abs() < 1e-12, "{seen:?} vs {want:?}");
+    }
+}

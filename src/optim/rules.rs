@@ -65,8 +65,8 @@ impl Default for SgdConfig {
 /// Stochastic gradient descent with optional (Nesterov) momentum and weight decay:
 /// `v ← μv + (1−τ)(g + λp)`, `p ← p − lr·v` (or `− lr·(g + μv)` with Nesterov).
 ///
-/// The velocity starts at zero, so with `dampening ≠ 0` the first step differs from
-/// PyTorch (which seeds it with the first gradient); with the default 0 they agree.
+/// As in PyTorch, a parameter's first step seeds the velocity with the raw gradient (no
+/// dampening); dampening applies from the second step on.
 pub struct Sgd {
     cfg: SgdConfig,
     ps: ParamState,
@@ -86,10 +86,12 @@ impl Sgd {
     }
 }
 
-optimizer_impl!(Sgd, |c, _step| OptimRule::Sgd {
+optimizer_impl!(Sgd, |c, step| OptimRule::Sgd {
     lr: c.lr,
     momentum: c.momentum,
-    dampening: c.dampening,
+    // PyTorch seeds the velocity with the first raw gradient: from v = 0, no dampening on
+    // a parameter's first step gives exactly that.
+    dampening: if step == 1 { 0.0 } else { c.dampening },
     nesterov: c.nesterov,
     weight_decay: c.weight_decay
 });

@@ -169,15 +169,11 @@ pub fn scalar(s: &CpuStorage, l: &Layout, op: ScalarOp) -> Result<CpuStorage> {
             }
             ScalarOp::Clamp { lo, hi } => {
                 let (lo, hi) = (c(lo), c(hi));
+                // min(max(x, lo), hi) in that order, as PyTorch: lo > hi gives hi; NaN stays.
                 map(v, l, move |x: T| {
                     let x = x.to_acc();
-                    T::from_acc(if x < lo {
-                        lo
-                    } else if x > hi {
-                        hi
-                    } else {
-                        x
-                    })
+                    let y = if x < lo { lo } else { x };
+                    T::from_acc(if y > hi { hi } else { y })
                 })
             }
         };

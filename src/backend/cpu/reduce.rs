@@ -225,8 +225,9 @@ fn softmax_row<T: CpuFloat>(x: &[T], scratch: &mut Vec<T::Acc>, out: &mut [Maybe
     let add = |a: T::Acc, b: T::Acc| a + b;
     if log {
         let sum = simd::fold_slice(x, T::Acc::ZERO, &|a: T| (a.to_acc() - shift).exp(), &add);
-        let lse = shift + sum.ln();
-        simd::map_slice(x, out, &|a: T| T::from_acc(a.to_acc() - lse));
+        // (x - shift) - ln(sum): shift + ln(sum) would round the ln away next to a huge shift.
+        let ln_sum = sum.ln();
+        simd::map_slice(x, out, &|a: T| T::from_acc((a.to_acc() - shift) - ln_sum));
     } else if std::mem::size_of::<T>() == std::mem::size_of::<T::Acc>() {
         // T::Acc is T itself: `from_acc` and `to_acc` are exact.
         let sum = simd::map_fold_slice(

@@ -404,21 +404,23 @@ mod exp512 {
                 s[0] = _mm512_add_ps(s[0], e);
             }
             let sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
-            // Pass 3: scale the exponentials, or subtract log-sum-exp from the inputs.
-            let (a, b) = if log {
-                (_mm512_set1_ps(1.0), _mm512_set1_ps(-(shift + sum.ln())))
+            // Pass 3: scale the exponentials, or subtract the shift and then ln(sum) from the
+            // inputs (x - (shift + ln sum) would round the ln away next to a huge shift).
+            let (a, b, c) = if log {
+                (_mm512_set1_ps(1.0), _mm512_set1_ps(-shift), _mm512_set1_ps(-sum.ln()))
             } else {
-                (_mm512_set1_ps(1.0 / sum), _mm512_setzero_ps())
+                (_mm512_set1_ps(1.0 / sum), _mm512_setzero_ps(), _mm512_setzero_ps())
             };
             let from = if log { src } else { dst.cast_const() };
             let mut i = 0;
             while i < full {
-                _mm512_storeu_ps(dst.add(i), _mm512_fmadd_ps(_mm512_loadu_ps(from.add(i)), a, b));
+                let v = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(from.add(i)), a, b), c);
+                _mm512_storeu_ps(dst.add(i), v);
                 i += 16;
             }
             if full < n {
                 let v = _mm512_maskz_loadu_ps(tail, from.add(full));
-                _mm512_mask_storeu_ps(dst.add(full), tail, _mm512_fmadd_ps(v, a, b));
+                _mm512_mask_storeu_ps(dst.add(full), tail, _mm512_add_ps(_mm512_fmadd_ps(v, a, b), c));
             }
         }
     }
