@@ -126,3 +126,24 @@ fn log_softmax_of_huge_values_is_stable() {
         }
     }
 }
+
+#[test]
+fn comparisons_with_a_scalar_are_exact_for_integer_tensors() {
+    let u = Tensor::from_vec(vec![255u8, 44, 0], 3, CPU).unwrap();
+    assert_eq!(
+        u.eq_scalar(300.0).unwrap().to_vec_f64().unwrap(),
+        vec![0.0, 0.0, 0.0],
+        "255 == 300, 44 == 300 (wrapped)"
+    );
+    assert_eq!(u.lt_scalar(300.0).unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0, 1.0]);
+    assert_eq!(u.gt_scalar(-1.0).unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0, 1.0]);
+    assert_eq!(u.eq_scalar(255.0).unwrap().to_vec_f64().unwrap(), vec![1.0, 0.0, 0.0]);
+    let i = Tensor::from_vec(vec![3i64, 2, i64::MAX], 3, CPU).unwrap();
+    assert_eq!(i.lt_scalar(3.5).unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0, 0.0], "3 < 3.5");
+    assert_eq!(i.eq_scalar(2.5).unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 0.0], "2 == 2.5");
+    assert_eq!(i.ge_scalar(1e30).unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 0.0]);
+    // A float tensor rounds the scalar to its dtype, as PyTorch: 0.1 in f16 equals 0.1f16.
+    let h = Tensor::from_vec(vec![0.1f64, 7.0], 2, CPU).unwrap().to_dtype(DType::F16).unwrap();
+    assert_eq!(h.eq_scalar(0.1).unwrap().to_vec_f64().unwrap(), vec![1.0, 0.0]);
+    assert_eq!(h.lt_scalar(1e6).unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0], "1e6 rounds to +inf in f16");
+}

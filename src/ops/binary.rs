@@ -3,7 +3,8 @@
 use super::{same_device, same_dtype};
 use crate::autograd::{Gradients, Operation, apply};
 use crate::backend::{BinaryOp, CmpOp};
-use crate::{Error, Result, Shape, Tensor};
+use crate::storage::Storage;
+use crate::{DType, Error, Result, Shape, Tensor};
 
 /// Broadcasts two tensors to one shape, returning that shape.
 fn broadcast_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Shape> {
@@ -129,7 +130,7 @@ macro_rules! cmp_methods {
                 }
                 #[doc = concat!("Elementwise `", stringify!($name), "` against a scalar, into a u8 mask.")]
                 pub fn $scalar(&self, rhs: f64) -> Result<Tensor> {
-                    self.compare(&Tensor::full(rhs, (), self.dtype(), self.device())?, CmpOp::$op)
+                    self.compare_scalar(rhs, CmpOp::$op)
                 }
             )*
         }
@@ -149,6 +150,31 @@ impl Tensor {
     /// Any [`BinaryOp`] by value, broadcasting (the named methods call this).
     pub fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         apply(Binary(op), &[self, rhs])
+    }
+    /// A comparison with a scalar, as PyTorch computes it: a float tensor rounds the scalar
+    /// to its dtype (past its range, to ±∞); an integer tensor compares exactly, so a
+    /// fraction or a value outside the dtype's range is not first rounded into it (i64 `3 <
+    /// 3.5` is true, u8 `255 == 300` false). Those compare in f64: exact for every u8, and for
+    /// i64 values up to 2⁵³ in magnitude.
+    pub fn compare_scalar(&self, rhs: f64, op: CmpOp) -> Result<Tensor> {
+        let dt = self.dtype();
+        let holds = |lo: f64, hi: f64| rhs.fract() == 0.0 && rhs >= lo && rhs <= hi;
+        let exact = match dt {
+            DType::U8 => holds(0.0, 255.0),
+            // Every integer f64 in i64's range converts exactly (2^63 itself is outside).
+            DType::I64 => holds(-9_223_372_036_854_775_808.0, 9_223_372_036_854_774_784.0),
+            _ => true,
+        };
+        let scalar = |dtype: DType| -> Result<Tensor> {
+            // Storage::full converts as a cast does (floats round, ±∞ past their range).
+            let s = Storage::full(&Shape::scalar(), dtype, rhs, self.device())?;
+            Ok(Tensor::from_contiguous(s, Shape::scalar()))
+        };
+        if exact {
+            self.compare(&scalar(dt)?, op)
+        } else {
+            self.to_dtype(DType::F64)?.compare(&scalar(DType::F64)?, op)
+        }
     }
     /// A comparison (not differentiable: the result never tracks gradients).
     pub fn compare(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
