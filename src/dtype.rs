@@ -89,7 +89,22 @@ macro_rules! with_dtype {
 
 with_dtype!(f32, F32, |v: f64| v as f32, |v: f32| v as f64);
 with_dtype!(f64, F64, |v: f64| v, |v: f64| v);
-with_dtype!(f16, F16, f16::from_f64, f16::to_f64);
-with_dtype!(bf16, BF16, bf16::from_f64, bf16::to_f64);
+with_dtype!(f16, F16, |v: f64| f16::from_f32(f64_to_f32_odd(v)), f16::to_f64);
+with_dtype!(bf16, BF16, |v: f64| bf16::from_f32(f64_to_f32_odd(v)), bf16::to_f64);
+
+/// `v` rounded to f32 *to odd*: exact when f32 holds it, else the neighbour toward zero with
+/// its last bit set. Rounding that to f16 or bf16 (at least 2 bits narrower) to nearest even
+/// then gives `v` rounded once, which the `half` crate's `from_f64` does not: it drops the low
+/// 32 bits of the f64 first, so 1 + 2⁻⁸ + 2⁻⁴⁰ became bf16 1 instead of 1 + 2⁻⁷. The CUDA
+/// kernels do the same (`tf_d2b`, `cvt.rn.f16.f64`).
+fn f64_to_f32_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if f.is_nan() || f as f64 == v {
+        return f;
+    }
+    // One step toward zero when rounding went away from it (also from ±inf to ±MAX).
+    let toward_zero = if (f as f64).abs() > v.abs() { f32::from_bits(f.to_bits() - 1) } else { f };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
 with_dtype!(i64, I64, |v: f64| v as i64, |v: i64| v as f64);
 with_dtype!(u8, U8, |v: f64| v as u8, |v: u8| v as f64);

@@ -147,3 +147,31 @@ fn comparisons_with_a_scalar_are_exact_for_integer_tensors() {
     assert_eq!(h.eq_scalar(0.1).unwrap().to_vec_f64().unwrap(), vec![1.0, 0.0]);
     assert_eq!(h.lt_scalar(1e6).unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0], "1e6 rounds to +inf in f16");
 }
+
+/// Every cast and `full` rounds once, to nearest even: f64 → bf16/f16 does not go through f32
+/// (1 + 2⁻⁸ + 2⁻⁴⁰ is above the bf16 midpoint 1 + 2⁻⁸, so it rounds up to 1 + 2⁻⁷), and f32 →
+/// bf16 is round-to-nearest-even on ties and near-ties.
+#[test]
+fn casts_round_once_to_nearest_even() {
+    let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+    let want_bf16 = 1.0 + 2f64.powi(-7);
+    let t = Tensor::from_vec(vec![v], 1, CPU).unwrap();
+    assert_eq!(t.to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap(), vec![want_bf16], "cast f64 -> bf16");
+    assert_eq!(Tensor::full(v, 1, DType::BF16, CPU).unwrap().to_vec_f64().unwrap(), vec![want_bf16], "full bf16");
+    // f16 has 10 fraction bits: 1 + 2^-11 is the midpoint; a hair above rounds up.
+    let v16 = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+    let want_f16 = 1.0 + 2f64.powi(-10);
+    let t = Tensor::from_vec(vec![v16], 1, CPU).unwrap();
+    assert_eq!(t.to_dtype(DType::F16).unwrap().to_vec_f64().unwrap(), vec![want_f16], "cast f64 -> f16");
+    assert_eq!(Tensor::full(v16, 1, DType::F16, CPU).unwrap().to_vec_f64().unwrap(), vec![want_f16], "full f16");
+    // f32 -> bf16: exact ties go to even, and anything past a tie goes up.
+    let cases: [(f32, f64); 3] = [
+        (1.0 + 2f32.powi(-8), 1.0),                                  // tie, 1.0 is even
+        (1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f64.powi(-6)),            // tie, rounds to even above
+        (1.0 + 2f32.powi(-8) + 2f32.powi(-20), 1.0 + 2f64.powi(-7)), // past the tie
+    ];
+    for (x, want) in cases {
+        let got = Tensor::from_vec(vec![x], 1, CPU).unwrap().to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap()[0];
+        assert_eq!(got, want, "f32 {x} -> bf16");
+    }
+}

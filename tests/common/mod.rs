@@ -66,12 +66,30 @@ pub fn assert_close_tol(got: &[f64], want: &[f64], (atol, rtol): (f64, f64), wha
 }
 
 /// Rounds an f64 to what `dtype` can hold (as the engine stores it).
+/// `v` rounded once to nearest even among a 16-bit format's values: the closest of `guess`
+/// (any rounding of v) and its two neighbours, ties to the even bit pattern. Independent of
+/// how the engine converts.
+fn nearest_even(v: f64, guess: u16, value: impl Fn(u16) -> f64) -> f64 {
+    if !v.is_finite() {
+        return value(guess);
+    }
+    let mut best = (f64::INFINITY, 0u16);
+    for b in [guess.wrapping_sub(1), guess, guess.wrapping_add(1)] {
+        let c = value(b);
+        let d = (c - v).abs();
+        if d < best.0 || (d == best.0 && b % 2 == 0) {
+            best = (d, b);
+        }
+    }
+    value(best.1)
+}
+
 pub fn round_to(v: f64, dtype: DType) -> f64 {
     match dtype {
         DType::F64 => v,
         DType::F32 => v as f32 as f64,
-        DType::F16 => half::f16::from_f64(v).to_f64(),
-        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        DType::F16 => nearest_even(v, half::f16::from_f64(v).to_bits(), |b| half::f16::from_bits(b).to_f64()),
+        DType::BF16 => nearest_even(v, half::bf16::from_f64(v).to_bits(), |b| half::bf16::from_bits(b).to_f64()),
         DType::I64 => v.trunc(),
         DType::U8 => v.trunc().clamp(0.0, 255.0),
     }
