@@ -175,3 +175,20 @@ fn casts_round_once_to_nearest_even() {
         assert_eq!(got, want, "f32 {x} -> bf16");
     }
 }
+
+#[test]
+fn integer_division_by_zero_is_an_error() {
+    let a = Tensor::from_vec(vec![7i64, 8, 9], 3, CPU).unwrap();
+    let b = Tensor::from_vec(vec![2i64, 0, 3], 3, CPU).unwrap();
+    let e = a.div(&b).unwrap_err().to_string();
+    assert!(e.contains("division by zero"), "{e}");
+    let u = Tensor::from_vec(vec![7u8, 8], 2, CPU).unwrap();
+    assert!(u.div(&Tensor::from_vec(vec![0u8], 1, CPU).unwrap()).is_err(), "broadcast zero");
+    assert_eq!(
+        a.div(&Tensor::from_vec(vec![2i64, -3, 3], 3, CPU).unwrap()).unwrap().to_vec_f64().unwrap(),
+        vec![3.0, -2.0, 3.0]
+    );
+    // Floats divide by zero as IEEE says.
+    let f = Tensor::from_vec(vec![1.0f32], 1, CPU).unwrap();
+    assert_eq!(f.div(&Tensor::zeros(1, DType::F32, CPU).unwrap()).unwrap().to_vec_f64().unwrap(), vec![f64::INFINITY]);
+}

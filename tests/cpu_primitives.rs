@@ -206,14 +206,16 @@ fn binary_ops_broadcast_match_reference() -> Result<()> {
 }
 
 #[test]
-fn maximum_propagates_nan_and_int_division_by_zero_is_zero() -> Result<()> {
+fn maximum_propagates_nan_and_int_division_truncates() -> Result<()> {
     let a = Tensor::from_vec(vec![f32::NAN, 1.0], 2, Device::Cpu)?;
     let b = Tensor::from_vec(vec![0f32, f32::NAN], 2, Device::Cpu)?;
     assert!(a.maximum(&b)?.to_vec1::<f32>()?.iter().all(|x| x.is_nan()));
     assert!(a.minimum(&b)?.to_vec1::<f32>()?.iter().all(|x| x.is_nan()));
     let i = Tensor::from_vec(vec![7i64, -7], 2, Device::Cpu)?;
-    let z = Tensor::from_vec(vec![0i64, 2], 2, Device::Cpu)?;
-    assert_eq!(i.div(&z)?.to_vec1::<i64>()?, vec![0, -3]);
+    let z = Tensor::from_vec(vec![-2i64, 2], 2, Device::Cpu)?;
+    assert_eq!(i.div(&z)?.to_vec1::<i64>()?, vec![-3, -3], "toward zero");
+    // By zero: an Err, as PyTorch raises (tests/bad_input.rs).
+    assert!(i.div(&Tensor::from_vec(vec![0i64, 2], 2, Device::Cpu)?).is_err());
     Ok(())
 }
 

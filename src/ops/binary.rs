@@ -96,7 +96,7 @@ macro_rules! binary_methods {
             $(
                 $(#[$doc])*
                 pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> {
-                    apply(Binary(BinaryOp::$op), &[self, rhs])
+                    self.binary_op(rhs, BinaryOp::$op)
                 }
             )*
         }
@@ -148,7 +148,21 @@ cmp_methods!(
 
 impl Tensor {
     /// Any [`BinaryOp`] by value, broadcasting (the named methods call this).
+    ///
+    /// Integer division by zero is an `Err` on every device, as PyTorch raises
+    /// `ZeroDivisionError` (the kernels would otherwise give 0).
     pub fn binary_op(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if op == BinaryOp::Div && !rhs.dtype().is_float() && rhs.elem_count() > 0 {
+            let zeros = rhs.eq_scalar(0.0)?.sum_all()?.to_vec_f64()?;
+            if zeros.first().is_some_and(|&z| z > 0.0) {
+                return Err(Error::msg(format!(
+                    "div: integer division by zero ({} zero divisor{} in a {:?} tensor)",
+                    zeros[0],
+                    if zeros[0] == 1.0 { "" } else { "s" },
+                    rhs.dtype()
+                )));
+            }
+        }
         apply(Binary(op), &[self, rhs])
     }
     /// A comparison with a scalar, as PyTorch computes it: a float tensor rounds the scalar
