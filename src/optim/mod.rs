@@ -201,7 +201,9 @@ fn fused_step(p: &Tensor, g: &Tensor, state: &mut Vec<Tensor>, rule: &OptimRule)
         });
     }
     let g = if g.dtype() != p.dtype() { g.to_dtype(p.dtype())? } else { g.clone() };
-    let g = if owns_whole_buffer(&g) { g } else { g.copy()? };
+    // A gradient sharing the parameter's buffer (a backward that returned its input as the
+    // gradient) would need the buffer's read and write locks at once: update from a copy.
+    let g = if owns_whole_buffer(&g) && !g.same_storage(p) { g } else { g.copy()? };
     if state.len() != rule.state_count() {
         *state = (0..rule.state_count()).map(|_| p.zeros_like()).collect::<Result<_>>()?;
     }

@@ -1,0 +1,56 @@
+//! Calls that used to deadlock on the storage locks (a read guard held while the same
+//! buffer's write lock was requested) complete, with the right values. Each runs on a thread
+//! with a deadline, so a regression fails the test instead of hanging CI.
+
+use std::sync::mpsc;
+use std::time::Duration;
+use tensorforge::custom::{CpuKernel, CustomOp, Float};
+use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
+use tensorforge::param::ParameterStore;
+use tensorforge::{DType, Device, Tensor};
+
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{what}: no answer in 30 s (deadlock?)"))
+}
+
+#[test]
+fn a_store_restores_a_snapshot_of_itself() {
+    within("load_tensors(named_tensors())", || {
+        let mut store = ParameterStore::new(Device::Cpu);
+        store.insert("w", Tensor::from_vec(vec![1.0f32, 2.0, 3.0], 3, Device::Cpu).unwrap()).unwrap();
+        let snapshot = store.named_tensors();
+        store.load_tensors(snapshot).unwrap();
+        assert_eq!(store.get("w").unwrap().to_vec_f64().unwrap(), vec![1.0, 2.0, 3.0]);
+        // A transposed view of itself really copies.
+        let w2 = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], (2, 2), Device::Cpu).unwrap();
+        store.insert("m", w2).unwrap();
+        let t = store.get("m").unwrap().transpose(0, 1).unwrap();
+        store.load_tensors(vec![("m".into(), t)]).unwrap();
+        assert_eq!(store.get("m").unwrap().to_vec_f64().unwrap(), vec![1.0, 3.0, 2.0, 4.0]);
+    });
+}
+
+struct Identity;
+impl CpuKernel for Identity {
+    fn forward<T: Float>(&self, x: &[&[T]], out: &mut [T], _s: &[f64]) {
+        out.copy_from_slice(x[0]);
+    }
+}
+
+#[test]
+fn a_gradient_that_is_the_parameter_itself_updates_it() {
+    within("Sgd::step with a gradient aliasing its parameter", || {
+        // A (wrong, but legal) backward that returns its input as the gradient: the
+        // parameter's gradient then shares the parameter's buffer.
+        let op = CustomOp::new("alias_grad", Identity).unwrap().backward(|x, _y, _g| Ok(vec![Some(x[0].clone())]));
+        let p = Tensor::from_vec(vec![1.0f64, -2.0], 2, Device::Cpu).unwrap().requires_grad();
+        let mut opt = Sgd::new(vec![p.clone()], SgdConfig { lr: 0.5, ..Default::default() }).unwrap();
+        op.apply(&[&p]).unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step().unwrap();
+        assert_eq!(p.to_vec_f64().unwrap(), vec![0.5, -1.0], "p - 0.5 p");
+    });
+}
