@@ -7,7 +7,7 @@ use std::time::Duration;
 use tensorforge::custom::{CpuKernel, CustomOp, Float};
 use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
 use tensorforge::param::ParameterStore;
-use tensorforge::{DType, Device, Tensor};
+use tensorforge::{Device, Tensor};
 
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
