@@ -72,6 +72,78 @@ impl Loss for MseLoss {
     }
 }
 
+/// PyTorch's `smooth_l1_loss`: per element `0.5·d²/β` where `d = |y − t| < β`, else
+/// `d − 0.5·β`; `β = 0` is the L1 loss.
+///
+/// ```
+/// use tensorforge::{Tensor, Device, nn::{Loss, SmoothL1Loss}};
+/// let y = Tensor::from_vec(vec![0.0f64, 3.0], 2, Device::Cpu)?;
+/// let t = Tensor::from_vec(vec![0.5f64, 0.0], 2, Device::Cpu)?;
+/// // (0.5·0.25/1 + (3 − 0.5)) / 2
+/// assert_eq!(SmoothL1Loss::new(1.0).loss(&y, &t)?.item()?, (0.125 + 2.5) / 2.0);
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SmoothL1Loss {
+    /// Where the quadratic part ends (≥ 0).
+    pub beta: f64,
+    /// How to reduce.
+    pub reduction: Reduction,
+}
+
+impl SmoothL1Loss {
+    /// The mean form with this `beta` (PyTorch's default is 1).
+    pub fn new(beta: f64) -> Self {
+        SmoothL1Loss { beta, reduction: Reduction::Mean }
+    }
+}
+
+impl Loss for SmoothL1Loss {
+    fn loss(&self, p: &Tensor, t: &Tensor) -> Result<Tensor> {
+        same_shape("smooth_l1_loss", p, t)?;
+        if !(self.beta >= 0.0 && self.beta.is_finite()) {
+            return Err(Error::msg(format!("smooth_l1_loss: beta must be finite and >= 0, got {}", self.beta)));
+        }
+        let d = p.sub(t)?.abs()?;
+        if self.beta == 0.0 {
+            return self.reduction.apply(&d);
+        }
+        let quad = d.sqr()?.mul_scalar(0.5 / self.beta)?;
+        let lin = d.add_scalar(-0.5 * self.beta)?;
+        self.reduction.apply(&d.lt_scalar(self.beta)?.where_cond(&quad, &lin)?)
+    }
+}
+
+/// PyTorch's `huber_loss`: per element `0.5·d²` where `d = |y − t| < δ`, else
+/// `δ·(d − 0.5·δ)` (smooth L1 scaled by δ).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HuberLoss {
+    /// Where the quadratic part ends (> 0).
+    pub delta: f64,
+    /// How to reduce.
+    pub reduction: Reduction,
+}
+
+impl HuberLoss {
+    /// The mean form with this `delta` (PyTorch's default is 1).
+    pub fn new(delta: f64) -> Self {
+        HuberLoss { delta, reduction: Reduction::Mean }
+    }
+}
+
+impl Loss for HuberLoss {
+    fn loss(&self, p: &Tensor, t: &Tensor) -> Result<Tensor> {
+        same_shape("huber_loss", p, t)?;
+        if !(self.delta > 0.0 && self.delta.is_finite()) {
+            return Err(Error::msg(format!("huber_loss: delta must be finite and > 0, got {}", self.delta)));
+        }
+        let d = p.sub(t)?.abs()?;
+        let quad = d.sqr()?.mul_scalar(0.5)?;
+        let lin = d.add_scalar(-0.5 * self.delta)?.mul_scalar(self.delta)?;
+        self.reduction.apply(&d.lt_scalar(self.delta)?.where_cond(&quad, &lin)?)
+    }
+}
+
 /// pytensor's square error `½·Σ(y − t)²`: its gradient is exactly `y − t`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SquareError;

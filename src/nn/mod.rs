@@ -35,7 +35,9 @@ pub use ctc::{CtcLoss, ctc_loss};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use loss::{BceWithLogitsLoss, CrossEntropyLoss, Loss, MseLoss, NllLoss, Reduction, SquareError};
+pub use loss::{
+    BceWithLogitsLoss, CrossEntropyLoss, HuberLoss, Loss, MseLoss, NllLoss, Reduction, SmoothL1Loss, SquareError,
+};
 pub use norm::{BatchNorm, LayerNorm};
 pub use rnn::{GRU, GRUCell, LSTM, LSTMCell, Nonlinearity, RNN, RNNCell, RnnOptions};
 

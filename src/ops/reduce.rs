@@ -116,6 +116,39 @@ impl Tensor {
     pub fn sum_keepdim(&self, axes: &[isize]) -> Result<Tensor> {
         self.reduce_impl(ReduceOp::Sum, axes, true)
     }
+    /// `log Σ exp(x)` over `axes` (all when empty), stable as PyTorch's `logsumexp`: the
+    /// maximum is subtracted first (and added back), a row of −∞ gives −∞ and a +∞ gives +∞.
+    /// The gradient is the softmax over `axes`.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![1000.0f64, 1000.0, 0.0, f64::NEG_INFINITY], (2, 2), Device::Cpu)?;
+    /// let y = x.logsumexp(&[1], false)?.to_vec_f64()?;
+    /// assert!((y[0] - (1000.0 + 2f64.ln())).abs() < 1e-12 && y[1] == 0.0);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn logsumexp(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        // The shift is a constant for autograd (it cancels); an infinite maximum shifts by 0.
+        let m = self.max_keepdim(axes)?.detach();
+        let m = m.abs()?.lt_scalar(f64::INFINITY)?.where_cond(&m, &m.zeros_like()?)?;
+        let lse = self.sub(&m)?.exp()?.sum_keepdim(axes)?.log()?.add(&m)?;
+        if keepdim {
+            return Ok(lse);
+        }
+        let ranked: Vec<usize> = if axes.is_empty() {
+            Vec::new()
+        } else {
+            let mut a: Vec<usize> = axes
+                .iter()
+                .map(|&ax| crate::shape::resolve_axis(ax, self.rank(), "logsumexp"))
+                .collect::<Result<_>>()?;
+            a.sort_unstable();
+            a
+        };
+        let dims: Vec<usize> =
+            (0..self.rank()).filter(|a| !(ranked.is_empty() || ranked.contains(a))).map(|a| self.dims()[a]).collect();
+        lse.reshape(dims)
+    }
     /// Sum of all elements (rank 0).
     pub fn sum_all(&self) -> Result<Tensor> {
         self.sum(&[])

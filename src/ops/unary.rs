@@ -2,7 +2,7 @@
 
 use crate::autograd::{Gradients, Operation, apply};
 use crate::backend::{ScalarOp, UnaryOp};
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// An elementwise function (see [`UnaryOp`]).
 pub struct Unary(pub UnaryOp);
@@ -180,6 +180,26 @@ impl Tensor {
         let safe = zero.where_cond(&self.ones_like()?, self)?;
         let phi = safe.gelu()?.div(&safe)?;
         zero.where_cond(&self.full_like(0.5)?, &phi)
+    }
+    /// PyTorch's `softplus(x, beta, threshold)`: `log(1 + e^{βx}) / β`, and `x` itself where
+    /// `βx > threshold` (where the two agree to within rounding).
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![-1.0f64, 0.0, 30.0], 3, Device::Cpu)?;
+    /// let y = x.softplus_with(2.0, 20.0)?.to_vec_f64()?;
+    /// assert!((y[1] - 2f64.ln() / 2.0).abs() < 1e-15 && y[2] == 30.0);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn softplus_with(&self, beta: f64, threshold: f64) -> Result<Tensor> {
+        if !(beta.is_finite() && beta != 0.0) || threshold.is_nan() {
+            return Err(Error::msg(format!(
+                "softplus: needs a finite non-zero beta, got beta {beta}, threshold {threshold}"
+            )));
+        }
+        let bx = self.mul_scalar(beta)?;
+        let soft = bx.softplus()?.mul_scalar(1.0 / beta)?;
+        bx.gt_scalar(threshold)?.where_cond(self, &soft)
     }
     /// A tensor of this one's shape, dtype and device filled with `v`.
     pub fn full_like(&self, v: f64) -> Result<Tensor> {

@@ -1,0 +1,90 @@
+//! PyTorch options composed from the engine's ops: `softplus(beta, threshold)`,
+//! `logsumexp(axes, keepdim)`, `smooth_l1_loss(beta)` and `huber_loss(delta)`. Values against
+//! PyTorch's formulas in f64 (computed here element by element), gradients by finite
+//! differences; being compositions, they run on every device.
+
+use tensorforge::gradcheck::gradcheck;
+use tensorforge::nn::{HuberLoss, Loss, Reduction, SmoothL1Loss};
+use tensorforge::{Device, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+fn t(v: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape.to_vec(), CPU).unwrap()
+}
+
+#[test]
+fn softplus_with_beta_and_threshold() {
+    let xs = [-3.0, -0.5, 0.0, 0.7, 4.0, 9.0, 11.0];
+    for (beta, threshold) in [(1.0, 20.0), (2.0, 20.0), (0.5, 3.0), (3.0, 10.0)] {
+        let got = t(&xs, &[7]).softplus_with(beta, threshold).unwrap().to_vec_f64().unwrap();
+        for (x, g) in xs.iter().zip(&got) {
+            let want = if beta * x > threshold { *x } else { (1.0 + (beta * x).exp()).ln() / beta };
+            assert!((g - want).abs() <= 1e-14 * (1.0 + want.abs()), "beta {beta} thr {threshold} x {x}: {g} vs {want}");
+        }
+        // Away from the switch point (where the two branches differ by rounding only).
+        let xs_g = [-2.0, -0.3, 0.4, 1.1];
+        gradcheck(|v| v[0].softplus_with(beta, threshold), &[t(&xs_g, &[4]).requires_grad()]).unwrap();
+    }
+    assert!(t(&xs, &[7]).softplus_with(0.0, 20.0).is_err());
+}
+
+#[test]
+fn logsumexp_over_axes() {
+    let v: Vec<f64> = (0..24).map(|i| ((i * 7) % 11) as f64 * 0.37 - 2.0).collect();
+    let x = t(&v, &[2, 3, 4]);
+    let want = |idx: &dyn Fn(usize, usize, usize) -> bool| {
+        let s: f64 = (0..24).filter(|&i| idx(i / 12, i / 4 % 3, i % 4)).map(|i| v[i].exp()).sum();
+        s.ln()
+    };
+    let got = x.logsumexp(&[1], false).unwrap();
+    assert_eq!(got.dims(), &[2, 4]);
+    for (k, g) in got.to_vec_f64().unwrap().iter().enumerate() {
+        let w = want(&|a, _b, c| a == k / 4 && c == k % 4);
+        assert!((g - w).abs() < 1e-13, "{g} vs {w}");
+    }
+    assert_eq!(x.logsumexp(&[0, 2], true).unwrap().dims(), &[1, 3, 1]);
+    assert_eq!(x.logsumexp(&[], false).unwrap().dims(), &[] as &[usize]);
+    assert!((x.logsumexp(&[], false).unwrap().item().unwrap() - want(&|_, _, _| true)).abs() < 1e-12);
+    // Huge, -inf and +inf rows.
+    let e = t(&[1e300, 1e300, f64::NEG_INFINITY, f64::NEG_INFINITY, f64::INFINITY, 0.0], &[3, 2]);
+    let y = e.logsumexp(&[1], false).unwrap().to_vec_f64().unwrap();
+    assert_eq!(y[0], 1e300 + 2f64.ln());
+    assert_eq!(y[1], f64::NEG_INFINITY);
+    assert_eq!(y[2], f64::INFINITY);
+    gradcheck(|a| a[0].logsumexp(&[-1], false), &[x.requires_grad()]).unwrap();
+    gradcheck(|a| a[0].logsumexp(&[0, 2], true), &[t(&v, &[2, 3, 4]).requires_grad()]).unwrap();
+}
+
+#[test]
+fn smooth_l1_and_huber_losses() {
+    let p: [f64; 6] = [0.0, 0.3, -2.0, 5.0, 1.2, -0.7];
+    let q: [f64; 6] = [0.5, 0.0, 1.0, 1.0, 1.0, -0.6];
+    let d: Vec<f64> = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).collect();
+    for beta in [1.0, 0.5, 2.0, 0.0] {
+        let per: Vec<f64> = d.iter().map(|&d| if d < beta { 0.5 * d * d / beta } else { d - 0.5 * beta }).collect();
+        for (reduction, want) in
+            [(Reduction::Mean, per.iter().sum::<f64>() / 6.0), (Reduction::Sum, per.iter().sum::<f64>())]
+        {
+            let got = SmoothL1Loss { beta, reduction }.loss(&t(&p, &[2, 3]), &t(&q, &[2, 3])).unwrap().item().unwrap();
+            assert!((got - want).abs() < 1e-14, "smooth_l1 beta {beta}: {got} vs {want}");
+        }
+        let none = SmoothL1Loss { beta, reduction: Reduction::None }.loss(&t(&p, &[6]), &t(&q, &[6])).unwrap();
+        for (g, w) in none.to_vec_f64().unwrap().iter().zip(&per) {
+            assert!((g - w).abs() < 1e-15);
+        }
+    }
+    for delta in [1.0, 0.5, 3.0] {
+        let per: Vec<f64> =
+            d.iter().map(|&d| if d < delta { 0.5 * d * d } else { delta * (d - 0.5 * delta) }).collect();
+        let got = HuberLoss::new(delta).loss(&t(&p, &[6]), &t(&q, &[6])).unwrap().item().unwrap();
+        let want = per.iter().sum::<f64>() / 6.0;
+        assert!((got - want).abs() < 1e-14, "huber delta {delta}: {got} vs {want}");
+        let target = t(&q, &[6]);
+        gradcheck(move |a| HuberLoss::new(delta).loss(&a[0], &target), &[t(&p, &[6]).requires_grad()]).unwrap();
+    }
+    let target = t(&q, &[6]);
+    gradcheck(move |a| SmoothL1Loss::new(1.0).loss(&a[0], &target), &[t(&p, &[6]).requires_grad()]).unwrap();
+    assert!(HuberLoss::new(0.0).loss(&t(&p, &[6]), &t(&q, &[6])).is_err());
+    assert!(SmoothL1Loss::new(-1.0).loss(&t(&p, &[6]), &t(&q, &[6])).is_err());
+}
