@@ -88,3 +88,22 @@ fn smooth_l1_and_huber_losses() {
     assert!(HuberLoss::new(0.0).loss(&t(&p, &[6]), &t(&q, &[6])).is_err());
     assert!(SmoothL1Loss::new(-1.0).loss(&t(&p, &[6]), &t(&q, &[6])).is_err());
 }
+
+/// Elementwise maximum/minimum send the gradient to the larger/smaller operand and split a
+/// tie half and half, as PyTorch.
+#[test]
+fn maximum_and_minimum_split_ties() {
+    let a = t(&[1.0, 2.0, 3.0], &[3]).requires_grad();
+    let b = t(&[1.0, 5.0, 0.0], &[3]).requires_grad();
+    a.maximum(&b).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(a.grad().unwrap().to_vec_f64().unwrap(), vec![0.5, 0.0, 1.0]);
+    assert_eq!(b.grad().unwrap().to_vec_f64().unwrap(), vec![0.5, 1.0, 0.0]);
+    let (a, b) = (t(&[1.0, 2.0, 3.0], &[3]).requires_grad(), t(&[1.0, 5.0, 0.0], &[3]).requires_grad());
+    a.minimum(&b).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(a.grad().unwrap().to_vec_f64().unwrap(), vec![0.5, 1.0, 0.0]);
+    assert_eq!(b.grad().unwrap().to_vec_f64().unwrap(), vec![0.5, 0.0, 1.0]);
+    // x.maximum(x): both halves land on x, a gradient of 1.
+    let x = t(&[2.0, -1.0], &[2]).requires_grad();
+    x.maximum(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0]);
+}

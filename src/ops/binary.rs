@@ -41,10 +41,12 @@ impl Operation for Binary {
                 (ga, gb)
             }
             BinaryOp::Maximum | BinaryOp::Minimum => {
-                // Ties go to the left operand.
-                let left = if self.0 == BinaryOp::Maximum { a.ge(b)? } else { a.le(b)? };
+                // The winner takes the gradient; a tie splits it half and half (PyTorch).
+                let (a_wins, b_wins) =
+                    if self.0 == BinaryOp::Maximum { (a.gt(b)?, a.lt(b)?) } else { (a.lt(b)?, a.gt(b)?) };
                 let zero = g.zeros_like()?;
-                (left.where_cond(g, &zero)?, left.where_cond(&zero, g)?)
+                let tie = a.eq(b)?.where_cond(&g.mul_scalar(0.5)?, &zero)?;
+                (a_wins.where_cond(g, &tie)?, b_wins.where_cond(g, &tie)?)
             }
         };
         if a.tracks_grad() {
