@@ -169,7 +169,11 @@ fn loss_values_by_hand() {
     // BCE with logits: stable at ±100, and log 2 at 0.
     let x = t64(&[0.0, 100.0, -100.0], &[3]);
     let t = t64(&[1.0, 1.0, 0.0], &[3]);
-    let b = BceWithLogitsLoss { reduction: Reduction::None }.loss(&x, &t).unwrap().to_vec1::<f64>().unwrap();
+    let b = BceWithLogitsLoss { reduction: Reduction::None, pos_weight: None }
+        .loss(&x, &t)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert!((b[0] - 2f64.ln()).abs() < 1e-12 && b[1].abs() < 1e-12 && b[2].abs() < 1e-12, "{b:?}");
     let x32 = Tensor::from_vec(vec![200f32, -200.0], 2, Device::Cpu).unwrap();
     let t32 = Tensor::from_vec(vec![0f32, 1.0], 2, Device::Cpu).unwrap();

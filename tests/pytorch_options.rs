@@ -107,3 +107,30 @@ fn maximum_and_minimum_split_ties() {
     x.maximum(&x).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0]);
 }
+
+/// BCE with logits and `pos_weight`, against PyTorch's definition
+/// `−[p·t·log σ(x) + (1−t)·log(1−σ(x))]` with one weight per class (last axis).
+#[test]
+fn bce_with_logits_pos_weight() {
+    use tensorforge::nn::BceWithLogitsLoss;
+    let x = [-2.0, 0.3, 4.0, 1.5, -0.7, 0.0];
+    let y = [1.0, 0.0, 1.0, 0.25, 1.0, 0.0];
+    let pw = [3.0, 0.5, 1.0];
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let want: f64 = (0..6)
+        .map(|i| {
+            let p = pw[i % 3];
+            -(p * y[i] * sig(x[i]).ln() + (1.0 - y[i]) * (1.0 - sig(x[i])).ln())
+        })
+        .sum::<f64>()
+        / 6.0;
+    let loss = BceWithLogitsLoss::with_pos_weight(t(&pw, &[3]));
+    let got = loss.loss(&t(&x, &[2, 3]), &t(&y, &[2, 3])).unwrap().item().unwrap();
+    assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+    // Without pos_weight it is the plain loss; with all-ones weights, the same.
+    let plain = BceWithLogitsLoss::new().loss(&t(&x, &[2, 3]), &t(&y, &[2, 3])).unwrap().item().unwrap();
+    let ones = BceWithLogitsLoss::with_pos_weight(t(&[1.0; 3], &[3]));
+    assert!((ones.loss(&t(&x, &[2, 3]), &t(&y, &[2, 3])).unwrap().item().unwrap() - plain).abs() < 1e-15);
+    let target = t(&y, &[2, 3]);
+    gradcheck(move |a| loss.loss(&a[0], &target), &[t(&x, &[2, 3]).requires_grad()]).unwrap();
+}

@@ -246,10 +246,15 @@ impl Loss for NllLoss {
 /// Binary cross-entropy from logits against float targets in `[0, 1]` (same shape):
 /// `softplus(x) − x·t`, which equals `−t·log σ(x) − (1−t)·log(1−σ(x))` but never takes the
 /// log of a saturated sigmoid (the softplus kernel is the stable `max(x,0) + log1p(e^−|x|)`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// With PyTorch's `pos_weight` `p` (broadcast against the target, typically one weight per
+/// class): `−p·t·log σ(x) − (1−t)·log(1−σ(x))`, computed as `(1−t)·x + (1 + (p−1)·t)·softplus(−x)`.
+#[derive(Clone, Debug, Default)]
 pub struct BceWithLogitsLoss {
     /// How to reduce.
     pub reduction: Reduction,
+    /// The weight of the positive term, broadcast against the target (none: 1).
+    pub pos_weight: Option<Tensor>,
 }
 
 impl BceWithLogitsLoss {
@@ -257,11 +262,22 @@ impl BceWithLogitsLoss {
     pub fn new() -> Self {
         Self::default()
     }
+    /// With PyTorch's `pos_weight`.
+    pub fn with_pos_weight(pos_weight: Tensor) -> Self {
+        BceWithLogitsLoss { pos_weight: Some(pos_weight), ..Self::default() }
+    }
 }
 
 impl Loss for BceWithLogitsLoss {
     fn loss(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         same_shape("bce_with_logits", x, t)?;
-        self.reduction.apply(&x.softplus()?.sub(&x.mul(t)?)?)
+        let per = match &self.pos_weight {
+            None => x.softplus()?.sub(&x.mul(t)?)?,
+            Some(p) => {
+                let weight = p.add_scalar(-1.0)?.mul(t)?.add_scalar(1.0)?;
+                t.neg()?.add_scalar(1.0)?.mul(x)?.add(&weight.mul(&x.neg()?.softplus()?)?)?
+            }
+        };
+        self.reduction.apply(&per)
     }
 }
