@@ -134,3 +134,32 @@ fn bce_with_logits_pos_weight() {
     let target = t(&y, &[2, 3]);
     gradcheck(move |a| loss.loss(&a[0], &target), &[t(&x, &[2, 3]).requires_grad()]).unwrap();
 }
+
+/// `pow`/`powf` gradients at base 0 or below with integer exponents, and with exponent 0, as
+/// PyTorch computes them (no NaN from 0·∞ or exp(b·ln a)).
+#[test]
+fn pow_gradients_at_zero_and_negative_bases() {
+    let grad_powf = |x: f64, e: f64| {
+        let t = t(&[x], &[1]).requires_grad();
+        t.powf(e).unwrap().sum_all().unwrap().backward().unwrap();
+        t.grad().unwrap().to_vec_f64().unwrap()[0]
+    };
+    assert_eq!(grad_powf(-3.0, 2.0), -6.0);
+    assert_eq!(grad_powf(0.0, 2.0), 0.0);
+    assert_eq!(grad_powf(0.0, 3.0), 0.0);
+    assert_eq!(grad_powf(-2.0, 3.0), 12.0);
+    assert_eq!(grad_powf(0.0, 0.0), 0.0);
+    assert_eq!(grad_powf(5.0, 0.0), 0.0);
+    let grad_pow = |x: f64, e: f64| {
+        let (a, b) = (t(&[x], &[1]).requires_grad(), t(&[e], &[1]).requires_grad());
+        a.pow(&b).unwrap().sum_all().unwrap().backward().unwrap();
+        (a.grad().unwrap().to_vec_f64().unwrap()[0], b.grad().unwrap().to_vec_f64().unwrap()[0])
+    };
+    assert_eq!(grad_pow(-3.0, 2.0).0, -6.0);
+    assert_eq!(grad_pow(0.0, 2.0), (0.0, 0.0));
+    assert_eq!(grad_pow(0.0, 3.0), (0.0, 0.0));
+    assert_eq!(grad_pow(0.0, 0.0), (0.0, 0.0));
+    let (ga, gb) = grad_pow(2.0, 3.0);
+    assert_eq!(ga, 12.0);
+    assert!((gb - 8.0 * 2f64.ln()).abs() < 1e-14);
+}

@@ -35,9 +35,17 @@ impl Operation for Binary {
             BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
             BinaryOp::Div => (g.div(b)?, g.mul(y)?.div(b)?.neg()?),
             BinaryOp::Pow => {
-                // d/da a^b = b·a^(b-1) = b·y/a; d/db = y·ln a (only used where a > 0).
+                // d/da a^b = b·a^(b-1), and 0 where b = 0 (not 0·a⁻¹, NaN at a = 0);
+                // d/db = y·ln a, and 0 where a = 0 and b >= 0 (not 0·(−∞)): PyTorch's rules.
+                let zero = g.zeros_like()?;
                 let ga = g.mul(&b.mul(&a.pow(&b.add_scalar(-1.0)?)?)?)?;
-                let gb = if b.tracks_grad() { g.mul(&y.mul(&a.log()?)?)? } else { g.zeros_like()? };
+                let ga = b.eq_scalar(0.0)?.where_cond(&zero, &ga)?;
+                let gb = if b.tracks_grad() {
+                    let gb = g.mul(&y.mul(&a.log()?)?)?;
+                    a.eq_scalar(0.0)?.mul(&b.ge_scalar(0.0)?)?.where_cond(&zero, &gb)?
+                } else {
+                    zero
+                };
                 (ga, gb)
             }
             BinaryOp::Maximum | BinaryOp::Minimum => {
