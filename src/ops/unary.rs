@@ -81,7 +81,7 @@ impl Operation for Scalar {
         let dx = match self.0 {
             ScalarOp::Affine { mul, .. } => g.affine(mul, 0.0)?,
             // x⁰ is constant: 0, not 0·x⁻¹ (NaN at x = 0), as PyTorch.
-            ScalarOp::Powf(e) if e == 0.0 => g.zeros_like()?,
+            ScalarOp::Powf(0.0) => g.zeros_like()?,
             ScalarOp::Powf(e) => g.mul(&x.powf(e - 1.0)?.affine(e, 0.0)?)?,
             ScalarOp::Clamp { lo, hi } => {
                 let inside = x.ge_scalar(lo)?.mul(&x.le_scalar(hi)?)?;
