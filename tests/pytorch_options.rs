@@ -163,3 +163,27 @@ fn pow_gradients_at_zero_and_negative_bases() {
     assert_eq!(ga, 12.0);
     assert!((gb - 8.0 * 2f64.ln()).abs() < 1e-14);
 }
+
+/// `max_dim`/`min_dim` send the gradient to the returned index only; `amax`/`amin` split it
+/// evenly among ties (PyTorch's `max(dim)` and `amax`).
+#[test]
+fn max_dim_and_amax_gradients() {
+    let v = [2.0, 5.0, 5.0, 1.0, 1.0, 0.0];
+    let x = t(&v, &[2, 3]).requires_grad();
+    let (vals, idx) = x.max_dim(-1, false).unwrap();
+    assert_eq!(vals.to_vec_f64().unwrap(), vec![5.0, 1.0]);
+    assert_eq!(idx.to_vec_f64().unwrap(), vec![1.0, 0.0]);
+    vals.sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    let x = t(&v, &[2, 3]).requires_grad();
+    x.amax(&[1], false).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 0.5, 0.5, 0.5, 0.5, 0.0]);
+    let x = t(&v, &[2, 3]).requires_grad();
+    let (mins, at) = x.min_dim(0, true).unwrap();
+    assert_eq!(mins.dims(), &[1, 3]);
+    assert_eq!(at.to_vec_f64().unwrap(), vec![1.0, 1.0, 1.0]);
+    x.amin(&[0], true).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    gradcheck(|a| Ok(a[0].max_dim(1, false)?.0), &[t(&[0.3, 2.0, -1.0, 4.0, 0.5, 0.6], &[2, 3]).requires_grad()])
+        .unwrap();
+}

@@ -193,6 +193,40 @@ impl Tensor {
     pub fn argmin(&self, axis: isize) -> Result<Tensor> {
         self.reduce_impl(ReduceOp::ArgMin, &[axis], false)
     }
+    /// PyTorch's `max(dim)`: the maxima along `axis` and their indices (the first maximum);
+    /// the gradient goes to the returned index only. ([`Tensor::max`], like PyTorch's
+    /// `amax`, splits it evenly among ties.)
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![1.0f64, 3.0, 3.0, 0.0], (2, 2), Device::Cpu)?.requires_grad();
+    /// let (v, i) = x.max_dim(1, false)?;
+    /// assert_eq!((v.to_vec_f64()?, i.to_vec_f64()?), (vec![3.0, 3.0], vec![1.0, 0.0]));
+    /// v.sum_all()?.backward()?;
+    /// assert_eq!(x.grad().unwrap().to_vec_f64()?, vec![0.0, 1.0, 1.0, 0.0]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn max_dim(&self, axis: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+        self.extreme_dim(axis, keepdim, ReduceOp::ArgMax)
+    }
+    /// PyTorch's `min(dim)`: the minima along `axis` and their indices (see [`Tensor::max_dim`]).
+    pub fn min_dim(&self, axis: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+        self.extreme_dim(axis, keepdim, ReduceOp::ArgMin)
+    }
+    fn extreme_dim(&self, axis: isize, keepdim: bool, op: ReduceOp) -> Result<(Tensor, Tensor)> {
+        let a = self.shape().axis(axis, op.name())? as isize;
+        let idx = self.reduce_impl(op, &[a], true)?;
+        let values = self.gather(a, &idx)?;
+        if keepdim { Ok((values, idx)) } else { Ok((values.squeeze(a)?, idx.squeeze(a)?)) }
+    }
+    /// PyTorch's `amax`: [`Tensor::max`] over `axes` (ties share the gradient evenly).
+    pub fn amax(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Max, axes, keepdim)
+    }
+    /// PyTorch's `amin`: [`Tensor::min`] over `axes` (ties share the gradient evenly).
+    pub fn amin(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Min, axes, keepdim)
+    }
     /// Generic reduction with `keepdim`.
     pub fn reduce(&self, op: ReduceOp, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         self.reduce_impl(op, axes, keepdim)
