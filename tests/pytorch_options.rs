@@ -187,3 +187,23 @@ fn max_dim_and_amax_gradients() {
     gradcheck(|a| Ok(a[0].max_dim(1, false)?.0), &[t(&[0.3, 2.0, -1.0, 4.0, 0.5, 0.6], &[2, 3]).requires_grad()])
         .unwrap();
 }
+
+/// `Embedding` with `padding_idx`: the row starts at zero, gets no gradient, and the others
+/// get theirs as usual; an out-of-range index is an `Err`.
+#[test]
+fn embedding_padding_idx() {
+    use tensorforge::nn::{Embedding, Module};
+    use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
+    let e = Embedding::new(4, 3, CPU).unwrap().padding_idx(2).unwrap();
+    assert_eq!(e.weight().narrow(0, 2, 1).unwrap().to_vec_f64().unwrap(), vec![0.0; 3]);
+    let before = e.weight().to_vec_f64().unwrap();
+    let ids = Tensor::from_vec(vec![2i64, 1, 2, 0], (2, 2), CPU).unwrap();
+    let mut opt = Sgd::new(vec![e.weight().clone()], SgdConfig { lr: 0.1, ..Default::default() }).unwrap();
+    e.forward(&ids).unwrap().sqr().unwrap().sum_all().unwrap().add_scalar(1.0).unwrap().backward().unwrap();
+    let g = e.weight().grad().unwrap().to_vec_f64().unwrap();
+    assert_eq!(&g[6..9], &[0.0; 3], "padding row");
+    assert_eq!(&g[3..6], &before[3..6].iter().map(|w| 2.0 * w).collect::<Vec<_>>()[..], "row 1: d(w²)");
+    opt.step().unwrap();
+    assert_eq!(e.weight().narrow(0, 2, 1).unwrap().to_vec_f64().unwrap(), vec![0.0; 3], "stays zero");
+    assert!(Embedding::new(4, 3, CPU).unwrap().padding_idx(4).is_err());
+}
