@@ -158,7 +158,9 @@ fn loss_values_by_hand() {
     let v = ce.to_vec1::<f64>().unwrap();
     assert!((v[0] + (0.75f64).ln()).abs() < 1e-12 && (v[1] - 2f64.ln()).abs() < 1e-12);
     // Label smoothing ε: (1−ε)·nll + ε·mean_c(−log p_c).
-    let sm = CrossEntropyLoss { reduction: Reduction::None, label_smoothing: 0.2 }.loss(&logits, &y).unwrap();
+    let sm = CrossEntropyLoss { reduction: Reduction::None, label_smoothing: 0.2, ..Default::default() }
+        .loss(&logits, &y)
+        .unwrap();
     let want0 = 0.8 * -(0.75f64).ln() + 0.2 * (-(0.25f64).ln() - (0.75f64).ln()) / 2.0;
     assert!((sm.to_vec1::<f64>().unwrap()[0] - want0).abs() < 1e-12);
     // NLL on log-probs agrees with cross-entropy on logits.

@@ -207,3 +207,60 @@ fn embedding_padding_idx() {
     assert_eq!(e.weight().narrow(0, 2, 1).unwrap().to_vec_f64().unwrap(), vec![0.0; 3], "stays zero");
     assert!(Embedding::new(4, 3, CPU).unwrap().padding_idx(4).is_err());
 }
+
+/// Cross-entropy with class weights, ignore_index, label smoothing and PyTorch's `[N, C, d]`
+/// layout, against PyTorch's definition computed here sample by sample.
+#[test]
+fn cross_entropy_weight_ignore_index_and_layout() {
+    use tensorforge::nn::CrossEntropyLoss;
+    let logits: Vec<f64> = (0..12).map(|i| ((i * 5) % 7) as f64 * 0.4 - 1.0).collect();
+    let target = [2i64, -100, 0, 1];
+    let w = [0.5, 2.0, 1.5];
+    let (n, c) = (4, 3);
+    let logp = |i: usize, k: usize| {
+        let row = &logits[i * c..(i + 1) * c];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        row[k] - m - row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+    };
+    for eps in [0.0, 0.2] {
+        let mut per = vec![0.0; n];
+        let mut count = 0.0;
+        for i in 0..n {
+            if target[i] == -100 {
+                continue;
+            }
+            let y = target[i] as usize;
+            let smooth: f64 = (0..c).map(|k| -w[k] * logp(i, k)).sum::<f64>() * eps / c as f64;
+            per[i] = (1.0 - eps) * (-w[y] * logp(i, y)) + smooth;
+            count += w[y];
+        }
+        let loss = |reduction| CrossEntropyLoss {
+            reduction,
+            label_smoothing: eps,
+            weight: Some(t(&w, &[3])),
+            ignore_index: Some(-100),
+        };
+        let x = t(&logits, &[4, 3]);
+        let y = Tensor::from_vec(target.to_vec(), 4, CPU).unwrap();
+        let mean = loss(Reduction::Mean).loss(&x, &y).unwrap().item().unwrap();
+        assert!((mean - per.iter().sum::<f64>() / count).abs() < 1e-14, "eps {eps}: {mean}");
+        let sum = loss(Reduction::Sum).loss(&x, &y).unwrap().item().unwrap();
+        assert!((sum - per.iter().sum::<f64>()).abs() < 1e-14);
+        let none = loss(Reduction::None).loss(&x, &y).unwrap().to_vec_f64().unwrap();
+        for (g, p) in none.iter().zip(&per) {
+            assert!((g - p).abs() < 1e-14, "{none:?} vs {per:?}");
+        }
+        let y2 = y.clone();
+        gradcheck(move |a| loss(Reduction::Mean).loss(&a[0], &y2), &[x.requires_grad()]).unwrap();
+    }
+    // PyTorch's [N, C, d] layout gives what classes-last gives for the same samples.
+    let x3 = t(&logits, &[2, 3, 2]); // N = 2, C = 3, d = 2
+    let y3 = Tensor::from_vec(vec![0i64, 2, 1, 1], (2, 2), CPU).unwrap();
+    let ce = CrossEntropyLoss { reduction: Reduction::None, ..Default::default() };
+    let a = ce.loss(&x3, &y3).unwrap();
+    let b = ce.loss(&x3.permute(&[0, 2, 1]).unwrap(), &y3).unwrap();
+    assert_eq!(a.dims(), &[2, 2]);
+    assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    let bad = CrossEntropyLoss { weight: Some(t(&[1.0, 2.0], &[2])), ..Default::default() };
+    assert!(bad.loss(&t(&logits, &[4, 3]), &Tensor::from_vec(vec![0i64, 1, 2, 0], 4, CPU).unwrap()).is_err());
+}

@@ -176,6 +176,73 @@ fn flatten_class_input(op: &'static str, scores: &Tensor, target: &Tensor) -> Re
     Ok((scores.reshape((target.elem_count(), c))?, target.flatten_all()?))
 }
 
+/// PyTorch's layout `[N, C, d1, …]` with targets `[N, d1, …]` moved to classes-last
+/// `[N, d1, …, C]`; other inputs unchanged (classes-last is tried first).
+fn classes_last(scores: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (r, d) = (scores.rank(), scores.dims());
+    if r >= 3
+        && target.dims() != &d[..r - 1]
+        && target.rank() == r - 1
+        && target.dims()[0] == d[0]
+        && target.dims()[1..] == d[2..]
+    {
+        let mut order: Vec<usize> = (0..r).filter(|&a| a != 1).collect();
+        order.push(1);
+        return scores.permute(&order);
+    }
+    Ok(scores.clone())
+}
+
+/// Per-sample losses and the mean's denominator of a weighted NLL with an ignored class
+/// index, as PyTorch defines them: sample i counts `w[t_i]` (1 without weights) unless
+/// `t_i` is the ignored index (then 0, and its loss is 0); label smoothing ε mixes in
+/// `ε/C · Σ_c w_c·(−log p_c)`; the mean divides by the summed counts.
+fn weighted_nll(
+    logp: &Tensor,
+    target: &Tensor,
+    weight: Option<&Tensor>,
+    ignore_index: Option<i64>,
+    smoothing: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (n, c) = (logp.dims()[0], logp.dims()[1]);
+    let (valid, safe) = match ignore_index {
+        Some(ig) => {
+            let valid = target.ne_scalar(ig as f64)?;
+            (Some(valid.clone()), valid.where_cond(target, &target.zeros_like()?)?)
+        }
+        None => (None, target.clone()),
+    };
+    if let Some(w) = weight
+        && (w.rank() != 1 || w.dims()[0] != c || w.dtype() != logp.dtype())
+    {
+        return Err(Error::BadShape {
+            op: "cross_entropy",
+            msg: format!("class weights must be [{c}] of {:?}, got {:?} of {:?}", logp.dtype(), w.shape(), w.dtype()),
+        });
+    }
+    let mut count = match weight {
+        Some(w) => w.index_select(0, &safe)?,
+        None => Tensor::ones(n, logp.dtype(), logp.device())?,
+    };
+    if let Some(v) = &valid {
+        count = count.mul(&v.to_dtype(logp.dtype())?)?;
+    }
+    let picked = logp.gather(1, &safe.unsqueeze(1)?)?.squeeze(1)?.neg()?;
+    let mut per = picked.mul(&count)?;
+    if smoothing != 0.0 {
+        let all = match weight {
+            Some(w) => logp.neg()?.mul(&w.unsqueeze(0)?)?.sum(&[1])?,
+            None => logp.neg()?.sum(&[1])?,
+        };
+        let all = match &valid {
+            Some(v) => all.mul(&v.to_dtype(logp.dtype())?)?,
+            None => all,
+        };
+        per = per.mul_scalar(1.0 - smoothing)?.add(&all.mul_scalar(smoothing / c as f64)?)?;
+    }
+    Ok((per, count.sum_all()?))
+}
+
 /// Per-sample `−log p[target]` (optionally label-smoothed) from `[N, C]` log-probabilities.
 fn nll_per_sample(logp: &Tensor, target: &Tensor, smoothing: f64) -> Result<Tensor> {
     let picked = logp.gather(1, &target.unsqueeze(1)?)?.squeeze(1)?;
@@ -187,14 +254,20 @@ fn nll_per_sample(logp: &Tensor, target: &Tensor, smoothing: f64) -> Result<Tens
     picked.mul_scalar(-(1.0 - smoothing))?.sub(&uniform.mul_scalar(smoothing)?)
 }
 
-/// Cross-entropy from unnormalized logits `[.., C]` and i64 class indices `[..]`:
-/// `log_softmax` then NLL, with optional label smoothing (PyTorch's definition).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Cross-entropy from unnormalized logits and i64 class indices: `log_softmax` then NLL, with
+/// PyTorch's options: label smoothing, class `weight`s and an `ignore_index`. Logits are
+/// `[.., C]` with targets `[..]`, or PyTorch's `[N, C, d1, …]` with targets `[N, d1, …]`.
+/// The weighted mean divides by the summed weights of the non-ignored targets.
+#[derive(Clone, Debug, Default)]
 pub struct CrossEntropyLoss {
     /// How to reduce over samples.
     pub reduction: Reduction,
     /// ε in `[0, 1]`: the target puts `1−ε` on the class and spreads `ε` uniformly.
     pub label_smoothing: f64,
+    /// One weight per class (`[C]`, the logits' dtype); none: all 1.
+    pub weight: Option<Tensor>,
+    /// Targets equal to this index contribute nothing, to the loss or to the mean's count.
+    pub ignore_index: Option<i64>,
 }
 
 impl CrossEntropyLoss {
@@ -216,9 +289,19 @@ impl Loss for CrossEntropyLoss {
                 self.label_smoothing
             )));
         }
-        let (x, t) = flatten_class_input("cross_entropy", logits, target)?;
-        let per = nll_per_sample(&x.log_softmax(1)?, &t, self.label_smoothing)?;
-        self.reduction.apply(&per.reshape(target.shape())?)
+        let logits = classes_last(logits, target)?;
+        let (x, t) = flatten_class_input("cross_entropy", &logits, target)?;
+        if self.weight.is_none() && self.ignore_index.is_none() {
+            let per = nll_per_sample(&x.log_softmax(1)?, &t, self.label_smoothing)?;
+            return self.reduction.apply(&per.reshape(target.shape())?);
+        }
+        let (per, count) =
+            weighted_nll(&x.log_softmax(1)?, &t, self.weight.as_ref(), self.ignore_index, self.label_smoothing)?;
+        match self.reduction {
+            Reduction::Mean => per.sum_all()?.div(&count),
+            Reduction::Sum => per.sum_all(),
+            Reduction::None => per.reshape(target.shape()),
+        }
     }
 }
 
