@@ -264,3 +264,49 @@ fn cross_entropy_weight_ignore_index_and_layout() {
     let bad = CrossEntropyLoss { weight: Some(t(&[1.0, 2.0], &[2])), ..Default::default() };
     assert!(bad.loss(&t(&logits, &[4, 3]), &Tensor::from_vec(vec![0i64, 1, 2, 0], 4, CPU).unwrap()).is_err());
 }
+
+/// `layer_norm` with optional affine parameters and `eps`, in f32 and f64, against the
+/// definition (biased variance, eps inside the root); `LayerNorm::with_options`.
+#[test]
+fn layer_norm_options() {
+    use tensorforge::DType;
+    use tensorforge::nn::{LayerNorm, Module};
+    let v: Vec<f64> = (0..12).map(|i| ((i * 7) % 5) as f64 - 1.5).collect();
+    let (w, b) = ([0.5, 2.0, -1.0], [0.1, 0.0, 0.3]);
+    for eps in [1e-5, 0.5] {
+        let mut want = Vec::new();
+        for row in v.chunks(3) {
+            let m = row.iter().sum::<f64>() / 3.0;
+            let var = row.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 3.0;
+            want.extend(row.iter().enumerate().map(|(j, x)| (x - m) / (var + eps).sqrt() * w[j] + b[j]));
+        }
+        for dtype in [DType::F64, DType::F32] {
+            let x = t(&v, &[4, 3]).to_dtype(dtype).unwrap();
+            let got = x
+                .layer_norm(
+                    &[3],
+                    Some(&t(&w, &[3]).to_dtype(dtype).unwrap()),
+                    Some(&t(&b, &[3]).to_dtype(dtype).unwrap()),
+                    eps,
+                )
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            let tol = if dtype == DType::F64 { 1e-14 } else { 1e-5 };
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < tol, "{dtype:?} eps {eps}: {g} vs {w}");
+            }
+        }
+    }
+    let plain = LayerNorm::with_options(&[3], 0.5, false, CPU).unwrap();
+    assert!(plain.named_parameters().is_empty());
+    let y = plain.forward(&t(&v, &[4, 3])).unwrap();
+    assert_eq!(
+        y.to_vec_f64().unwrap(),
+        t(&v, &[4, 3]).layer_norm(&[3], None, None, 0.5).unwrap().to_vec_f64().unwrap()
+    );
+    assert!(LayerNorm::with_options(&[3], -1.0, true, CPU).is_err());
+    let (wt, bt) = (t(&w, &[3]).requires_grad(), t(&b, &[3]).requires_grad());
+    gradcheck(|a| a[0].layer_norm(&[3], Some(&a[1]), Some(&a[2]), 1e-5), &[t(&v, &[4, 3]).requires_grad(), wt, bt])
+        .unwrap();
+}

@@ -102,10 +102,10 @@ impl Module for BatchNorm {
     }
 }
 
-/// Layer normalization over the last `normalized.len()` axes, with a learned scale and shift.
+/// Layer normalization over the last `normalized.len()` axes, with a learned scale and shift
+/// (PyTorch's `elementwise_affine`, on by default) and `eps` (default 1e-5).
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    affine: Option<(Tensor, Tensor)>,
     normalized: Vec<usize>,
     eps: f64,
 }
@@ -113,35 +113,81 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Normalizes over trailing axes of shape `normalized`.
     pub fn new(normalized: &[usize], device: Device) -> Result<LayerNorm> {
+        LayerNorm::with_options(normalized, 1e-5, true, device)
+    }
+    /// PyTorch's `LayerNorm(normalized_shape, eps, elementwise_affine)`.
+    pub fn with_options(normalized: &[usize], eps: f64, elementwise_affine: bool, device: Device) -> Result<LayerNorm> {
         if normalized.is_empty() {
             return Err(Error::msg("LayerNorm: normalized shape is empty (give the trailing axes to normalize over)"));
         }
-        Ok(LayerNorm {
-            weight: Tensor::ones(normalized.to_vec(), DType::F32, device)?.requires_grad(),
-            bias: Tensor::zeros(normalized.to_vec(), DType::F32, device)?.requires_grad(),
-            normalized: normalized.to_vec(),
-            eps: 1e-5,
-        })
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(Error::msg(format!("LayerNorm: eps must be finite and >= 0, got {eps}")));
+        }
+        let affine = if elementwise_affine {
+            Some((
+                Tensor::ones(normalized.to_vec(), DType::F32, device)?.requires_grad(),
+                Tensor::zeros(normalized.to_vec(), DType::F32, device)?.requires_grad(),
+            ))
+        } else {
+            None
+        };
+        Ok(LayerNorm { affine, normalized: normalized.to_vec(), eps })
+    }
+}
+
+impl Tensor {
+    /// PyTorch's `layer_norm`: normalizes over the trailing axes of shape `normalized` (biased
+    /// variance, `eps` inside the square root), then scales by `weight` and shifts by `bias`
+    /// when given (each of shape `normalized`).
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![1.0f64, 3.0], (1, 2), Device::Cpu)?;
+    /// let y = x.layer_norm(&[2], None, None, 0.0)?.to_vec_f64()?;
+    /// assert_eq!(y, vec![-1.0, 1.0]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn layer_norm(
+        &self,
+        normalized: &[usize],
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let k = normalized.len();
+        if k == 0 || self.rank() < k || self.dims()[self.rank() - k..] != normalized[..] {
+            return Err(Error::BadShape {
+                op: "layer_norm",
+                msg: format!("trailing dims of {:?} are not {:?}", self.shape(), normalized),
+            });
+        }
+        let axes: Vec<isize> = (self.rank() - k..self.rank()).map(|a| a as isize).collect();
+        let mean = self.mean_keepdim(&axes)?;
+        let centered = self.sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(&axes)?;
+        let mut y = centered.mul(&var.add_scalar(eps)?.rsqrt()?)?;
+        if let Some(w) = weight {
+            y = y.mul(&w.to_dtype(self.dtype())?)?;
+        }
+        if let Some(b) = bias {
+            y = y.add(&b.to_dtype(self.dtype())?)?;
+        }
+        Ok(y)
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.normalized.len();
-        if x.rank() < k || x.dims()[x.rank() - k..] != self.normalized[..] {
-            return Err(Error::BadShape {
-                op: "LayerNorm",
-                msg: format!("trailing dims of {:?} are not {:?}", x.shape(), self.normalized),
-            });
-        }
-        let axes: Vec<isize> = (x.rank() - k..x.rank()).map(|a| a as isize).collect();
-        let mean = x.mean_keepdim(&axes)?;
-        let centered = x.sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(&axes)?;
-        let xhat = centered.mul(&var.add_scalar(self.eps)?.rsqrt()?)?;
-        xhat.mul(&self.weight.to_dtype(x.dtype())?)?.add(&self.bias.to_dtype(x.dtype())?)
+        let (w, b) = match &self.affine {
+            Some((w, b)) => (Some(w), Some(b)),
+            None => (None, None),
+        };
+        x.layer_norm(&self.normalized, w, b, self.eps)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        vec![("weight".into(), self.weight.clone()), ("bias".into(), self.bias.clone())]
+        match &self.affine {
+            Some((w, b)) => vec![("weight".into(), w.clone()), ("bias".into(), b.clone())],
+            None => Vec::new(),
+        }
     }
 }
