@@ -310,3 +310,54 @@ fn layer_norm_options() {
     gradcheck(|a| a[0].layer_norm(&[3], Some(&a[1]), Some(&a[2]), 1e-5), &[t(&v, &[4, 3]).requires_grad(), wt, bt])
         .unwrap();
 }
+
+/// `batch_norm` as PyTorch: batch statistics in training (biased variance for the output),
+/// running statistics updated in place with the unbiased variance and `momentum`, running
+/// statistics in evaluation; f32 and f64; the gradient by finite differences.
+#[test]
+fn batch_norm_functional() {
+    use tensorforge::DType;
+    let v: Vec<f64> = (0..24).map(|i| ((i * 5) % 9) as f64 * 0.5 - 1.0).collect(); // [N=2, C=3, L=4]
+    let (n, c, l) = (2, 3, 4);
+    let at = |i: usize, ch: usize, k: usize| v[(i * c + ch) * l + k];
+    let (momentum, eps) = (0.3, 1e-5);
+    let (w, b) = ([1.5, -0.5, 2.0], [0.0, 1.0, -1.0]);
+    for dtype in [DType::F64, DType::F32] {
+        let x = t(&v, &[n, c, l]).to_dtype(dtype).unwrap();
+        let rm = t(&[0.1, 0.2, 0.3], &[3]).to_dtype(dtype).unwrap();
+        let rv = t(&[1.0, 2.0, 0.5], &[3]).to_dtype(dtype).unwrap();
+        let (wt, bt) = (t(&w, &[3]).to_dtype(dtype).unwrap(), t(&b, &[3]).to_dtype(dtype).unwrap());
+        let y = x.batch_norm(Some(&rm), Some(&rv), Some(&wt), Some(&bt), true, momentum, eps).unwrap();
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        let y = y.to_vec_f64().unwrap();
+        let (rm_new, rv_new) = (rm.to_vec_f64().unwrap(), rv.to_vec_f64().unwrap());
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n).flat_map(|i| (0..l).map(move |k| (i, k))).map(|(i, k)| at(i, ch, k)).collect();
+            let m = vals.iter().sum::<f64>() / 8.0;
+            let var = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 8.0;
+            for i in 0..n {
+                for k in 0..l {
+                    let want = (at(i, ch, k) - m) / (var + eps).sqrt() * w[ch] + b[ch];
+                    assert!((y[(i * c + ch) * l + k] - want).abs() < tol, "{dtype:?}");
+                }
+            }
+            let (old_m, old_v) = ([0.1, 0.2, 0.3][ch], [1.0, 2.0, 0.5][ch]);
+            assert!((rm_new[ch] - ((1.0 - momentum) * old_m + momentum * m)).abs() < tol, "running mean");
+            assert!((rv_new[ch] - ((1.0 - momentum) * old_v + momentum * var * 8.0 / 7.0)).abs() < tol, "running var");
+        }
+        // Evaluation: the running statistics, unchanged by the call.
+        let e = x.batch_norm(Some(&rm), Some(&rv), None, None, false, momentum, eps).unwrap().to_vec_f64().unwrap();
+        assert_eq!(rm.to_vec_f64().unwrap(), rm_new);
+        for ch in 0..c {
+            let want = (at(1, ch, 2) - rm_new[ch]) / (rv_new[ch] + eps).sqrt();
+            assert!((e[(c + ch) * l + 2] - want).abs() < tol);
+        }
+    }
+    assert!(t(&v, &[n, c, l]).batch_norm(None, None, None, None, false, 0.1, 1e-5).is_err(), "eval needs stats");
+    assert!(t(&v, &[n, c, l]).batch_norm(Some(&t(&[0.0; 2], &[2])), None, None, None, true, 0.1, 1e-5).is_err());
+    gradcheck(
+        |a| a[0].batch_norm(None, None, Some(&a[1]), Some(&a[2]), true, 0.1, 1e-5),
+        &[t(&v, &[n, c, l]).requires_grad(), t(&w, &[3]).requires_grad(), t(&b, &[3]).requires_grad()],
+    )
+    .unwrap();
+}

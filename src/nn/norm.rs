@@ -2,16 +2,16 @@
 
 use super::Module;
 use crate::{DType, Device, Error, Result, Tensor, no_grad};
-use std::sync::Mutex;
 
-/// Batch normalization over the channel axis 1 of `[N, C]` (1-d) or `[N, C, H, W]` (2-d).
-/// Training normalizes with the batch's statistics and updates running averages (the
-/// variance unbiased, as PyTorch); evaluation uses the running averages.
+/// Batch normalization over the channel axis 1 of `[N, C]` (1-d) or `[N, C, H, W]` (2-d),
+/// built on [`Tensor::batch_norm`]. Training normalizes with the batch's statistics and
+/// updates running averages (the variance unbiased, as PyTorch); evaluation uses the running
+/// averages.
 pub struct BatchNorm {
     weight: Tensor,
     bias: Tensor,
-    running_mean: Mutex<Tensor>,
-    running_var: Mutex<Tensor>,
+    running_mean: Tensor,
+    running_var: Tensor,
     momentum: f64,
     eps: f64,
     training: bool,
@@ -23,8 +23,8 @@ impl BatchNorm {
         Ok(BatchNorm {
             weight: Tensor::ones(channels, DType::F32, device)?.requires_grad(),
             bias: Tensor::zeros(channels, DType::F32, device)?.requires_grad(),
-            running_mean: Mutex::new(Tensor::zeros(channels, DType::F32, device)?),
-            running_var: Mutex::new(Tensor::ones(channels, DType::F32, device)?),
+            running_mean: Tensor::zeros(channels, DType::F32, device)?,
+            running_var: Tensor::ones(channels, DType::F32, device)?,
             momentum: 0.1,
             eps: 1e-5,
             training: true,
@@ -41,9 +41,8 @@ impl BatchNorm {
     }
     /// The running mean and variance (copies).
     pub fn running_stats(&self) -> (Tensor, Tensor) {
-        let m = self.running_mean.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let v = self.running_var.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        (m, v)
+        let copy = |t: &Tensor| no_grad(|| t.copy()).unwrap_or_else(|_| t.clone());
+        (copy(&self.running_mean), copy(&self.running_var))
     }
 }
 
@@ -52,6 +51,96 @@ fn per_channel(t: &Tensor, rank: usize) -> Result<Tensor> {
     let mut d = vec![1; rank];
     d[1] = t.elem_count();
     t.reshape(d)
+}
+
+/// Writes `src`'s values into `dst`'s buffer in place (a running statistic).
+fn write_into(dst: &Tensor, src: &Tensor) -> Result<()> {
+    let src = no_grad(|| src.to_dtype(dst.dtype())?.to_device(dst.device())?.reshape(dst.shape())?.copy())?;
+    src.storage().copy_strided(src.layout(), &mut dst.storage_mut(), dst.layout())
+}
+
+impl Tensor {
+    /// PyTorch's `batch_norm` over the channel axis 1 of `[N, C, …]`.
+    ///
+    /// Training (`training = true`) normalizes with the batch's mean and biased variance and,
+    /// when `running_mean`/`running_var` (`[C]`) are given, updates them **in place** as
+    /// PyTorch does: `r ← (1 − momentum)·r + momentum·batch`, with the *unbiased* batch
+    /// variance. Evaluation normalizes with the running statistics (then required). `weight`
+    /// and `bias` (`[C]`) scale and shift when given.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device, DType};
+    /// let x = Tensor::from_vec(vec![1.0f64, 3.0], (2, 1), Device::Cpu)?;
+    /// let (rm, rv) = (Tensor::zeros(1, DType::F64, Device::Cpu)?, Tensor::ones(1, DType::F64, Device::Cpu)?);
+    /// let y = x.batch_norm(Some(&rm), Some(&rv), None, None, true, 0.1, 0.0)?;
+    /// assert_eq!(y.to_vec_f64()?, vec![-1.0, 1.0]);
+    /// assert_eq!((rm.to_vec_f64()?, rv.to_vec_f64()?), (vec![0.2], vec![0.9 + 0.1 * 2.0]));
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm(
+        &self,
+        running_mean: Option<&Tensor>,
+        running_var: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let r = self.rank();
+        let bad = |msg: String| Error::BadShape { op: "batch_norm", msg };
+        if r < 2 {
+            return Err(bad(format!("needs [N, C, ...], got {:?}", self.shape())));
+        }
+        let c = self.dims()[1];
+        for (name, t) in
+            [("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)]
+        {
+            if let Some(t) = t
+                && t.dims() != [c]
+            {
+                return Err(bad(format!("{name} must be [{c}], got {:?}", t.shape())));
+            }
+        }
+        if !(eps >= 0.0 && eps.is_finite() && momentum.is_finite()) {
+            return Err(Error::msg(format!("batch_norm: bad eps {eps} or momentum {momentum}")));
+        }
+        let axes: Vec<isize> = (0..r as isize).filter(|&a| a != 1).collect();
+        let (mean, var) = if training {
+            let n: usize = axes.iter().map(|&a| self.dims()[a as usize]).product();
+            if n < 2 {
+                return Err(bad("training needs more than one value per channel".into()));
+            }
+            let mean = self.mean_keepdim(&axes)?;
+            let var = self.sub(&mean)?.sqr()?.mean_keepdim(&axes)?;
+            no_grad(|| -> Result<()> {
+                if let Some(rm) = running_mean {
+                    let bm = mean.flatten_all()?.to_dtype(rm.dtype())?;
+                    write_into(rm, &rm.affine(1.0 - momentum, 0.0)?.add(&bm.affine(momentum, 0.0)?)?)?;
+                }
+                if let Some(rv) = running_var {
+                    let bv = var.flatten_all()?.affine(n as f64 / (n - 1) as f64, 0.0)?.to_dtype(rv.dtype())?;
+                    write_into(rv, &rv.affine(1.0 - momentum, 0.0)?.add(&bv.affine(momentum, 0.0)?)?)?;
+                }
+                Ok(())
+            })?;
+            (mean, var)
+        } else {
+            let (Some(m), Some(v)) = (running_mean, running_var) else {
+                return Err(Error::msg("batch_norm: evaluation needs running_mean and running_var"));
+            };
+            (per_channel(&m.to_dtype(self.dtype())?, r)?, per_channel(&v.to_dtype(self.dtype())?, r)?)
+        };
+        let mut y = self.sub(&mean)?.mul(&var.add_scalar(eps)?.rsqrt()?)?;
+        if let Some(w) = weight {
+            y = y.mul(&per_channel(&w.to_dtype(self.dtype())?, r)?)?;
+        }
+        if let Some(b) = bias {
+            y = y.add(&per_channel(&b.to_dtype(self.dtype())?, r)?)?;
+        }
+        Ok(y)
+    }
 }
 
 impl Module for BatchNorm {
@@ -63,36 +152,15 @@ impl Module for BatchNorm {
                 msg: format!("expected rank {} with {c} channels, got {:?}", self.rank, x.shape()),
             });
         }
-        let axes: Vec<isize> = (0..self.rank as isize).filter(|&a| a != 1).collect();
-        let (mean, var) = if self.training {
-            let n: usize = axes.iter().map(|&a| x.dims()[a as usize]).product();
-            if n < 2 {
-                return Err(Error::BadShape {
-                    op: "BatchNorm",
-                    msg: "training needs more than one value per channel".into(),
-                });
-            }
-            let mean = x.mean_keepdim(&axes)?;
-            let var = x.sub(&mean)?.sqr()?.mean_keepdim(&axes)?;
-            no_grad(|| -> Result<()> {
-                let m = self.momentum;
-                let mut rm = self.running_mean.lock().unwrap_or_else(|e| e.into_inner());
-                let mut rv = self.running_var.lock().unwrap_or_else(|e| e.into_inner());
-                let bm = mean.flatten_all()?.to_dtype(rm.dtype())?;
-                let bv = var.flatten_all()?.affine(n as f64 / (n - 1) as f64, 0.0)?.to_dtype(rv.dtype())?;
-                *rm = rm.affine(1.0 - m, 0.0)?.add(&bm.affine(m, 0.0)?)?;
-                *rv = rv.affine(1.0 - m, 0.0)?.add(&bv.affine(m, 0.0)?)?;
-                Ok(())
-            })?;
-            (mean, var)
-        } else {
-            let (m, v) = self.running_stats();
-            (per_channel(&m.to_dtype(x.dtype())?, self.rank)?, per_channel(&v.to_dtype(x.dtype())?, self.rank)?)
-        };
-        let xhat = x.sub(&mean)?.mul(&var.add_scalar(self.eps)?.rsqrt()?)?;
-        let w = per_channel(&self.weight.to_dtype(x.dtype())?, self.rank)?;
-        let b = per_channel(&self.bias.to_dtype(x.dtype())?, self.rank)?;
-        xhat.mul(&w)?.add(&b)
+        x.batch_norm(
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            Some(&self.weight),
+            Some(&self.bias),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         vec![("weight".into(), self.weight.clone()), ("bias".into(), self.bias.clone())]
