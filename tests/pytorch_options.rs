@@ -361,3 +361,23 @@ fn batch_norm_functional() {
     )
     .unwrap();
 }
+
+/// CTC with PyTorch's concatenated 1-D targets gives the padded form's loss and gradient;
+/// a length sum that does not match is an `Err`.
+#[test]
+fn ctc_concatenated_targets() {
+    use tensorforge::nn::CtcLoss;
+    let raw: Vec<f64> = (0..5 * 2 * 4).map(|i| ((i * 7) % 13) as f64 * 0.2).collect();
+    let lp = t(&raw, &[5, 2, 4]).log_softmax(2).unwrap();
+    let padded = Tensor::from_vec(vec![1i64, 3, 2, 2, 0, 0], (2, 3), CPU).unwrap();
+    let concat = Tensor::from_vec(vec![1i64, 3, 2, 2], 4, CPU).unwrap();
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let ctc = CtcLoss { reduction, ..CtcLoss::new() };
+        let a = ctc.loss(&lp, &padded, &[5, 4], &[3, 1]).unwrap().to_vec_f64().unwrap();
+        let b = ctc.loss(&lp, &concat, &[5, 4], &[3, 1]).unwrap().to_vec_f64().unwrap();
+        assert_eq!(a, b, "{reduction:?}");
+    }
+    assert!(CtcLoss::new().loss(&lp, &concat, &[5, 4], &[3, 2]).is_err());
+    let x = t(&raw, &[5, 2, 4]).requires_grad();
+    gradcheck(|a| CtcLoss::new().loss(&a[0].log_softmax(2)?, &concat, &[5, 4], &[3, 1]), &[x]).unwrap();
+}

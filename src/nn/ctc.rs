@@ -19,7 +19,7 @@
 
 use super::Reduction;
 use crate::autograd::{Gradients, Operation, apply};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 use std::sync::Mutex;
 
 /// The per-sample CTC loss as an autograd op: input `log_probs` `[T, N, C]`, output `[N]`.
@@ -93,6 +93,20 @@ impl CtcLoss {
     /// The loss of `log_probs` `[T, N, C]` (log-softmax outputs, f32 or f64) against
     /// `targets` `[N, S]` (i64, padded; row `n` holds `target_lengths[n]` labels, none of them
     /// the blank), where sample `n` uses its first `input_lengths[n]` frames.
+    ///
+    /// `targets` may also be PyTorch's concatenated form: one `[Σ target_lengths]` vector of
+    /// every sample's labels in turn.
+    ///
+    /// ```
+    /// use tensorforge::{Tensor, Device, nn::CtcLoss};
+    /// let lp = Tensor::full((1.0f64 / 3.0).ln(), (4, 2, 3), tensorforge::DType::F64, Device::Cpu)?;
+    /// let padded = Tensor::from_vec(vec![1i64, 2, 2, 0], (2, 2), Device::Cpu)?;
+    /// let concatenated = Tensor::from_vec(vec![1i64, 2, 2], 3, Device::Cpu)?;
+    /// let ctc = CtcLoss::new();
+    /// let a = ctc.loss(&lp, &padded, &[4, 4], &[2, 1])?.item()?;
+    /// assert_eq!(a, ctc.loss(&lp, &concatenated, &[4, 4], &[2, 1])?.item()?);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
     pub fn loss(
         &self,
         log_probs: &Tensor,
@@ -107,8 +121,34 @@ impl CtcLoss {
         if targets.dtype() != DType::I64 {
             return Err(Error::UnsupportedDType { op: "ctc_loss (targets)", dtype: targets.dtype() });
         }
+        let padded;
+        let targets = if targets.rank() == 1 {
+            // Concatenated: lay the samples out as padded rows (the padding is never read).
+            let total: usize = target_lengths.iter().sum();
+            if total != targets.elem_count() {
+                return Err(bad(format!(
+                    "concatenated targets hold {} labels but target_lengths sum to {total}",
+                    targets.elem_count()
+                )));
+            }
+            let flat = targets.to_vec::<i64>()?;
+            let s = target_lengths.iter().copied().max().unwrap_or(0).max(1);
+            let mut rows = vec![self.blank as i64; target_lengths.len() * s];
+            let mut at = 0;
+            for (i, &len) in target_lengths.iter().enumerate() {
+                rows[i * s..i * s + len].copy_from_slice(&flat[at..at + len]);
+                at += len;
+            }
+            padded = Tensor::from_vec(rows, (target_lengths.len(), s), Device::Cpu)?.to_device(targets.device())?;
+            &padded
+        } else {
+            targets
+        };
         if targets.rank() != 2 {
-            return Err(bad(format!("targets must be [N, S] (padded), got {:?}", targets.dims())));
+            return Err(bad(format!(
+                "targets must be [N, S] (padded) or concatenated [Σ lengths], got {:?}",
+                targets.dims()
+            )));
         }
         if targets.device() != log_probs.device() {
             return Err(Error::DeviceMismatch { op: "ctc_loss", lhs: log_probs.device(), rhs: targets.device() });
