@@ -80,3 +80,49 @@ fn clamp_and_log_softmax_edge_cases_on_the_device() {
         assert!((y[0] + ln2).abs() < 1e-6 && (y[1] + ln2).abs() < 1e-6, "{dtype:?}: {y:?}");
     }
 }
+
+/// The PyTorch options composed from engine ops (tests/pytorch_options.rs) give the CPU's
+/// values on the device too, gradients included.
+#[test]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
+fn pytorch_options_match_the_cpu_on_the_device() -> Result<()> {
+    use tensorforge::nn::{CrossEntropyLoss, CtcLoss, HuberLoss, Loss, SmoothL1Loss};
+    let dev = gpu();
+    let v: Vec<f64> = (0..24).map(|i| ((i * 5) % 9) as f64 * 0.5 - 1.0).collect();
+    let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+        let (a, b) = (a.to_vec_f64()?, b.to_vec_f64()?);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-9 * (1.0 + y.abs()), "{what}: {a:?} vs {b:?}");
+        }
+        Ok(())
+    };
+    let run = |device: Device| -> Result<Vec<Tensor>> {
+        let x = Tensor::from_vec(v.clone(), (2, 3, 4), Device::Cpu)?.to_device(device)?.requires_grad();
+        let w = Tensor::from_vec(vec![0.5f64, 2.0, 1.5], 3, Device::Cpu)?.to_device(device)?;
+        let tgt = Tensor::from_vec(vec![0i64, 2, -1, 1, 1, 0, 2, -1], (2, 4), Device::Cpu)?.to_device(device)?;
+        let ce = CrossEntropyLoss { weight: Some(w.clone()), ignore_index: Some(-1), ..Default::default() };
+        let rm = Tensor::zeros(3, DType::F64, device)?;
+        let rv = Tensor::ones(3, DType::F64, device)?;
+        let bn = x.batch_norm(Some(&rm), Some(&rv), Some(&w), None, true, 0.2, 1e-5)?;
+        let flat = x.flatten_all()?;
+        let half = flat.affine(0.3, 0.0)?;
+        let lp = x.permute(&[2, 0, 1])?.log_softmax(2)?;
+        let ctc_t = Tensor::from_vec(vec![1i64, 2, 2], 3, Device::Cpu)?.to_device(device)?;
+        let loss = ce
+            .loss(&x, &tgt)?
+            .add(&x.logsumexp(&[2], false)?.sum_all()?)?
+            .add(&bn.sqr()?.mean_all()?)?
+            .add(&x.softplus_with(2.0, 1.0)?.sum_all()?)?
+            .add(&SmoothL1Loss::new(0.5).loss(&flat, &half)?)?
+            .add(&HuberLoss::new(0.7).loss(&flat, &half)?)?
+            .add(&CtcLoss::new().loss(&lp, &ctc_t, &[4, 4], &[2, 1])?)?
+            .add(&x.max_dim(1, false)?.0.sum_all()?)?;
+        loss.backward()?;
+        Ok(vec![loss, x.grad().expect("a gradient"), rm, rv])
+    };
+    let (cpu, gpu) = (run(Device::Cpu)?, run(dev)?);
+    for (i, what) in ["loss", "gradient", "running mean", "running var"].iter().enumerate() {
+        close(&gpu[i], &cpu[i], what)?;
+    }
+    Ok(())
+}
