@@ -116,7 +116,8 @@ fn pytorch_options_match_the_cpu_on_the_device() -> Result<()> {
             .add(&SmoothL1Loss::new(0.5).loss(&flat, &half)?)?
             .add(&HuberLoss::new(0.7).loss(&flat, &half)?)?
             .add(&CtcLoss::new().loss(&lp, &ctc_t, &[4, 4], &[2, 1])?)?
-            .add(&x.max_dim(1, false)?.0.sum_all()?)?;
+            .add(&x.max_dim(1, false)?.0.sum_all()?)?
+            .add(&x.reshape((1, 2, 3, 4))?.max_pool2d_with_indices((2, 2), (2, 2), (0, 0), true)?.0.sum_all()?)?;
         loss.backward()?;
         Ok(vec![loss, x.grad().expect("a gradient"), rm, rv])
     };

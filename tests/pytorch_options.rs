@@ -381,3 +381,61 @@ fn ctc_concatenated_targets() {
     let x = t(&raw, &[5, 2, 4]).requires_grad();
     gradcheck(|a| CtcLoss::new().loss(&a[0].log_softmax(2)?, &concat, &[5, 4], &[3, 1]), &[x]).unwrap();
 }
+
+/// `max_pool2d_with_indices` (with and without `ceil_mode`) against a direct loop over
+/// PyTorch's windows, and `max_unpool2d` putting each maximum back at its index.
+#[test]
+fn max_pool2d_indices_ceil_mode_and_unpool() {
+    let (h, w) = (5, 7);
+    let v: Vec<f64> = (0..2 * h * w).map(|i| ((i * 37) % 23) as f64 - 11.0 + (i as f64) * 1e-3).collect();
+    let x = t(&v, &[1, 2, h, w]);
+    for (k, s, p) in
+        [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (2, 3), (1, 0)), ((2, 3), (1, 2), (0, 1))]
+    {
+        for ceil in [false, true] {
+            let size = |n: usize, k: usize, s: usize, p: usize| {
+                let num = n + 2 * p - k;
+                let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
+                if ceil && (o - 1) * s >= n + p {
+                    o -= 1;
+                }
+                o
+            };
+            let (oh, ow) = (size(h, k.0, s.0, p.0), size(w, k.1, s.1, p.1));
+            let (vals, idx) = x.max_pool2d_with_indices(k, s, p, ceil).unwrap();
+            assert_eq!(vals.dims(), &[1, 2, oh, ow], "k {k:?} s {s:?} p {p:?} ceil {ceil}");
+            let (vals, idx) = (vals.to_vec_f64().unwrap(), idx.to_vec_f64().unwrap());
+            for ch in 0..2 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut best = (f64::NEG_INFINITY, 0usize);
+                        for i in 0..k.0 {
+                            for j in 0..k.1 {
+                                let (y, xx) =
+                                    ((oy * s.0 + i) as isize - p.0 as isize, (ox * s.1 + j) as isize - p.1 as isize);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                                    let at = y as usize * w + xx as usize;
+                                    if v[ch * h * w + at] > best.0 {
+                                        best = (v[ch * h * w + at], at);
+                                    }
+                                }
+                            }
+                        }
+                        let o = (ch * oh + oy) * ow + ox;
+                        assert_eq!((vals[o], idx[o] as usize), best, "k {k:?} s {s:?} p {p:?} ceil {ceil} at {o}");
+                    }
+                }
+            }
+            if !ceil {
+                assert_eq!(vals, x.max_pool2d(k, s, p).unwrap().to_vec_f64().unwrap());
+            }
+        }
+    }
+    let (vals, idx) = x.max_pool2d_with_indices((2, 2), (2, 2), (0, 0), true).unwrap();
+    let back = vals.max_unpool2d(&idx, (h, w)).unwrap().to_vec_f64().unwrap();
+    for (i, b) in back.iter().enumerate() {
+        assert!(*b == 0.0 || *b == v[i], "unpool puts values back where they were");
+    }
+    assert_eq!(back.iter().filter(|&&b| b != 0.0).count(), vals.elem_count());
+    gradcheck(|a| Ok(a[0].max_pool2d_with_indices((3, 2), (2, 2), (1, 1), true)?.0), &[x.requires_grad()]).unwrap();
+}

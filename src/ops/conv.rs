@@ -4,7 +4,7 @@
 
 use crate::autograd::{Gradients, Operation, apply};
 use crate::backend::Window2d;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// `[N, C, H, W]` → columns `[N, C·kh·kw, OH·OW]`.
 pub struct Im2Col {
@@ -277,6 +277,94 @@ impl Tensor {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
         let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY)?;
         cols.max(&[1])?.reshape(out.to_vec())
+    }
+
+    /// PyTorch's `max_pool2d(kernel, stride, padding, ceil_mode=…, return_indices=True)`: the
+    /// maxima and, for each, its flat index `y·W + x` in its input plane (what
+    /// [`Tensor::max_unpool2d`] takes). With `ceil_mode` the output size rounds up, keeping a
+    /// last window that starts inside the input or its left padding. The gradient goes to the
+    /// first maximum of each window.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec((0..9).map(|v| v as f64).collect::<Vec<_>>(), (1, 1, 3, 3), Device::Cpu)?;
+    /// let (y, i) = x.max_pool2d_with_indices((2, 2), (2, 2), (0, 0), true)?;
+    /// assert_eq!(y.to_vec_f64()?, vec![4.0, 5.0, 7.0, 8.0]);
+    /// assert_eq!(i.to_vec_f64()?, vec![4.0, 5.0, 7.0, 8.0]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn max_pool2d_with_indices(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        ceil_mode: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = "max_pool2d";
+        need_rank(op, self, 4)?;
+        let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
+        let Some((mut oh, mut ow)) = window.output_size(h, w) else {
+            return Err(Error::BadShape { op, msg: format!("window {window:?} does not fit {:?}", self.shape()) });
+        };
+        if ceil_mode {
+            // PyTorch: one more window where a partial one remains, if it starts inside the
+            // input or its left padding.
+            let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {
+                let more = !(n + 2 * p - k).is_multiple_of(s);
+                if more && o * s < n + p { o + 1 } else { o }
+            };
+            oh = extra(oh, h, kernel.0, stride.0, padding.0);
+            ow = extra(ow, w, kernel.1, stride.1, padding.1);
+        }
+        // Pad the bottom/right with −∞ so the last windows fit the symmetric im2col.
+        let (eh, ew) = (
+            ((oh - 1) * stride.0 + kernel.0).saturating_sub(h + 2 * padding.0),
+            ((ow - 1) * stride.1 + kernel.1).saturating_sub(w + 2 * padding.1),
+        );
+        let mut x = self.reshape((n * c, 1, h, w))?;
+        if eh > 0 {
+            let fill = Tensor::full(f64::NEG_INFINITY, (n * c, 1, eh, w), self.dtype(), self.device())?;
+            x = Tensor::cat(&[&x, &fill], 2)?;
+        }
+        if ew > 0 {
+            let fill = Tensor::full(f64::NEG_INFINITY, (n * c, 1, h + eh, ew), self.dtype(), self.device())?;
+            x = Tensor::cat(&[&x, &fill], 3)?;
+        }
+        let (ph, pw) = padding;
+        if 2 * ph > kernel.0 || 2 * pw > kernel.1 {
+            return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
+        }
+        let cols = x.im2col(window, f64::NEG_INFINITY)?; // [NC, kh·kw, oh·ow]
+        let (values, k) = cols.max_dim(1, false)?;
+        // Window offset k → input position: y = oy·s − p + k / kw, x = ox·s − p + k % kw.
+        let dev = self.device();
+        let kw = kernel.1 as i64;
+        let ki = k.div(&Tensor::full(kw as f64, (), DType::I64, dev)?)?;
+        let kj = k.sub(&ki.affine(kw as f64, 0.0)?)?;
+        let oy: Vec<i64> = (0..oh * ow).map(|l| (l / ow * stride.0) as i64 - ph as i64).collect();
+        let ox: Vec<i64> = (0..oh * ow).map(|l| (l % ow * stride.1) as i64 - pw as i64).collect();
+        let oy = Tensor::from_vec(oy, oh * ow, Device::Cpu)?.to_device(dev)?;
+        let ox = Tensor::from_vec(ox, oh * ow, Device::Cpu)?.to_device(dev)?;
+        let idx = ki.add(&oy)?.affine(w as f64, 0.0)?.add(&kj.add(&ox)?)?;
+        Ok((values.reshape((n, c, oh, ow))?, idx.reshape((n, c, oh, ow))?))
+    }
+
+    /// PyTorch's `max_unpool2d`: each value of `self` `[N, C, oh, ow]` placed at its flat
+    /// index (from [`Tensor::max_pool2d_with_indices`]) in a zero `[N, C, h, w]` plane.
+    pub fn max_unpool2d(&self, indices: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        need_rank("max_unpool2d", self, 4)?;
+        if indices.dims() != self.dims() {
+            return Err(Error::ShapeMismatch {
+                op: "max_unpool2d",
+                lhs: self.shape().clone(),
+                rhs: indices.shape().clone(),
+            });
+        }
+        let (n, c) = (self.dims()[0], self.dims()[1]);
+        let l = self.dims()[2] * self.dims()[3];
+        let plane = Tensor::zeros((n * c, h * w), self.dtype(), self.device())?;
+        plane.scatter_add(1, &indices.reshape((n * c, l))?, &self.reshape((n * c, l))?)?.reshape((n, c, h, w))
     }
 
     /// 2-D average pooling; `count_include_pad` as in PyTorch (true: divide by the kernel area).
