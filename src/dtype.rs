@@ -30,6 +30,19 @@ impl DType {
         }
     }
 
+    /// The smallest and largest finite values of this dtype, as f64 (for i64 the largest f64
+    /// below 2⁶³, since 2⁶³ itself is out of range): where a scalar fits without overflow.
+    pub(crate) fn finite_range(self) -> (f64, f64) {
+        match self {
+            DType::U8 => (0.0, 255.0),
+            DType::I64 => (-9_223_372_036_854_775_808.0, 9_223_372_036_854_774_784.0),
+            DType::F16 => (-65504.0, 65504.0),
+            DType::BF16 => (-3.389_531_389_251_535_5e38, 3.389_531_389_251_535_5e38),
+            DType::F32 => (-f32::MAX as f64, f32::MAX as f64),
+            DType::F64 => (f64::MIN, f64::MAX),
+        }
+    }
+
     /// True for the floating-point dtypes.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::BF16)

@@ -263,20 +263,8 @@ impl ParameterStore {
         self.check_tensors(&named)?;
         for (name, t) in named {
             match self.get(&name) {
-                Some(p) => {
-                    let src = t.to_dtype(p.dtype())?.to_device(p.device())?;
-                    if src.same_storage(&p) {
-                        // Restoring a snapshot of itself (the same buffer): taking its read and
-                        // write locks at once would deadlock. Copy first when the views differ.
-                        if src.layout() == p.layout() {
-                            continue;
-                        }
-                        let copy = crate::no_grad(|| src.copy())?;
-                        copy.storage().copy_strided(copy.layout(), &mut p.storage_mut(), p.layout())?;
-                        continue;
-                    }
-                    src.storage().copy_strided(src.layout(), &mut p.storage_mut(), p.layout())?;
-                }
+                // Restoring a snapshot of itself is fine: write_from copies an aliasing source.
+                Some(p) => p.write_from(&t)?,
                 None => {
                     self.insert(&name, t)?;
                 }

@@ -65,8 +65,7 @@ impl Embedding {
             return Err(Error::IndexOutOfRange { op: "Embedding padding_idx", index: idx as i64, size: num });
         }
         let zeros = Tensor::zeros((1, self.weight.dims()[1]), self.weight.dtype(), self.weight.device())?;
-        let row = self.weight.narrow(0, idx, 1)?;
-        zeros.storage().copy_strided(zeros.layout(), &mut row.storage_mut(), row.layout())?;
+        self.weight.narrow(0, idx, 1)?.write_from(&zeros)?;
         self.padding_idx = Some(idx);
         Ok(self)
     }

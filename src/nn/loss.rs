@@ -133,14 +133,11 @@ impl HuberLoss {
 
 impl Loss for HuberLoss {
     fn loss(&self, p: &Tensor, t: &Tensor) -> Result<Tensor> {
-        same_shape("huber_loss", p, t)?;
         if !(self.delta > 0.0 && self.delta.is_finite()) {
             return Err(Error::msg(format!("huber_loss: delta must be finite and > 0, got {}", self.delta)));
         }
-        let d = p.sub(t)?.abs()?;
-        let quad = d.sqr()?.mul_scalar(0.5)?;
-        let lin = d.add_scalar(-0.5 * self.delta)?.mul_scalar(self.delta)?;
-        self.reduction.apply(&d.lt_scalar(self.delta)?.where_cond(&quad, &lin)?)
+        // Huber with δ is δ · smooth L1 with β = δ (any reduction commutes with the scale).
+        SmoothL1Loss { beta: self.delta, reduction: self.reduction }.loss(p, t)?.mul_scalar(self.delta)
     }
 }
 

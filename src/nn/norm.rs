@@ -53,12 +53,6 @@ fn per_channel(t: &Tensor, rank: usize) -> Result<Tensor> {
     t.reshape(d)
 }
 
-/// Writes `src`'s values into `dst`'s buffer in place (a running statistic).
-fn write_into(dst: &Tensor, src: &Tensor) -> Result<()> {
-    let src = no_grad(|| src.to_dtype(dst.dtype())?.to_device(dst.device())?.reshape(dst.shape())?.copy())?;
-    src.storage().copy_strided(src.layout(), &mut dst.storage_mut(), dst.layout())
-}
-
 impl Tensor {
     /// PyTorch's `batch_norm` over the channel axis 1 of `[N, C, …]`.
     ///
@@ -117,11 +111,11 @@ impl Tensor {
             no_grad(|| -> Result<()> {
                 if let Some(rm) = running_mean {
                     let bm = mean.flatten_all()?.to_dtype(rm.dtype())?;
-                    write_into(rm, &rm.affine(1.0 - momentum, 0.0)?.add(&bm.affine(momentum, 0.0)?)?)?;
+                    rm.write_from(&rm.affine(1.0 - momentum, 0.0)?.add(&bm.affine(momentum, 0.0)?)?)?;
                 }
                 if let Some(rv) = running_var {
                     let bv = var.flatten_all()?.affine(n as f64 / (n - 1) as f64, 0.0)?.to_dtype(rv.dtype())?;
-                    write_into(rv, &rv.affine(1.0 - momentum, 0.0)?.add(&bv.affine(momentum, 0.0)?)?)?;
+                    rv.write_from(&rv.affine(1.0 - momentum, 0.0)?.add(&bv.affine(momentum, 0.0)?)?)?;
                 }
                 Ok(())
             })?;

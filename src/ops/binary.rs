@@ -182,13 +182,9 @@ impl Tensor {
     /// i64 values up to 2⁵³ in magnitude.
     pub fn compare_scalar(&self, rhs: f64, op: CmpOp) -> Result<Tensor> {
         let dt = self.dtype();
-        let holds = |lo: f64, hi: f64| rhs.fract() == 0.0 && rhs >= lo && rhs <= hi;
-        let exact = match dt {
-            DType::U8 => holds(0.0, 255.0),
-            // Every integer f64 in i64's range converts exactly (2^63 itself is outside).
-            DType::I64 => holds(-9_223_372_036_854_775_808.0, 9_223_372_036_854_774_784.0),
-            _ => true,
-        };
+        let (lo, hi) = dt.finite_range();
+        // Every integer f64 within an integer dtype's range converts to it exactly.
+        let exact = dt.is_float() || (rhs.fract() == 0.0 && (lo..=hi).contains(&rhs));
         let scalar = |dtype: DType| -> Result<Tensor> {
             // Storage::full converts as a cast does (floats round, ±∞ past their range).
             let s = Storage::full(&Shape::scalar(), dtype, rhs, self.device())?;

@@ -252,19 +252,46 @@ impl Tensor {
         }
     }
 
-    /// Windows of each channel plane as `[N·C, kh·kw, OH·OW]` plus the output shape.
-    fn pool_columns(&self, op: &'static str, window: Window2d, pad_value: f64) -> Result<(Tensor, [usize; 4])> {
+    /// Windows of each channel plane as `[N·C, kh·kw, OH·OW]` plus the output shape. With
+    /// `ceil_mode` (PyTorch's) the output size rounds up, keeping a last window that starts
+    /// inside the input or its left padding; the bottom and right are padded with `pad_value`
+    /// so the symmetric im2col covers it.
+    fn pool_columns(
+        &self,
+        op: &'static str,
+        window: Window2d,
+        pad_value: f64,
+        ceil_mode: bool,
+    ) -> Result<(Tensor, [usize; 4])> {
         need_rank(op, self, 4)?;
         let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let (ph, pw) = window.padding;
         if 2 * ph > window.kernel.0 || 2 * pw > window.kernel.1 {
             return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
         }
-        let Some((oh, ow)) = window.output_size(h, w) else {
+        let Some((mut oh, mut ow)) = window.output_size(h, w) else {
             return Err(Error::BadShape { op, msg: format!("window {window:?} does not fit {:?}", self.shape()) });
         };
-        let cols = self.reshape((n * c, 1, h, w))?.im2col(window, pad_value)?;
-        Ok((cols, [n, c, oh, ow]))
+        let mut x = self.reshape((n * c, 1, h, w))?;
+        if ceil_mode {
+            let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {
+                let more = !(n + 2 * p - k).is_multiple_of(s);
+                if more && o * s < n + p { o + 1 } else { o }
+            };
+            let (k, s) = (window.kernel, window.stride);
+            (oh, ow) = (extra(oh, h, k.0, s.0, ph), extra(ow, w, k.1, s.1, pw));
+            let (eh, ew) =
+                (((oh - 1) * s.0 + k.0).saturating_sub(h + 2 * ph), ((ow - 1) * s.1 + k.1).saturating_sub(w + 2 * pw));
+            if eh > 0 {
+                let fill = Tensor::full(pad_value, (n * c, 1, eh, w), self.dtype(), self.device())?;
+                x = Tensor::cat(&[&x, &fill], 2)?;
+            }
+            if ew > 0 {
+                let fill = Tensor::full(pad_value, (n * c, 1, h + eh, ew), self.dtype(), self.device())?;
+                x = Tensor::cat(&[&x, &fill], 3)?;
+            }
+        }
+        Ok((x.im2col(window, pad_value)?, [n, c, oh, ow]))
     }
 
     /// 2-D max pooling over `[N, C, H, W]` with any kernel, stride and padding.
@@ -275,7 +302,7 @@ impl Tensor {
         padding: (usize, usize),
     ) -> Result<Tensor> {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
-        let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY)?;
+        let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY, false)?;
         cols.max(&[1])?.reshape(out.to_vec())
     }
 
@@ -300,42 +327,9 @@ impl Tensor {
         padding: (usize, usize),
         ceil_mode: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let op = "max_pool2d";
-        need_rank(op, self, 4)?;
-        let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
-        let Some((mut oh, mut ow)) = window.output_size(h, w) else {
-            return Err(Error::BadShape { op, msg: format!("window {window:?} does not fit {:?}", self.shape()) });
-        };
-        if ceil_mode {
-            // PyTorch: one more window where a partial one remains, if it starts inside the
-            // input or its left padding.
-            let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {
-                let more = !(n + 2 * p - k).is_multiple_of(s);
-                if more && o * s < n + p { o + 1 } else { o }
-            };
-            oh = extra(oh, h, kernel.0, stride.0, padding.0);
-            ow = extra(ow, w, kernel.1, stride.1, padding.1);
-        }
-        // Pad the bottom/right with −∞ so the last windows fit the symmetric im2col.
-        let (eh, ew) = (
-            ((oh - 1) * stride.0 + kernel.0).saturating_sub(h + 2 * padding.0),
-            ((ow - 1) * stride.1 + kernel.1).saturating_sub(w + 2 * padding.1),
-        );
-        let mut x = self.reshape((n * c, 1, h, w))?;
-        if eh > 0 {
-            let fill = Tensor::full(f64::NEG_INFINITY, (n * c, 1, eh, w), self.dtype(), self.device())?;
-            x = Tensor::cat(&[&x, &fill], 2)?;
-        }
-        if ew > 0 {
-            let fill = Tensor::full(f64::NEG_INFINITY, (n * c, 1, h + eh, ew), self.dtype(), self.device())?;
-            x = Tensor::cat(&[&x, &fill], 3)?;
-        }
-        let (ph, pw) = padding;
-        if 2 * ph > kernel.0 || 2 * pw > kernel.1 {
-            return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
-        }
-        let cols = x.im2col(window, f64::NEG_INFINITY)?; // [NC, kh·kw, oh·ow]
+        let (cols, [n, c, oh, ow]) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY, ceil_mode)?;
+        let ((ph, pw), w) = (padding, self.dims()[3]);
         let (values, k) = cols.max_dim(1, false)?;
         // Window offset k → input position: y = oy·s − p + k / kw, x = ox·s − p + k % kw.
         let dev = self.device();
@@ -376,7 +370,7 @@ impl Tensor {
         count_include_pad: bool,
     ) -> Result<Tensor> {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
-        let (cols, out) = self.pool_columns("avg_pool2d", window, 0.0)?;
+        let (cols, out) = self.pool_columns("avg_pool2d", window, 0.0, false)?;
         if count_include_pad || padding == (0, 0) {
             return cols.mean(&[1])?.reshape(out.to_vec());
         }

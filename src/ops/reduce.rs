@@ -102,9 +102,11 @@ impl Tensor {
         } else {
             apply(Reduce { op, axes: axes.clone() }, &[self])?
         };
-        if keepdim {
-            return Ok(kept);
-        }
+        if keepdim { Ok(kept) } else { self.drop_axes(&kept, &axes) }
+    }
+
+    /// `kept` (a reduction of `self` over the resolved `axes`, kept at size 1) without them.
+    fn drop_axes(&self, kept: &Tensor, axes: &[usize]) -> Result<Tensor> {
         let dims: Vec<usize> = (0..self.rank()).filter(|a| !axes.contains(a)).map(|a| self.dims()[a]).collect();
         kept.reshape(Shape::from(dims))
     }
@@ -132,22 +134,7 @@ impl Tensor {
         let m = self.max_keepdim(axes)?.detach();
         let m = m.abs()?.lt_scalar(f64::INFINITY)?.where_cond(&m, &m.zeros_like()?)?;
         let lse = self.sub(&m)?.exp()?.sum_keepdim(axes)?.log()?.add(&m)?;
-        if keepdim {
-            return Ok(lse);
-        }
-        let ranked: Vec<usize> = if axes.is_empty() {
-            Vec::new()
-        } else {
-            let mut a: Vec<usize> = axes
-                .iter()
-                .map(|&ax| crate::shape::resolve_axis(ax, self.rank(), "logsumexp"))
-                .collect::<Result<_>>()?;
-            a.sort_unstable();
-            a
-        };
-        let dims: Vec<usize> =
-            (0..self.rank()).filter(|a| !(ranked.is_empty() || ranked.contains(a))).map(|a| self.dims()[a]).collect();
-        lse.reshape(dims)
+        if keepdim { Ok(lse) } else { self.drop_axes(&lse, &resolve_axes(axes, self.rank(), "logsumexp")?) }
     }
     /// Sum of all elements (rank 0).
     pub fn sum_all(&self) -> Result<Tensor> {

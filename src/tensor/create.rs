@@ -38,19 +38,11 @@ impl Tensor {
     /// dtype (or NaN/infinite), or finite but past the largest finite value of a float dtype
     /// (infinities and NaN are kept). Fractions toward an integer dtype truncate.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
-        let (lo, hi) = match dtype {
-            DType::U8 => (0.0, 255.0),
-            DType::I64 => (-9_223_372_036_854_775_808.0, 9_223_372_036_854_775_807.0),
-            DType::F16 => (-65504.0, 65504.0),
-            DType::BF16 => (-3.3895313892515355e38, 3.3895313892515355e38),
-            DType::F32 => (-f32::MAX as f64, f32::MAX as f64),
-            DType::F64 => (f64::MIN, f64::MAX),
-        };
+        let range = dtype.finite_range();
         let fits = if dtype.is_float() {
-            !value.is_finite() || (lo..=hi).contains(&value)
+            !value.is_finite() || (range.0..=range.1).contains(&value)
         } else {
-            // i64's bounds as f64: 2^63 itself is out of range (the upper bound rounds up to it).
-            value.is_finite() && value.trunc() >= lo && value.trunc() < hi + if dtype == DType::I64 { 0.0 } else { 1.0 }
+            value.is_finite() && (range.0..=range.1).contains(&value.trunc())
         };
         if !fits {
             return Err(Error::msg(format!("full: {value} cannot be converted to {dtype:?} without overflow")));

@@ -175,6 +175,25 @@ impl Tensor {
     pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.write().unwrap_or_else(|e| e.into_inner())
     }
+    /// Writes `src`'s values (converted to this tensor's dtype and device; same shape) into
+    /// this tensor's elements in place, outside autograd: restoring parameters, updating
+    /// running statistics. A source sharing this buffer is copied first, since holding its
+    /// read lock while this one's write lock is requested would deadlock.
+    pub(crate) fn write_from(&self, src: &Tensor) -> Result<()> {
+        let src = crate::no_grad(|| src.to_dtype(self.dtype())?.to_device(self.device()))?;
+        if src.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op: "write", lhs: self.shape().clone(), rhs: src.shape().clone() });
+        }
+        let src = if src.same_storage(self) {
+            if src.layout() == self.layout() {
+                return Ok(());
+            }
+            crate::no_grad(|| src.copy())?
+        } else {
+            src
+        };
+        src.storage().copy_strided(src.layout(), &mut self.storage_mut(), self.layout())
+    }
     /// True when both tensors view the same storage buffer.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)

@@ -179,11 +179,6 @@ impl CudaDevice {
             return;
         }
         self.in_use.fetch_sub(block.class, Ordering::Relaxed);
-        if !self.driver.caches_blocks() {
-            // SAFETY: the storage that owned the block is being dropped.
-            unsafe { self.driver.free(block.ptr, block.class) };
-            return;
-        }
         if let Ok(mut p) = self.pool.lock() {
             p.cached += block.class;
             p.free.entry(block.class).or_default().push(block.ptr);

@@ -77,8 +77,6 @@ pub(crate) trait Driver: Send + Sync {
     /// Bytes the allocator asks for a request of `bytes`: the real driver rounds up to a
     /// cache class, the emulator allocates exactly so a read past the end is caught.
     fn size_class(&self, bytes: usize) -> usize;
-    /// Whether freed blocks are kept for reuse by the device's caching allocator.
-    fn caches_blocks(&self) -> bool;
     /// `bytes` of uninitialized device memory.
     fn alloc(&self, bytes: usize) -> Result<u64>;
     /// Frees what [`Driver::alloc`] returned for `bytes`.

@@ -188,13 +188,10 @@ impl Driver for EmuDriver {
     fn sm_count(&self) -> u32 {
         4
     }
+    /// Exact: the same caching allocator as on a GPU runs above the seam, but a block is
+    /// reused only by a request of exactly its size, so a read past the end is caught.
     fn size_class(&self, bytes: usize) -> usize {
         bytes
-    }
-    /// The same caching allocator as on a GPU (it is code above the seam under test); blocks
-    /// are reused only by requests of exactly their size.
-    fn caches_blocks(&self) -> bool {
-        true
     }
     fn alloc(&self, bytes: usize) -> Result<u64> {
         let layout = Layout::from_size_align(bytes.max(1), ALIGN)

@@ -148,9 +148,6 @@ impl Driver for RealDriver {
     fn size_class(&self, bytes: usize) -> usize {
         size_class(bytes)
     }
-    fn caches_blocks(&self) -> bool {
-        true
-    }
     fn alloc(&self, bytes: usize) -> Result<u64> {
         guarded("alloc", || {
             // SAFETY: u8 has no invalid bit patterns; every kernel writes before reading.
