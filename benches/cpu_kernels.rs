@@ -97,5 +97,48 @@ fn optim(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, elementwise, reduce, softmax, matmul, conv, optim);
+/// The cost of running an op at all, on 16 elements: a built-in primitive against the same
+/// arithmetic as an elementwise custom op and as a general one (issue: a custom op must cost
+/// no more than a built-in op's dispatch). `…_grad` records the op for autograd too.
+fn dispatch(c: &mut Criterion) {
+    use tensorforge::Result;
+    use tensorforge::custom::{CpuKernel, CustomOp, Float, Input, Kernel, Output, Spec};
+    struct Neg;
+    impl CpuKernel for Neg {
+        fn forward<T: Float>(&self, x: &[&[T]], out: &mut [T], _: &[f64]) {
+            for (o, &x) in out.iter_mut().zip(x[0]) {
+                *o = -x;
+            }
+        }
+    }
+    struct NegGeneral;
+    impl Kernel for NegGeneral {
+        fn outputs(&self, x: &[Spec<'_>], _: &[f64]) -> Result<Vec<tensorforge::Shape>> {
+            Ok(vec![x[0].dims.into()])
+        }
+        fn cpu<T: Float>(&self, x: &[Input<'_, T>], out: &mut [Output<'_, T>], _: &[f64]) -> Result<()> {
+            let x = x[0].float()?;
+            for (i, o) in out[0].as_mut_slice().iter_mut().enumerate() {
+                *o = -x.data()[i * x.strides()[0]];
+            }
+            Ok(())
+        }
+    }
+    let elementwise = CustomOp::new("neg_elementwise", Neg).unwrap().backward(|_, _, g| Ok(vec![Some(g.neg()?)]));
+    let general =
+        CustomOp::from_kernel("neg_general", NegGeneral).unwrap().backward(|_, _, g| Ok(vec![Some(g.neg()?)]));
+    let mut g = c.benchmark_group("cpu/dispatch");
+    let x = randn(16);
+    let v = x.clone().requires_grad();
+    for (name, t) in [("", &x), ("_grad", &v)] {
+        g.bench_function(format!("builtin_neg{name}"), |b| b.iter(|| black_box(t.neg().unwrap())));
+        g.bench_function(format!("custom_elementwise_neg{name}"), |b| {
+            b.iter(|| black_box(elementwise.apply(&[t]).unwrap()))
+        });
+        g.bench_function(format!("custom_general_neg{name}"), |b| b.iter(|| black_box(general.apply(&[t]).unwrap())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, elementwise, reduce, softmax, matmul, conv, optim, dispatch);
 criterion_main!(benches);

@@ -25,6 +25,16 @@ struct tf_bf16 { tf_u16 bits; };
 #define TF_FOR(i, n) \
     for (tf_u64 i = (tf_u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (tf_u64)blockDim.x * gridDim.x)
 
+// The launch's dynamic shared memory as `T* name` (a launch's `shared_bytes`, 16-byte
+// aligned). One spelling for NVRTC and the emulator, which cannot express `extern __shared__`.
+#ifdef TF_EMU
+#define TF_DYNAMIC_SHARED(T, name) T* name = (T*)tf_emu_dynamic_shared()
+#else
+#define TF_DYNAMIC_SHARED(T, name)                  \
+    extern __shared__ __align__(16) char name##_[]; \
+    T* name = (T*)name##_
+#endif
+
 // Storage offset of row-major element i of the view `l`.
 TF_DEV tf_u64 tf_offset(const TfLayout& l, tf_u64 i) {
     if (l.contiguous) return l.offset + i;

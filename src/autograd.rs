@@ -65,6 +65,104 @@ pub fn apply(op: impl Operation, inputs: &[&Tensor]) -> Result<Tensor> {
     Ok(out)
 }
 
+/// An operation with several outputs (a value and its indices, a normalization and its
+/// statistics). [`apply_multi`] runs it; each output joins the graph, and `backward` runs once
+/// with the gradients of all of them.
+pub trait MultiOperation: Send + Sync + 'static {
+    /// A name for error messages and debugging.
+    fn name(&self) -> &str;
+    /// Computes the outputs from the inputs (called with recording off).
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+    /// Adds each input's gradient to `grads`, given the outputs' gradients (`None` for an
+    /// output the loss does not depend on). Runs with recording off.
+    fn backward(
+        &self,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        output_grads: &[Option<Tensor>],
+        grads: &mut Gradients,
+    ) -> Result<()>;
+}
+
+/// Runs `op` on `inputs`; when recording and some input tracks gradients, records it.
+///
+/// The outputs hang off one hidden empty tensor (the *hub*) whose node is the op: each
+/// output's own node only hands its gradient to the hub, and reverse topological order
+/// reaches the hub after every output, so the op's backward runs once with all of them.
+pub fn apply_multi(op: impl MultiOperation, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let outs = no_grad(|| op.forward(inputs))?;
+    if !(is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad())) {
+        return Ok(outs);
+    }
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    if let [out] = &outs[..] {
+        // One output needs no hub.
+        let node = Node { op: Box::new(Single(op)), inputs };
+        return Ok(vec![out.clone().with_node(node)]);
+    }
+    // Detached copies: the hub must not own the outputs that own it.
+    let joint = Joint { op: Box::new(op), outputs: outs.iter().map(Tensor::detach).collect() };
+    let hub = Tensor::hub().with_node(Node { op: Box::new(joint), inputs });
+    let n = outs.len();
+    Ok(outs
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| o.with_node(Node { op: Box::new(Pick { index, of: n }), inputs: vec![hub.clone()] }))
+        .collect())
+}
+
+struct Single<O>(O);
+impl<O: MultiOperation> Operation for Single<O> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
+        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+    }
+    fn backward(&self, inputs: &[Tensor], output: &Tensor, grad: &Tensor, grads: &mut Gradients) -> Result<()> {
+        self.0.backward(inputs, std::slice::from_ref(output), &[Some(grad.clone())], grads)
+    }
+}
+
+struct Joint {
+    op: Box<dyn MultiOperation>,
+    outputs: Vec<Tensor>,
+}
+impl Operation for Joint {
+    fn name(&self) -> &str {
+        self.op.name()
+    }
+    fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
+        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+    }
+    fn backward(&self, inputs: &[Tensor], hub: &Tensor, _: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let gs = grads.outputs.remove(&hub.id()).unwrap_or_default();
+        self.op.backward(inputs, &self.outputs, &gs, grads)
+    }
+}
+
+/// Output `index` of `of`: hands its gradient to the hub (its one input).
+struct Pick {
+    index: usize,
+    of: usize,
+}
+impl Operation for Pick {
+    fn name(&self) -> &str {
+        "multi_output"
+    }
+    fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
+        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+    }
+    fn backward(&self, inputs: &[Tensor], _: &Tensor, grad: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let hub = &inputs[0];
+        let slots = grads.outputs.entry(hub.id()).or_insert_with(|| vec![None; self.of]);
+        slots[self.index] = Some(grad.clone());
+        // The hub's own "gradient" is only the mark that makes the pass visit it.
+        grads.map.entry(hub.id()).or_insert_with(|| hub.detach());
+        Ok(())
+    }
+}
+
 /// Gradients being accumulated during one backward pass, by tensor.
 #[derive(Default)]
 pub struct Gradients {
@@ -72,6 +170,8 @@ pub struct Gradients {
     /// Gradients this pass allocated itself (sums, scattered slices): no one else holds
     /// them, so slice gradients may be added into them in place.
     owned: HashSet<TensorId>,
+    /// The outputs' gradients of multi-output ops, by hub, until the hub's turn.
+    outputs: HashMap<TensorId, Vec<Option<Tensor>>>,
 }
 
 impl Gradients {

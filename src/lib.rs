@@ -32,7 +32,7 @@ pub mod shape;
 pub mod storage;
 mod tensor;
 
-pub use autograd::{Gradients, Operation, apply, is_grad_enabled, no_grad};
+pub use autograd::{Gradients, MultiOperation, Operation, apply, apply_multi, is_grad_enabled, no_grad};
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

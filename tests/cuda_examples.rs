@@ -67,3 +67,18 @@ fn custom_op_example_passes_parity_on_cuda() {
     let out = run_example("custom_op", &[]);
     assert!(out.contains("parity passed (F32)") && out.contains("gradcheck passed"), "{out}");
 }
+
+/// The general custom-op example checks itself: gradcheck always; CPU/CUDA parity in every
+/// float dtype on the emulator or a GPU (and says so when it has to skip it).
+#[test]
+fn custom_rmsnorm_example_passes_its_checks() {
+    let out = run_example("custom_rmsnorm", &["--quick"]);
+    assert!(out.contains("gradcheck passed"), "{out}");
+    let passed = out.matches("parity passed").count();
+    if cfg!(feature = "cuda-emu") {
+        assert_eq!(passed, 4, "{out}");
+    } else {
+        assert!(passed == 4 || out.contains("parity skipped"), "{out}");
+    }
+    assert!(value_after(&out, "speedup") > 0.0, "{out}");
+}

@@ -393,12 +393,54 @@ fn table() -> Vec<Case> {
     case!("custom/squareplus", [x()], move |a| squareplus.apply(&[&a[0]]));
     let hypot = custom_ops::hypot();
     case!("custom/two_inputs_broadcast", [r(&[3, 4], 130), r(&[4], 131)], move |a| hypot.apply(&[&a[0], &a[1]]));
+    // ---- several outputs (autograd::apply_multi), through a general custom op ----
+    let split = custom_ops::split_scaled();
+    let s2 = split.clone();
+    case!("multi_output/both_used", [r(&[3, 5], 132)], move |a| {
+        let ys = split.apply_multi(&[&a[0]])?;
+        Tensor::cat(&[&ys[0].flatten_all()?, &ys[1].flatten_all()?.sin()?], 0)
+    });
+    case!("multi_output/second_only", [r(&[3, 5], 133)], move |a| s2.apply_multi(&[&a[0]])?[1].exp());
     t
 }
 
 /// Sample custom ops for the table above.
 mod custom_ops {
-    use tensorforge::custom::{CpuKernel, CustomOp, Float};
+    use tensorforge::custom::{CpuKernel, CustomOp, Float, Input, Kernel, Output, Spec};
+    use tensorforge::{Result, Shape, Tensor};
+
+    /// Two outputs of different shapes: `2·x[:, :k]` and `x[:, k:]²` with `k = 2`.
+    struct SplitScaled;
+    impl Kernel for SplitScaled {
+        fn outputs(&self, x: &[Spec<'_>], _: &[f64]) -> Result<Vec<Shape>> {
+            let (n, d) = (x[0].dims[0], x[0].dims[1]);
+            Ok(vec![Shape::from((n, 2)), Shape::from((n, d - 2))])
+        }
+        fn cpu<T: Float>(&self, x: &[Input<'_, T>], out: &mut [Output<'_, T>], _: &[f64]) -> Result<()> {
+            let m = x[0].float()?;
+            let (n, d) = (m.dims()[0], m.dims()[1]);
+            let [a, b] = out else { unreachable!("two outputs declared") };
+            for i in 0..n {
+                for j in 0..d {
+                    let v = m.at(&[i, j]);
+                    if j < 2 {
+                        a.as_mut_slice()[i * 2 + j] = v + v;
+                    } else {
+                        b.as_mut_slice()[i * (d - 2) + j - 2] = v * v;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub fn split_scaled() -> CustomOp {
+        CustomOp::from_kernel("split_scaled", SplitScaled).unwrap().backward_multi(|x, _, g| {
+            let d = x[0].dims()[1];
+            let right = x[0].narrow(1, 2, d - 2)?;
+            Ok(vec![Some(Tensor::cat(&[&g[0].mul_scalar(2.0)?, &g[1].mul(&right)?.mul_scalar(2.0)?], 1)?)])
+        })
+    }
 
     struct Squareplus;
     impl CpuKernel for Squareplus {
@@ -495,13 +537,15 @@ fn operation_names() -> BTreeSet<String> {
             let literals: Vec<&str> = body.split('"').skip(1).step_by(2).collect();
             if !literals.is_empty() {
                 names.extend(literals.iter().map(|s| s.to_string()));
-            } else if ty == "CustomOp" {
+            } else if ty == "CustomOp" || ty == "One" {
                 // User-defined ops report the user's name; the wrapper itself must be covered
                 // by `custom/...` entries that gradcheck sample custom ops through it.
                 names.insert("custom".to_string());
             } else if body.contains(".name()") {
+                // Single and Joint: autograd's multi-output plumbing, named after the op they
+                // wrap; the `multi_output/...` entries gradcheck it (with its `Pick` outputs).
                 assert!(
-                    ["Unary", "Binary", "Reduce"].contains(&ty.as_str()),
+                    ["Unary", "Binary", "Reduce", "Single", "Joint"].contains(&ty.as_str()),
                     "{}: `{ty}` takes its name from somewhere this test does not know; teach the test",
                     f.display()
                 );

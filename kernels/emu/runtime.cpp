@@ -52,6 +52,7 @@ struct TfEmuOptions {
     unsigned order;            // 0: threads in order, 1: reversed, 2: seeded random each pass
     unsigned cp_async_at_wait; // 0: cp.async copies when issued, 1: only at its wait_group
     unsigned long long seed;
+    unsigned long long shared_bytes; // dynamic shared memory of each block
 };
 
 namespace {
@@ -162,6 +163,8 @@ struct Block {
     Context sched;
     bool failed;
     std::string error;
+    // Dynamic shared memory, 16-byte aligned as on the GPU, poisoned like fresh allocations.
+    std::vector<float4> dyn_shared;
 #ifdef TF_EMU_ASAN
     void* sched_fake;
     const void* sched_bottom;
@@ -308,6 +311,13 @@ const tf_emu_uint3* tf_emu_block_idx(void) { return &cur_block->bidx; }
 const tf_emu_uint3* tf_emu_block_dim(void) { return &cur_block->bdim; }
 const tf_emu_uint3* tf_emu_grid_dim(void) { return &cur_block->gdim; }
 unsigned tf_emu_lane(void) { return cur_fiber->lane; }
+
+void* tf_emu_dynamic_shared(void) {
+    // On a GPU a launch without dynamic shared memory faults at the first access; here the
+    // declaration itself is the error, so the message names the kernel.
+    if (cur_block->dyn_shared.empty()) tf_emu_trap("TF_DYNAMIC_SHARED in a launch with no dynamic shared memory");
+    return cur_block->dyn_shared.data();
+}
 
 void tf_emu_trap(const char* why) {
     Block* b = cur_block;
@@ -457,6 +467,8 @@ int tf_emu_run_block(tf_emu_entry entry, void** params, const char* kernel, cons
     b.done = 0;
     b.arrived = 0;
     b.failed = false;
+    b.dyn_shared.assign((opts->shared_bytes + 15) / 16, float4{});
+    memset(b.dyn_shared.data(), 0xFF, b.dyn_shared.size() * sizeof(float4));
     b.fibers.resize(b.n);
     b.warps.assign((b.n + 31) / 32, Warp{});
 #ifdef TF_EMU_ASAN

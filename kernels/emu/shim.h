@@ -47,6 +47,8 @@ void tf_emu_syncthreads(void);
 void tf_emu_warp_exchange(unsigned mask, const void* value, unsigned bytes, int src, void* out);
 void tf_emu_syncwarp(unsigned mask);
 unsigned tf_emu_lane(void);
+// The running block's dynamic shared memory (the launch's `shared_bytes`, 16-byte aligned).
+void* tf_emu_dynamic_shared(void);
 [[noreturn]] void tf_emu_trap(const char* why);
 void tf_emu_mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1, int bf16);
 void tf_emu_ldmatrix_x4(unsigned* r, const void* row, int trans);

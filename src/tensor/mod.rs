@@ -101,6 +101,11 @@ impl Tensor {
         Tensor::from_storage(storage, Layout::contiguous(shape))
     }
 
+    /// An empty f32 tensor on the CPU: the node that joins a multi-output op's outputs.
+    pub(crate) fn hub() -> Tensor {
+        Tensor::from_contiguous(Storage::Cpu(crate::backend::cpu::CpuStorage::F32(Vec::new())), 0)
+    }
+
     /// A view of the same storage with another layout (no gradient tracking).
     pub(crate) fn view_as(&self, layout: Layout) -> Tensor {
         Tensor::from_shared(self.0.storage.clone(), layout)

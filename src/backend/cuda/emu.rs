@@ -38,6 +38,8 @@ struct EmuOptions {
     order: u32,
     cp_async_at_wait: u32,
     seed: u64,
+    /// The launch's dynamic shared memory (`TF_DYNAMIC_SHARED`), per block.
+    shared_bytes: u64,
 }
 
 type RunBlock = unsafe extern "C" fn(
@@ -110,7 +112,7 @@ pub fn kernel_names() -> Vec<String> {
 
 fn options() -> Result<EmuOptions> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut o = EmuOptions { order: 0, cp_async_at_wait: 1, seed: 0x5eed };
+    let mut o = EmuOptions { order: 0, cp_async_at_wait: 1, seed: 0x5eed, shared_bytes: 0 };
     match env("TENSORFORGE_EMU_SCHEDULE").as_deref() {
         None | Some("in-order") => {}
         Some("reverse") => o.order = 1,
@@ -264,12 +266,6 @@ impl Driver for EmuDriver {
         {
             return Err(Error::Cuda { op: "launch", msg: format!("{}: invalid launch configuration {cfg:?}", k.name) });
         }
-        if cfg.shared_bytes != 0 {
-            return Err(Error::Cuda {
-                op: "launch",
-                msg: format!("{}: dynamic shared memory is not implemented by the emulator", k.name),
-            });
-        }
         record_launch(k.name.rsplit("::").next().unwrap_or(&k.name));
         let params = Params(args.iter().map(Arg::as_param).collect());
         let blocks = u64::from(g.0) * u64::from(g.1) * u64::from(g.2);
@@ -289,7 +285,7 @@ impl Driver for EmuDriver {
         }
         let grid = [g.0, g.1, g.2];
         let block = [b.0, b.1, b.2];
-        let opts = self.opts;
+        let opts = EmuOptions { shared_bytes: u64::from(cfg.shared_bytes), ..self.opts };
         let failure = order.par_iter().with_max_len(1).find_map_any(|&linear| {
             let mut err = [0 as c_char; 512];
             // SAFETY: the caller guarantees `args` match the kernel; every array outlives the
