@@ -124,6 +124,23 @@ fn dispatch(c: &mut Criterion) {
             Ok(())
         }
     }
+    /// A reduction to another shape: the sum of a `[4, 4]` matrix's rows.
+    struct RowSum;
+    impl Kernel for RowSum {
+        fn outputs(&self, x: &[Spec<'_>], _: &[f64]) -> Result<Vec<tensorforge::Shape>> {
+            Ok(vec![x[0].dims[0].into()])
+        }
+        fn cpu<T: Float>(&self, x: &[Input<'_, T>], out: &mut [Output<'_, T>], _: &[f64]) -> Result<()> {
+            let m = x[0].float()?;
+            for (i, o) in out[0].as_mut_slice().iter_mut().enumerate() {
+                *o = (0..m.dims()[1]).fold(T::ZERO, |s, j| s + m.at(&[i, j]));
+            }
+            Ok(())
+        }
+    }
+    let row_sum = CustomOp::from_kernel("row_sum", RowSum)
+        .unwrap()
+        .backward(|x, _, g| Ok(vec![Some(g.unsqueeze(1)?.broadcast_as(x[0].shape())?)]));
     let elementwise = CustomOp::new("neg_elementwise", Neg).unwrap().backward(|_, _, g| Ok(vec![Some(g.neg()?)]));
     let general =
         CustomOp::from_kernel("neg_general", NegGeneral).unwrap().backward(|_, _, g| Ok(vec![Some(g.neg()?)]));
@@ -136,6 +153,14 @@ fn dispatch(c: &mut Criterion) {
             b.iter(|| black_box(elementwise.apply(&[t]).unwrap()))
         });
         g.bench_function(format!("custom_general_neg{name}"), |b| b.iter(|| black_box(general.apply(&[t]).unwrap())));
+    }
+    let m = randn((4, 4));
+    let mv = m.clone().requires_grad();
+    for (name, t) in [("", &m), ("_grad", &mv)] {
+        g.bench_function(format!("builtin_sum_rows{name}"), |b| b.iter(|| black_box(t.sum(&[1]).unwrap())));
+        g.bench_function(format!("custom_general_sum_rows{name}"), |b| {
+            b.iter(|| black_box(row_sum.apply(&[t]).unwrap()))
+        });
     }
     g.finish();
 }
