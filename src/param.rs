@@ -180,6 +180,20 @@ impl ParameterStore {
         self.entries.iter().map(|(n, t)| (n.clone(), t.detach())).collect()
     }
 
+    /// The parameters by name, detached (the values, not the variables): the same as
+    /// [`ParameterStore::named_tensors`], under the name modules use.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors()
+    }
+
+    /// Loads `state` into the existing parameters in place, as [`crate::nn::Module::load_state_dict`]
+    /// does: shape mismatches are an `Err` by name before anything is written; with `strict`,
+    /// so are missing and unexpected names, which are otherwise reported. Unlike
+    /// [`ParameterStore::load_tensors`] it never creates parameters.
+    pub fn load_state_dict(&self, state: &[(String, Tensor)], strict: bool) -> Result<crate::nn::LoadReport> {
+        crate::nn::load_state(&self.named_tensors(), state, strict)
+    }
+
     /// Writes every parameter to `path` as safetensors (any dtype, any device), so the file
     /// opens in Python's `safetensors`/PyTorch too. The creation order is kept in the
     /// metadata (safetensors itself sorts by name), so [`ParameterStore::load`] into an empty
@@ -199,23 +213,12 @@ impl ParameterStore {
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let named = self.named_tensors();
-        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let meta = self.order_metadata();
-        crate::io::write_safetensors(path, &refs, Some(&meta))
+        crate::io::save_named(path, &self.named_tensors())
     }
 
-    /// The creation order as safetensors metadata (names joined by newlines; omitted when a
-    /// name contains one, and then loading falls back to sorted order).
+    /// The creation order as safetensors metadata.
     pub(crate) fn order_metadata(&self) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        if !self.entries.iter().any(|(n, _)| n.contains('\n')) {
-            m.insert(
-                ORDER_KEY.to_string(),
-                self.entries.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("\n"),
-            );
-        }
-        m
+        order_metadata(self.entries.iter().map(|(n, _)| n.as_str()))
     }
 
     /// Reads a file written by [`ParameterStore::save`] (safetensors; also any other
@@ -276,6 +279,16 @@ impl ParameterStore {
 
 /// Metadata key of the creation order in files written by [`ParameterStore::save`].
 const ORDER_KEY: &str = "tensorforge.parameter_order";
+
+/// `names` in order as safetensors metadata (joined by newlines; omitted when a name contains
+/// one, and then loading falls back to sorted order).
+pub(crate) fn order_metadata<'a>(names: impl Iterator<Item = &'a str> + Clone) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if !names.clone().any(|n| n.contains('\n')) {
+        m.insert(ORDER_KEY.to_string(), names.collect::<Vec<_>>().join("\n"));
+    }
+    m
+}
 
 /// `named` (sorted by name, as safetensors returns it) in the saved creation order when the
 /// metadata holds a permutation of the names; else unchanged.

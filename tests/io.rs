@@ -275,7 +275,9 @@ fn safetensors_round_trip_every_dtype_shape_and_metadata() -> Result<()> {
     let loaded = io::load_named(&p)?;
     assert_eq!(loaded.len(), named.len());
     assert_eq!(io::read_safetensors(&p)?.len(), named.len());
-    assert!(io::safetensors::read_safetensors_with_metadata(&p)?.1.is_empty());
+    // save_named keeps the order in the metadata; load_named returns it.
+    assert_eq!(loaded.iter().map(|(n, _)| n).collect::<Vec<_>>(), named.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    assert_eq!(io::safetensors::read_safetensors_with_metadata(&p)?.1.len(), 1);
     Ok(())
 }
 
@@ -284,7 +286,9 @@ fn safetensors_layout_matches_the_reference_writer() -> Result<()> {
     let a = Tensor::from_vec(vec![1f32, 2.], 2, Device::Cpu)?;
     let b = Tensor::scalar(3i64, Device::Cpu)?;
     let bytes = io::to_safetensors_bytes(&[("b", &b), ("a", &a)], None)?;
-    let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I64","shape":[],"data_offsets":[8,16]}}"#;
+    // What `safetensors` 0.8 writes for {"b": int64 scalar, "a": float32 [1, 2]}: dtypes from
+    // the widest down, then names.
+    let header = r#"{"b":{"dtype":"I64","shape":[],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
     let padded = format!("{header}{}", " ".repeat((8 - header.len() % 8) % 8));
     assert_eq!(&bytes[8..8 + padded.len()], padded.as_bytes());
     assert_eq!(bytes.len(), 8 + padded.len() + 16);
@@ -650,4 +654,42 @@ fn replay_fixture_corpus() {
         }
     }
     assert!(n >= 2, "fixture corpus missing");
+}
+
+/// Every tensor's data starts at a multiple of its element size (wider dtypes first, as the
+/// reference writer orders them), with no gap: zero-copy readers can view each in place.
+#[test]
+fn safetensors_data_is_aligned_to_each_dtype() -> Result<()> {
+    let named = [
+        ("a_u8", sample(DType::U8, &[3])),
+        ("b_f16", sample(DType::F16, &[3])),
+        ("c_f32", sample(DType::F32, &[1])),
+        ("d_f64", sample(DType::F64, &[2])),
+        ("e_bf16", sample(DType::BF16, &[1])),
+        ("f_i64", sample(DType::I64, &[1])),
+    ];
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (*n, t)).collect();
+    let bytes = io::to_safetensors_bytes(&refs, None)?;
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!((8 + header_len) % 8, 0, "the data buffer starts 8-aligned");
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let mut spans = Vec::new();
+    for (name, t) in &named {
+        let at = header.find(&format!("\"{name}\"")).unwrap();
+        let offsets = &header[at..][header[at..].find("\"data_offsets\":[").unwrap() + 16..];
+        let mut it = offsets[..offsets.find(']').unwrap()].split(',').map(|v| v.parse::<usize>().unwrap());
+        let (start, end) = (it.next().unwrap(), it.next().unwrap());
+        assert_eq!(start % t.dtype().size_in_bytes(), 0, "{name} starts at {start}");
+        spans.push((start, end));
+    }
+    spans.sort();
+    assert_eq!(spans[0].0, 0);
+    assert!(spans.windows(2).all(|w| w[0].1 == w[1].0), "no gaps: {spans:?}");
+    // And it still reads back, sorted by name.
+    let back = io::from_safetensors_bytes(&bytes)?;
+    for ((n, t), (m, u)) in named.iter().zip(&back) {
+        assert_eq!(*n, m.as_str());
+        assert_same(t, u);
+    }
+    Ok(())
 }

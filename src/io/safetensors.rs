@@ -56,8 +56,10 @@ pub fn from_safetensors_bytes_with_metadata(bytes: &[u8]) -> Result<(Named, BTre
     parse(bytes, "safetensors")
 }
 
-/// Writes tensors (any dtype, any device) to a safetensors file, sorted by name, with an
-/// optional `__metadata__` map. Names must be unique and not `__metadata__`.
+/// Writes tensors (any dtype, any device) to a safetensors file in the reference writer's
+/// order (wider dtypes first, then by name, so every tensor's data is aligned to its element
+/// size; byte for byte what `safetensors` writes), with an optional
+/// `__metadata__` map. Names must be unique and not `__metadata__`.
 ///
 /// The header is padded with spaces to a multiple of 8 bytes, as the reference writer
 /// does, so that the data buffer starts 8-aligned.
@@ -84,6 +86,19 @@ pub fn to_safetensors_bytes(
             return Err(err(ctx, format!("tensor name {:?} appears twice", w[0].0)));
         }
     }
+    // The reference writer's order: by its dtype enum descending (I64, F64, F32, BF16, F16,
+    // U8 — never a narrower type before a wider one), then by name. The data buffer starts
+    // 8-aligned, so every tensor's offset is a multiple of its element size and zero-copy
+    // readers can view it in place, with no gap between tensors.
+    let rank = |d: DType| match d {
+        DType::I64 => 5,
+        DType::F64 => 4,
+        DType::F32 => 3,
+        DType::BF16 => 2,
+        DType::F16 => 1,
+        DType::U8 => 0,
+    };
+    sorted.sort_by_key(|(name, t)| (std::cmp::Reverse(rank(t.dtype())), *name));
     let mut entries = Vec::new();
     if let Some(m) = metadata.filter(|m| !m.is_empty()) {
         entries.push(format!("{}:{}", json::quote(METADATA_KEY), json::string_map(m)));
@@ -120,16 +135,21 @@ pub fn to_safetensors_bytes(
     Ok(out)
 }
 
-/// Saves a whole set of named parameters (e.g. a model's state) as safetensors.
+/// Saves named tensors — a model's [`state_dict`](crate::nn::Module::state_dict), a
+/// [`ParameterStore`](crate::param::ParameterStore)'s parameters — as safetensors, with
+/// their order in the metadata so [`load_named`] returns them in it. The one way the engine
+/// saves parameters: `ParameterStore::save` and checkpoints write through it too.
 pub fn save_named(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<()> {
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(path, &refs, None)
+    let meta = crate::param::order_metadata(tensors.iter().map(|(n, _)| n.as_str()));
+    write_safetensors(path, &refs, Some(&meta))
 }
 
-/// Loads a set of named parameters saved by [`save_named`] (or any safetensors file),
-/// sorted by name.
+/// Loads named tensors saved by [`save_named`] in their saved order; any other safetensors
+/// file (PyTorch's `safetensors.torch.save_file`) sorted by name.
 pub fn load_named(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
-    read_safetensors(path)
+    let (named, meta) = read_safetensors_with_metadata(path)?;
+    Ok(crate::param::in_saved_order(named, &meta))
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<Elem, String> {

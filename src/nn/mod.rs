@@ -28,6 +28,7 @@ mod linear;
 pub mod loss;
 mod norm;
 mod rnn;
+mod state;
 
 pub use activation::{GELU, ReLU, SiLU, Sigmoid, Tanh};
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, Flatten, MaxPool2d};
@@ -40,6 +41,7 @@ pub use loss::{
 };
 pub use norm::{BatchNorm, LayerNorm};
 pub use rnn::{GRU, GRUCell, LSTM, LSTMCell, Nonlinearity, RNN, RNNCell, RnnOptions};
+pub use state::{LoadReport, load_state};
 
 use crate::{Result, Tensor};
 
@@ -55,12 +57,70 @@ pub trait Module {
     fn parameters(&self) -> Vec<Tensor> {
         self.named_parameters().into_iter().map(|(_, p)| p).collect()
     }
+    /// Non-trainable state that is saved with the parameters (batch norm's running
+    /// statistics), named as PyTorch names its buffers.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Parameters and buffers by PyTorch's dotted names (`0.weight`, `weight_ih_l0`,
+    /// `running_mean`), detached views of the live values: what PyTorch's `state_dict()` holds
+    /// for the equivalent model. Save it with [`crate::io::save_named`].
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.named_parameters().into_iter().chain(self.named_buffers()).map(|(n, t)| (n, t.detach())).collect()
+    }
+    /// Loads `state` (e.g. [`crate::io::load_named`] of a file PyTorch's
+    /// `safetensors.torch.save_file(model.state_dict(), …)` wrote) into the parameters and
+    /// buffers in place, so optimizers holding them see the new values. Shape mismatches are
+    /// an `Err` naming the tensor, checked before anything is written; with `strict`, so are
+    /// missing and unexpected names, which are otherwise returned in the report.
+    fn load_state_dict(&self, state: &[(String, Tensor)], strict: bool) -> Result<LoadReport> {
+        load_state(&self.state_dict(), state, strict)
+    }
     /// Switches training-only behaviour (dropout) on or off. Modules without any ignore it.
     fn set_training(&mut self, _training: bool) {}
     /// Number of trainable scalars.
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(Tensor::elem_count).sum()
     }
+}
+
+/// The parameters of a hand-written model's child modules under their field names
+/// (`encoder.0.weight`), for its [`Module::named_parameters`]; pair it with
+/// [`children_buffers`] so buffers (batch norm's statistics) are not forgotten.
+///
+/// ```
+/// use tensorforge::nn::{BatchNorm, Linear, Module, children_buffers, children_parameters};
+/// use tensorforge::{Device, Result, Tensor};
+/// struct Net { body: Linear, norm: BatchNorm }
+/// impl Module for Net {
+///     fn forward(&self, x: &Tensor) -> Result<Tensor> { self.norm.forward(&self.body.forward(x)?) }
+///     fn named_parameters(&self) -> Vec<(String, Tensor)> {
+///         children_parameters(&[("body", &self.body), ("norm", &self.norm)])
+///     }
+///     fn named_buffers(&self) -> Vec<(String, Tensor)> {
+///         children_buffers(&[("body", &self.body), ("norm", &self.norm)])
+///     }
+/// }
+/// let net = Net { body: Linear::new(3, 2, Device::Cpu)?, norm: BatchNorm::new_1d(2, Device::Cpu)? };
+/// let names: Vec<String> = net.state_dict().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["body.weight", "body.bias", "norm.weight", "norm.bias",
+///                    "norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]);
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+pub fn children_parameters(children: &[(&str, &dyn Module)]) -> Vec<(String, Tensor)> {
+    children
+        .iter()
+        .flat_map(|(c, m)| m.named_parameters().into_iter().map(move |(n, t)| (format!("{c}.{n}"), t)))
+        .collect()
+}
+
+/// The buffers of a hand-written model's child modules under their field names; see
+/// [`children_parameters`].
+pub fn children_buffers(children: &[(&str, &dyn Module)]) -> Vec<(String, Tensor)> {
+    children
+        .iter()
+        .flat_map(|(c, m)| m.named_buffers().into_iter().map(move |(n, t)| (format!("{c}.{n}"), t)))
+        .collect()
 }
 
 /// Modules applied one after another.
@@ -107,6 +167,13 @@ impl Module for Sequential {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             out.extend(l.named_parameters().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
+        }
+        out
+    }
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.extend(l.named_buffers().into_iter().map(|(n, p)| (format!("{i}.{n}"), p)));
         }
         out
     }

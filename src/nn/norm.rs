@@ -12,6 +12,8 @@ pub struct BatchNorm {
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
+    /// PyTorch's buffer of the same name: training batches seen (an i64 scalar on the CPU).
+    num_batches_tracked: Tensor,
     momentum: f64,
     eps: f64,
     training: bool,
@@ -25,6 +27,7 @@ impl BatchNorm {
             bias: Tensor::zeros(channels, DType::F32, device)?.requires_grad(),
             running_mean: Tensor::zeros(channels, DType::F32, device)?,
             running_var: Tensor::ones(channels, DType::F32, device)?,
+            num_batches_tracked: Tensor::from_vec(vec![0i64], (), Device::Cpu)?,
             momentum: 0.1,
             eps: 1e-5,
             training: true,
@@ -146,7 +149,7 @@ impl Module for BatchNorm {
                 msg: format!("expected rank {} with {c} channels, got {:?}", self.rank, x.shape()),
             });
         }
-        x.batch_norm(
+        let y = x.batch_norm(
             Some(&self.running_mean),
             Some(&self.running_var),
             Some(&self.weight),
@@ -154,10 +157,22 @@ impl Module for BatchNorm {
             self.training,
             self.momentum,
             self.eps,
-        )
+        )?;
+        if self.training {
+            let n = self.num_batches_tracked.to_scalar::<i64>()?;
+            self.num_batches_tracked.write_from(&Tensor::from_vec(vec![n.saturating_add(1)], (), Device::Cpu)?)?;
+        }
+        Ok(y)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         vec![("weight".into(), self.weight.clone()), ("bias".into(), self.bias.clone())]
+    }
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("running_mean".into(), self.running_mean.clone()),
+            ("running_var".into(), self.running_var.clone()),
+            ("num_batches_tracked".into(), self.num_batches_tracked.clone()),
+        ]
     }
     fn set_training(&mut self, training: bool) {
         self.training = training;
