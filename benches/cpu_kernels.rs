@@ -31,9 +31,9 @@ fn reduce(c: &mut Criterion) {
     let x = randn((4096, 1024));
     g.throughput(Throughput::Bytes((4 * 4096 * 1024) as u64));
     g.bench_function("sum_all_4096x1024", |b| b.iter(|| black_box(x.sum_all().unwrap())));
-    g.bench_function("sum_rows_4096x1024", |b| b.iter(|| black_box(x.sum(&[1]).unwrap())));
-    g.bench_function("sum_cols_4096x1024", |b| b.iter(|| black_box(x.sum(&[0]).unwrap())));
-    g.bench_function("max_rows_4096x1024", |b| b.iter(|| black_box(x.max(&[1]).unwrap())));
+    g.bench_function("sum_rows_4096x1024", |b| b.iter(|| black_box(x.sum([1]).unwrap())));
+    g.bench_function("sum_cols_4096x1024", |b| b.iter(|| black_box(x.sum([0]).unwrap())));
+    g.bench_function("max_rows_4096x1024", |b| b.iter(|| black_box(x.max([1]).unwrap())));
     g.finish();
 }
 
@@ -157,7 +157,7 @@ fn dispatch(c: &mut Criterion) {
     let m = randn((4, 4));
     let mv = m.clone().requires_grad();
     for (name, t) in [("", &m), ("_grad", &mv)] {
-        g.bench_function(format!("builtin_sum_rows{name}"), |b| b.iter(|| black_box(t.sum(&[1]).unwrap())));
+        g.bench_function(format!("builtin_sum_rows{name}"), |b| b.iter(|| black_box(t.sum([1]).unwrap())));
         g.bench_function(format!("custom_general_sum_rows{name}"), |b| {
             b.iter(|| black_box(row_sum.apply(&[t]).unwrap()))
         });

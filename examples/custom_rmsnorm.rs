@@ -269,7 +269,7 @@ fn rmsnorm_op() -> Result<CustomOp> {
 
 /// The same RMSNorm from built-in ops: what the custom op has to beat.
 fn composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.mul(&x.sqr()?.mean_keepdim(&[-1])?.add_scalar(EPS)?.rsqrt()?)?.mul(w)
+    x.mul(&x.sqr()?.mean_keepdim([-1])?.add_scalar(EPS)?.rsqrt()?)?.mul(w)
 }
 
 fn main() {
@@ -288,7 +288,7 @@ fn run() -> Result<()> {
     let w = Tensor::randn(1.0, 0.5, 40, DType::F64, Device::Cpu)?;
 
     // It is RMSNorm: the composed op gives the same numbers.
-    let diff = y_of(&[x.clone(), w.clone()])?.sub(&composed(&x, &w)?)?.abs()?.max(&[])?.item()?;
+    let diff = y_of(&[x.clone(), w.clone()])?.sub(&composed(&x, &w)?)?.abs()?.max([])?.item()?;
     if diff > 1e-12 {
         return Err(Error::msg(format!("rmsnorm differs from the composed op by {diff:e}")));
     }

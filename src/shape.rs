@@ -80,6 +80,61 @@ impl Shape {
     }
 }
 
+/// The axes of a reduction, as PyTorch's `dim` takes them: one axis (`sum(1)`, `sum(-1)`) or
+/// several (`sum([0, 2])`, `sum(&[0, 2])`, a `Vec<isize>`); negative axes count from the end, and an empty
+/// list means every axis.
+///
+/// ```
+/// # use tensorforge::{Tensor, Device};
+/// let x = Tensor::from_vec(vec![1f64, 2., 3., 4., 5., 6.], (2, 3), Device::Cpu)?;
+/// assert_eq!(x.sum(1)?.to_vec1::<f64>()?, vec![6., 15.]);
+/// assert_eq!(x.sum(-2)?.to_vec1::<f64>()?, vec![5., 7., 9.]);
+/// assert_eq!(x.sum([0, 1])?.to_scalar::<f64>()?, 21.);
+/// assert_eq!(x.sum([])?.to_scalar::<f64>()?, 21.);
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+pub trait Axes {
+    /// The axes as a list (possibly negative, unresolved).
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]>;
+}
+
+impl Axes for isize {
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+        std::borrow::Cow::Borrowed(std::slice::from_ref(self))
+    }
+}
+macro_rules! int_axes {
+    ($($t:ty),*) => {$(
+        impl Axes for $t {
+            fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+                // An axis past isize::MAX cannot exist; it stays out of range.
+                std::borrow::Cow::Owned(vec![isize::try_from(*self).unwrap_or(isize::MAX)])
+            }
+        }
+    )*};
+}
+int_axes!(i32, i64, usize);
+impl Axes for [isize] {
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+impl<const N: usize> Axes for [isize; N] {
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+impl Axes for Vec<isize> {
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+impl<T: Axes + ?Sized> Axes for &T {
+    fn as_axes(&self) -> std::borrow::Cow<'_, [isize]> {
+        (**self).as_axes()
+    }
+}
+
 /// Resolves a possibly negative axis against `rank`.
 pub fn resolve_axis(axis: isize, rank: usize, op: &'static str) -> Result<usize> {
     let a = if axis < 0 { axis + rank as isize } else { axis };

@@ -230,7 +230,7 @@ fn batch_norm_tracks_running_statistics_and_eval_uses_them() -> Result<()> {
     let mut bn = BatchNorm::new_2d(2, Device::Cpu)?;
     let y = bn.forward(&x)?;
     // Train mode: each channel is normalized to mean 0, (biased) variance 1.
-    let m = y.mean(&[0, 2, 3])?.to_vec1::<f32>()?;
+    let m = y.mean([0, 2, 3])?.to_vec1::<f32>()?;
     assert!(m.iter().all(|v| v.abs() < 1e-5), "{m:?}");
     // Channel 0 holds 0,1,2,3,8,9,10,11: mean 5.5, unbiased variance 138/7 ≈ 19.71.
     let (rm, rv) = bn.running_stats();

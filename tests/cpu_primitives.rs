@@ -353,15 +353,15 @@ fn reductions_over_axis_sets_match_reference() -> Result<()> {
 #[test]
 fn reduction_edge_cases() -> Result<()> {
     let e = Tensor::zeros((3, 0), DType::F32, Device::Cpu)?;
-    assert_eq!(e.sum(&[1])?.to_vec1::<f32>()?, vec![0.0; 3]);
-    assert_eq!(e.prod(&[1])?.to_vec1::<f32>()?, vec![1.0; 3]);
-    assert!(e.max(&[1]).is_err());
+    assert_eq!(e.sum([1])?.to_vec1::<f32>()?, vec![0.0; 3]);
+    assert_eq!(e.prod([1])?.to_vec1::<f32>()?, vec![1.0; 3]);
+    assert!(e.max([1]).is_err());
     assert!(e.argmax(1).is_err());
     let t = Tensor::zeros((2, 3), DType::F32, Device::Cpu)?;
-    assert!(matches!(t.sum(&[2]), Err(Error::AxisOutOfRange { .. })));
-    assert!(t.reduce(ReduceOp::ArgMax, &[0, 1], false).is_err());
+    assert!(matches!(t.sum([2]), Err(Error::AxisOutOfRange { .. })));
+    assert!(t.reduce(ReduceOp::ArgMax, [0, 1], false).is_err());
     let nan = Tensor::from_vec(vec![1f32, f32::NAN, 3.0], 3, Device::Cpu)?;
-    assert!(nan.max(&[0])?.to_scalar::<f32>()?.is_nan());
+    assert!(nan.max([0])?.to_scalar::<f32>()?.is_nan());
     assert_eq!(nan.argmax(0)?.to_scalar::<i64>()?, 1);
     let big = Tensor::ones(100_003, DType::F32, Device::Cpu)?;
     assert_eq!(big.sum_all()?.to_scalar::<f32>()?, 100_003.0);

@@ -110,7 +110,7 @@ fn pytorch_options_match_the_cpu_on_the_device() -> Result<()> {
         let ctc_t = Tensor::from_vec(vec![1i64, 2, 2], 3, Device::Cpu)?.to_device(device)?;
         let loss = ce
             .loss(&x, &tgt)?
-            .add(&x.logsumexp(&[2], false)?.sum_all()?)?
+            .add(&x.logsumexp([2], false)?.sum_all()?)?
             .add(&bn.sqr()?.mean_all()?)?
             .add(&x.softplus_with(2.0, 1.0)?.sum_all()?)?
             .add(&SmoothL1Loss::new(0.5).loss(&flat, &half)?)?

@@ -68,7 +68,7 @@ fn moments() -> CustomOp {
         // mean: ∂x += g0/d per row; centered: ∂x += g1 − rowmean(g1).
         let d = x[0].dims()[1] as f64;
         let from_mean = g[0].unsqueeze(1)?.mul_scalar(1.0 / d)?;
-        let from_centered = g[1].sub(&g[1].mean_keepdim(&[1])?)?;
+        let from_centered = g[1].sub(&g[1].mean_keepdim([1])?)?;
         Ok(vec![Some(from_centered.add(&from_mean)?)])
     });
     // SAFETY: `moments_<dtype>` takes (x, layout, mean, layout, centered, layout) and touches
@@ -92,9 +92,9 @@ fn two_outputs_of_different_shapes() {
     let x = matrix(3, 4);
     let ys = moments().apply_multi(&[&x]).unwrap();
     assert_eq!((ys[0].dims(), ys[1].dims()), (&[3][..], &[3, 4][..]));
-    let want_mean = x.mean(&[1]).unwrap().to_vec1::<f64>().unwrap();
+    let want_mean = x.mean([1]).unwrap().to_vec1::<f64>().unwrap();
     assert_eq!(ys[0].to_vec1::<f64>().unwrap(), want_mean);
-    let want_centered = x.sub(&x.mean_keepdim(&[1]).unwrap()).unwrap().to_vec2::<f64>().unwrap();
+    let want_centered = x.sub(&x.mean_keepdim([1]).unwrap()).unwrap().to_vec2::<f64>().unwrap();
     assert_eq!(ys[1].to_vec2::<f64>().unwrap(), want_centered);
     // A single-output call of a two-output op says what to do instead.
     let err = moments().apply(&[&x]).unwrap_err().to_string();

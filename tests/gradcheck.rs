@@ -130,18 +130,18 @@ fn table() -> Vec<Case> {
     // ---- reductions: every ReduceOp with a gradient, multi-axis and keepdim ----
     let x3 = || r(&[2, 3, 4], 20);
     case!("sum", [x3()], |a| a[0].sum_all());
-    case!("sum/axis", [x3()], |a| a[0].sum(&[1]));
-    case!("sum/multi_axis", [x3()], |a| a[0].sum(&[0, 2]));
-    case!("sum/keepdim", [x3()], |a| a[0].sum_keepdim(&[-1]));
+    case!("sum/axis", [x3()], |a| a[0].sum([1]));
+    case!("sum/multi_axis", [x3()], |a| a[0].sum([0, 2]));
+    case!("sum/keepdim", [x3()], |a| a[0].sum_keepdim([-1]));
     case!("mean", [x3()], |a| a[0].mean_all());
-    case!("mean/multi_axis_keepdim", [x3()], |a| a[0].mean_keepdim(&[0, 2]));
-    case!("mean/axis", [x3()], |a| a[0].mean(&[1]));
-    case!("max", [x3()], |a| a[0].max(&[2]));
-    case!("max/multi_axis_keepdim", [x3()], |a| a[0].max_keepdim(&[0, 1]));
-    case!("min", [x3()], |a| a[0].min(&[1]));
-    case!("min/keepdim", [x3()], |a| a[0].min_keepdim(&[0]));
-    case!("prod", [x3()], |a| a[0].prod(&[2]));
-    case!("prod/multi_axis", [x3()], |a| a[0].prod(&[0, 1]));
+    case!("mean/multi_axis_keepdim", [x3()], |a| a[0].mean_keepdim([0, 2]));
+    case!("mean/axis", [x3()], |a| a[0].mean([1]));
+    case!("max", [x3()], |a| a[0].max([2]));
+    case!("max/multi_axis_keepdim", [x3()], |a| a[0].max_keepdim([0, 1]));
+    case!("min", [x3()], |a| a[0].min([1]));
+    case!("min/keepdim", [x3()], |a| a[0].min_keepdim([0]));
+    case!("prod", [x3()], |a| a[0].prod([2]));
+    case!("prod/multi_axis", [x3()], |a| a[0].prod([0, 1]));
 
     // ---- softmax ----
     case!("softmax", [x3()], |a| a[0].softmax(-1));

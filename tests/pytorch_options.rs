@@ -37,23 +37,23 @@ fn logsumexp_over_axes() {
         let s: f64 = (0..24).filter(|&i| idx(i / 12, i / 4 % 3, i % 4)).map(|i| v[i].exp()).sum();
         s.ln()
     };
-    let got = x.logsumexp(&[1], false).unwrap();
+    let got = x.logsumexp([1], false).unwrap();
     assert_eq!(got.dims(), &[2, 4]);
     for (k, g) in got.to_vec_f64().unwrap().iter().enumerate() {
         let w = want(&|a, _b, c| a == k / 4 && c == k % 4);
         assert!((g - w).abs() < 1e-13, "{g} vs {w}");
     }
-    assert_eq!(x.logsumexp(&[0, 2], true).unwrap().dims(), &[1, 3, 1]);
-    assert_eq!(x.logsumexp(&[], false).unwrap().dims(), &[] as &[usize]);
-    assert!((x.logsumexp(&[], false).unwrap().item().unwrap() - want(&|_, _, _| true)).abs() < 1e-12);
+    assert_eq!(x.logsumexp([0, 2], true).unwrap().dims(), &[1, 3, 1]);
+    assert_eq!(x.logsumexp([], false).unwrap().dims(), &[] as &[usize]);
+    assert!((x.logsumexp([], false).unwrap().item().unwrap() - want(&|_, _, _| true)).abs() < 1e-12);
     // Huge, -inf and +inf rows.
     let e = t(&[1e300, 1e300, f64::NEG_INFINITY, f64::NEG_INFINITY, f64::INFINITY, 0.0], &[3, 2]);
-    let y = e.logsumexp(&[1], false).unwrap().to_vec_f64().unwrap();
+    let y = e.logsumexp([1], false).unwrap().to_vec_f64().unwrap();
     assert_eq!(y[0], 1e300 + 2f64.ln());
     assert_eq!(y[1], f64::NEG_INFINITY);
     assert_eq!(y[2], f64::INFINITY);
-    gradcheck(|a| a[0].logsumexp(&[-1], false), &[x.requires_grad()]).unwrap();
-    gradcheck(|a| a[0].logsumexp(&[0, 2], true), &[t(&v, &[2, 3, 4]).requires_grad()]).unwrap();
+    gradcheck(|a| a[0].logsumexp([-1], false), &[x.requires_grad()]).unwrap();
+    gradcheck(|a| a[0].logsumexp([0, 2], true), &[t(&v, &[2, 3, 4]).requires_grad()]).unwrap();
 }
 
 #[test]
@@ -176,13 +176,13 @@ fn max_dim_and_amax_gradients() {
     vals.sum_all().unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
     let x = t(&v, &[2, 3]).requires_grad();
-    x.amax(&[1], false).unwrap().sum_all().unwrap().backward().unwrap();
+    x.amax([1], false).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 0.5, 0.5, 0.5, 0.5, 0.0]);
     let x = t(&v, &[2, 3]).requires_grad();
     let (mins, at) = x.min_dim(0, true).unwrap();
     assert_eq!(mins.dims(), &[1, 3]);
     assert_eq!(at.to_vec_f64().unwrap(), vec![1.0, 1.0, 1.0]);
-    x.amin(&[0], true).unwrap().sum_all().unwrap().backward().unwrap();
+    x.amin([0], true).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     gradcheck(|a| Ok(a[0].max_dim(1, false)?.0), &[t(&[0.3, 2.0, -1.0, 4.0, 0.5, 0.6], &[2, 3]).requires_grad()])
         .unwrap();

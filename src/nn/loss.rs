@@ -228,8 +228,8 @@ fn weighted_nll(
     let mut per = picked.mul(&count)?;
     if smoothing != 0.0 {
         let all = match weight {
-            Some(w) => logp.neg()?.mul(&w.unsqueeze(0)?)?.sum(&[1])?,
-            None => logp.neg()?.sum(&[1])?,
+            Some(w) => logp.neg()?.mul(&w.unsqueeze(0)?)?.sum([1])?,
+            None => logp.neg()?.sum([1])?,
         };
         let all = match &valid {
             Some(v) => all.mul(&v.to_dtype(logp.dtype())?)?,
@@ -247,7 +247,7 @@ fn nll_per_sample(logp: &Tensor, target: &Tensor, smoothing: f64) -> Result<Tens
         return picked.neg();
     }
     // (1−ε)·(−log p[t]) + ε·mean_c(−log p[c]): cross-entropy against the smoothed target.
-    let uniform = logp.mean(&[1])?;
+    let uniform = logp.mean([1])?;
     picked.mul_scalar(-(1.0 - smoothing))?.sub(&uniform.mul_scalar(smoothing)?)
 }
 

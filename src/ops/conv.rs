@@ -81,7 +81,7 @@ impl Operation for Conv2d {
         }
         if w.tracks_grad() {
             let cols = x.im2col(self.window, 0.0)?; // [N, K, L]
-            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum(&[0])?;
+            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum([0])?;
             grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
         }
         Ok(())
@@ -303,7 +303,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
         let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY, false)?;
-        cols.max(&[1])?.reshape(out.to_vec())
+        cols.max([1])?.reshape(out.to_vec())
     }
 
     /// PyTorch's `max_pool2d(kernel, stride, padding, ceil_mode=…, return_indices=True)`: the
@@ -372,12 +372,12 @@ impl Tensor {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
         let (cols, out) = self.pool_columns("avg_pool2d", window, 0.0, false)?;
         if count_include_pad || padding == (0, 0) {
-            return cols.mean(&[1])?.reshape(out.to_vec());
+            return cols.mean([1])?.reshape(out.to_vec());
         }
         let (h, w) = (self.dims()[2], self.dims()[3]);
         let ones = Tensor::ones((1, 1, h, w), self.dtype(), self.device())?;
-        let counts = ones.im2col(window, 0.0)?.sum_keepdim(&[1])?; // [1, 1, L]
-        cols.sum_keepdim(&[1])?.div(&counts)?.reshape(out.to_vec())
+        let counts = ones.im2col(window, 0.0)?.sum_keepdim([1])?; // [1, 1, L]
+        cols.sum_keepdim([1])?.div(&counts)?.reshape(out.to_vec())
     }
 
     /// Adaptive average pooling to `(oh, ow)` (PyTorch's window rule: rows
@@ -401,7 +401,7 @@ impl Tensor {
             let mut cells = Vec::with_capacity(out.1);
             for j in 0..out.1 {
                 let (x0, x1) = (j * w / out.1, ((j + 1) * w).div_ceil(out.1));
-                cells.push(self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)?.mean(&[2, 3])?);
+                cells.push(self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)?.mean([2, 3])?);
             }
             rows.push(Tensor::stack(&cells.iter().collect::<Vec<_>>(), -1)?);
         }
@@ -411,6 +411,6 @@ impl Tensor {
     /// Global average pooling: `[N, C, H, W]` → `[N, C]`.
     pub fn global_avg_pool2d(&self) -> Result<Tensor> {
         need_rank("global_avg_pool2d", self, 4)?;
-        self.mean(&[2, 3])
+        self.mean([2, 3])
     }
 }

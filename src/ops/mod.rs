@@ -4,7 +4,9 @@
 mod binary;
 mod conv;
 mod index;
+mod indexing;
 mod matmul;
+mod operators;
 mod reduce;
 mod unary;
 mod view;
@@ -12,6 +14,7 @@ mod view;
 pub use binary::{Binary, Where};
 pub use conv::{Col2Im, Conv2dOptions, Im2Col};
 pub use index::{Gather, IndexAdd, IndexSelect, ScatterAdd};
+pub use indexing::{Index, Indices, s};
 pub use matmul::MatMul;
 pub use reduce::{Reduce, Softmax};
 pub use unary::{Scalar, Unary};

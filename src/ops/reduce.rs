@@ -2,7 +2,7 @@
 
 use crate::autograd::{Gradients, Operation, apply};
 use crate::backend::ReduceOp;
-use crate::shape::resolve_axis;
+use crate::shape::{Axes, resolve_axis};
 use crate::{Error, Result, Shape, Tensor};
 
 /// Resolves, sorts and dedups axes; an empty list means every axis.
@@ -53,7 +53,7 @@ impl Operation for Reduce {
             ReduceOp::Max | ReduceOp::Min => {
                 // Split evenly between tied extremes.
                 let hit = x.eq(&y.broadcast_as(shape)?)?.to_dtype(g.dtype())?;
-                let ties = hit.sum_keepdim(&self.axes.iter().map(|&a| a as isize).collect::<Vec<_>>())?;
+                let ties = hit.sum_keepdim(self.axes.iter().map(|&a| a as isize).collect::<Vec<_>>())?;
                 hit.mul(&g.div(&ties)?)?
             }
             ReduceOp::Prod => g.mul(y)?.broadcast_as(shape)?.div(x)?,
@@ -81,10 +81,10 @@ impl Operation for Softmax {
         let ax = [self.axis as isize];
         let dx = if self.log {
             // g − softmax · Σg
-            g.sub(&y.exp()?.mul(&g.sum_keepdim(&ax)?)?)?
+            g.sub(&y.exp()?.mul(&g.sum_keepdim(ax)?)?)?
         } else {
             // y · (g − Σ g·y)
-            y.mul(&g.sub(&g.mul(y)?.sum_keepdim(&ax)?)?)?
+            y.mul(&g.sub(&g.mul(y)?.sum_keepdim(ax)?)?)?
         };
         grads.accumulate(&x[0], dx)
     }
@@ -110,13 +110,13 @@ impl Tensor {
         let dims: Vec<usize> = (0..self.rank()).filter(|a| !axes.contains(a)).map(|a| self.dims()[a]).collect();
         kept.reshape(Shape::from(dims))
     }
-    /// Sum over `axes` (all when empty), dropping them.
-    pub fn sum(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Sum, axes, false)
+    /// Sum over `axes` (one axis or several, see [`Axes`]; all when empty), dropping them.
+    pub fn sum(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Sum, &axes.as_axes(), false)
     }
     /// Sum over `axes`, keeping them at size 1.
-    pub fn sum_keepdim(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Sum, axes, true)
+    pub fn sum_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Sum, &axes.as_axes(), true)
     }
     /// `log Σ exp(x)` over `axes` (all when empty), stable as PyTorch's `logsumexp`: the
     /// maximum is subtracted first (and added back), a row of −∞ gives −∞ and a +∞ gives +∞.
@@ -129,7 +129,8 @@ impl Tensor {
     /// assert!((y[0] - (1000.0 + 2f64.ln())).abs() < 1e-12 && y[1] == 0.0);
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
-    pub fn logsumexp(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
+    pub fn logsumexp(&self, axes: impl Axes, keepdim: bool) -> Result<Tensor> {
+        let axes: &[isize] = &axes.as_axes();
         // The shift is a constant for autograd (it cancels); an infinite maximum shifts by 0.
         let m = self.max_keepdim(axes)?.detach();
         let m = m.abs()?.lt_scalar(f64::INFINITY)?.where_cond(&m, &m.zeros_like()?)?;
@@ -138,39 +139,39 @@ impl Tensor {
     }
     /// Sum of all elements (rank 0).
     pub fn sum_all(&self) -> Result<Tensor> {
-        self.sum(&[])
+        self.sum([])
     }
     /// Mean over `axes` (all when empty).
-    pub fn mean(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Mean, axes, false)
+    pub fn mean(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Mean, &axes.as_axes(), false)
     }
     /// Mean over `axes`, keeping them.
-    pub fn mean_keepdim(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Mean, axes, true)
+    pub fn mean_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Mean, &axes.as_axes(), true)
     }
     /// Mean of all elements (rank 0).
     pub fn mean_all(&self) -> Result<Tensor> {
-        self.mean(&[])
+        self.mean([])
     }
     /// Maximum over `axes`.
-    pub fn max(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Max, axes, false)
+    pub fn max(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Max, &axes.as_axes(), false)
     }
     /// Maximum over `axes`, keeping them.
-    pub fn max_keepdim(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Max, axes, true)
+    pub fn max_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Max, &axes.as_axes(), true)
     }
     /// Minimum over `axes`.
-    pub fn min(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Min, axes, false)
+    pub fn min(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Min, &axes.as_axes(), false)
     }
     /// Minimum over `axes`, keeping them.
-    pub fn min_keepdim(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Min, axes, true)
+    pub fn min_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Min, &axes.as_axes(), true)
     }
     /// Product over `axes`.
-    pub fn prod(&self, axes: &[isize]) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Prod, axes, false)
+    pub fn prod(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Prod, &axes.as_axes(), false)
     }
     /// Index (i64) of the first maximum along `axis`.
     pub fn argmax(&self, axis: isize) -> Result<Tensor> {
@@ -207,16 +208,16 @@ impl Tensor {
         if keepdim { Ok((values, idx)) } else { Ok((values.squeeze(a)?, idx.squeeze(a)?)) }
     }
     /// PyTorch's `amax`: [`Tensor::max`] over `axes` (ties share the gradient evenly).
-    pub fn amax(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Max, axes, keepdim)
+    pub fn amax(&self, axes: impl Axes, keepdim: bool) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Max, &axes.as_axes(), keepdim)
     }
     /// PyTorch's `amin`: [`Tensor::min`] over `axes` (ties share the gradient evenly).
-    pub fn amin(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.reduce_impl(ReduceOp::Min, axes, keepdim)
+    pub fn amin(&self, axes: impl Axes, keepdim: bool) -> Result<Tensor> {
+        self.reduce_impl(ReduceOp::Min, &axes.as_axes(), keepdim)
     }
     /// Generic reduction with `keepdim`.
-    pub fn reduce(&self, op: ReduceOp, axes: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.reduce_impl(op, axes, keepdim)
+    pub fn reduce(&self, op: ReduceOp, axes: impl Axes, keepdim: bool) -> Result<Tensor> {
+        self.reduce_impl(op, &axes.as_axes(), keepdim)
     }
     /// Softmax along `axis`.
     pub fn softmax(&self, axis: isize) -> Result<Tensor> {

@@ -66,6 +66,17 @@ impl Tensor {
     pub fn ones_like(&self) -> Result<Tensor> {
         Tensor::ones(self.shape(), self.dtype(), self.device())
     }
+    /// `0, 1, …, end − 1` as i64: PyTorch's `arange(end)`.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// assert_eq!(Tensor::arange_end(4, Device::Cpu)?.to_vec1::<i64>()?, vec![0, 1, 2, 3]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn arange_end(end: usize, device: Device) -> Result<Tensor> {
+        Shape::from(end).checked_size("arange", DType::I64)?;
+        Tensor::from_vec((0..end as i64).collect::<Vec<i64>>(), end, device)
+    }
     /// `start, start+step, …` below `end` (numpy's arange).
     pub fn arange(start: f64, end: f64, step: f64, dtype: DType, device: Device) -> Result<Tensor> {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {

@@ -237,9 +237,39 @@ impl Tensor {
     pub fn grad(&self) -> Option<Tensor> {
         lock(&self.0.grad).clone()
     }
-    /// Clears the accumulated gradient.
+    /// Clears the accumulated gradient: PyTorch's `zero_grad(set_to_none=True)`, its default.
+    /// For `set_to_none=False`, `t.set_grad(Some(t.zeros_like()?))`.
     pub fn zero_grad(&self) {
         *lock(&self.0.grad) = None;
+    }
+    /// Replaces a variable's gradient (`None` clears it): to clip, scale or inject gradients
+    /// between `backward` and an optimizer step. `g` must have the variable's shape; it is
+    /// converted to the variable's dtype and device and copied (later changes to `g` do not
+    /// reach the gradient).
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let w = Tensor::from_vec(vec![1f32, 2.], 2, Device::Cpu)?.requires_grad();
+    /// w.sqr()?.sum_all()?.backward()?;
+    /// let g = w.grad().unwrap();
+    /// w.set_grad(Some((&g * 0.5)?))?; // scale
+    /// assert_eq!(w.grad().unwrap().to_vec1::<f32>()?, vec![1., 2.]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn set_grad(&self, g: Option<Tensor>) -> Result<()> {
+        let Some(g) = g else {
+            self.zero_grad();
+            return Ok(());
+        };
+        if !self.is_variable() {
+            return Err(Error::Autograd("set_grad: only a variable (made with requires_grad) keeps a gradient".into()));
+        }
+        if g.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op: "set_grad", lhs: self.shape().clone(), rhs: g.shape().clone() });
+        }
+        let g = crate::no_grad(|| g.to_dtype(self.dtype())?.to_device(self.device())?.copy())?.detach();
+        *lock(&self.0.grad) = Some(g);
+        Ok(())
     }
     pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
         let mut slot = lock(&self.0.grad);
