@@ -220,6 +220,12 @@ fn table() -> Vec<Case> {
     };
     case!("max_pool2d", [distinct()], |a| a[0].max_pool2d((2, 2), (2, 2), (0, 0)));
     case!("max_pool2d/overlapping_padded", [distinct()], |a| a[0].max_pool2d((3, 3), (2, 2), (1, 1)));
+    // Non-overlapping windows: with a repeated index (overlapping windows), PyTorch's backward
+    // gives every occurrence the gradient while the forward writes the value once, which no
+    // finite difference reproduces; tests/torch_reference.rs checks that case against PyTorch.
+    let unpool_ids = distinct().max_pool2d_with_indices((2, 2), (2, 2), (0, 0), true).unwrap().1;
+    let unpool_vals = r(unpool_ids.dims(), 140);
+    case!("max_unpool2d", [unpool_vals, unpool_ids], |a| a[0].max_unpool2d(&a[1], (5, 5)));
     case!("avg_pool2d", [r(&[2, 2, 4, 4], 118)], |a| a[0].avg_pool2d((2, 2), (2, 2), (0, 0), true));
     case!("avg_pool2d/padded_exclude_pad", [r(&[1, 2, 5, 5], 119)], |a| a[0].avg_pool2d((3, 3), (2, 2), (1, 1), false));
     case!("adaptive_avg_pool2d", [r(&[1, 2, 5, 7], 120)], |a| a[0].adaptive_avg_pool2d((2, 3)));

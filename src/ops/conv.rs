@@ -29,6 +29,45 @@ impl Operation for Im2Col {
     }
 }
 
+/// PyTorch's `max_unpool`, on planes: values `[P, l]` at their `indices` `[P, l]` in zero
+/// rows `[P, plane]`. Repeated indices of one row (overlapping windows chose the same input)
+/// carry the same value and write it once; the backward gathers, so each gets the gradient.
+pub struct MaxUnpool {
+    pub plane: usize,
+}
+
+impl Operation for MaxUnpool {
+    fn name(&self) -> &str {
+        "max_unpool2d"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (v, idx) = (x[0], x[1]);
+        let (rows, l) = (v.dims()[0], v.dims()[1]);
+        // The first occurrence of each index in its row keeps its value; later ones add 0.
+        // The indices come to the host for this (they are as small as the pooled output).
+        let ids = idx.to_vec::<i64>()?;
+        let mut keep = vec![1.0f64; ids.len()];
+        let mut seen = std::collections::HashSet::new();
+        for r in 0..rows {
+            seen.clear();
+            for j in 0..l {
+                let i = ids[r * l + j];
+                if i < 0 || i as usize >= self.plane {
+                    return Err(Error::IndexOutOfRange { op: "max_unpool2d", index: i, size: self.plane });
+                }
+                if !seen.insert(i) {
+                    keep[r * l + j] = 0.0;
+                }
+            }
+        }
+        let keep = Tensor::from_vec(keep, (rows, l), Device::Cpu)?.to_dtype(v.dtype())?.to_device(v.device())?;
+        Tensor::zeros((rows, self.plane), v.dtype(), v.device())?.scatter_add(1, idx, &v.mul(&keep)?)
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(&x[0], g.gather(1, &x[1])?)
+    }
+}
+
 /// Columns `[N, C·kh·kw, OH·OW]` → `[N, C, H, W]`, summing overlaps.
 pub struct Col2Im {
     pub window: Window2d,
@@ -344,8 +383,41 @@ impl Tensor {
         Ok((values.reshape((n, c, oh, ow))?, idx.reshape((n, c, oh, ow))?))
     }
 
+    /// PyTorch's `max_pool1d(kernel, stride, padding, ceil_mode=…, return_indices=True)` over
+    /// `[N, C, L]`: the maxima and, for each, its index in its input row. The 2-D pooling on
+    /// `[N, C, 1, L]`, so both share one implementation and one set of tests.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![1f64, 5., 2., 4., 3.], (1, 1, 5), Device::Cpu)?;
+    /// let (v, i) = x.max_pool1d_with_indices(2, 2, 0, true)?;
+    /// assert_eq!((v.to_vec_f64()?, i.to_vec_f64()?), (vec![5., 4., 3.], vec![1., 3., 4.]));
+    /// assert_eq!(v.max_unpool1d(&i, 5)?.to_vec_f64()?, vec![0., 5., 0., 4., 3.]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn max_pool1d_with_indices(
+        &self,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        ceil_mode: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        need_rank("max_pool1d", self, 3)?;
+        let (v, i) = self.unsqueeze(2)?.max_pool2d_with_indices((1, kernel), (1, stride), (0, padding), ceil_mode)?;
+        Ok((v.squeeze(2)?, i.squeeze(2)?))
+    }
+
+    /// PyTorch's `max_unpool1d`: each value of `self` `[N, C, ol]` placed at its index (from
+    /// [`Tensor::max_pool1d_with_indices`]) in a zero `[N, C, len]` row.
+    pub fn max_unpool1d(&self, indices: &Tensor, len: usize) -> Result<Tensor> {
+        need_rank("max_unpool1d", self, 3)?;
+        self.unsqueeze(2)?.max_unpool2d(&indices.unsqueeze(2)?, (1, len))?.squeeze(2)
+    }
+
     /// PyTorch's `max_unpool2d`: each value of `self` `[N, C, oh, ow]` placed at its flat
-    /// index (from [`Tensor::max_pool2d_with_indices`]) in a zero `[N, C, h, w]` plane.
+    /// index (from [`Tensor::max_pool2d_with_indices`]) in a zero `[N, C, h, w]` plane. An
+    /// index that several overlapping windows chose holds its value once (not a sum), and
+    /// each of them receives that position's gradient, as in PyTorch.
     pub fn max_unpool2d(&self, indices: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
         need_rank("max_unpool2d", self, 4)?;
         if indices.dims() != self.dims() {
@@ -357,8 +429,11 @@ impl Tensor {
         }
         let (n, c) = (self.dims()[0], self.dims()[1]);
         let l = self.dims()[2] * self.dims()[3];
-        let plane = Tensor::zeros((n * c, h * w), self.dtype(), self.device())?;
-        plane.scatter_add(1, &indices.reshape((n * c, l))?, &self.reshape((n * c, l))?)?.reshape((n, c, h, w))
+        let plane = h
+            .checked_mul(w)
+            .ok_or_else(|| Error::BadShape { op: "max_unpool2d", msg: format!("output plane {h}×{w} overflows") })?;
+        let flat = [self.reshape((n * c, l))?, indices.reshape((n * c, l))?];
+        apply(MaxUnpool { plane }, &[&flat[0], &flat[1]])?.reshape((n, c, h, w))
     }
 
     /// 2-D average pooling; `count_include_pad` as in PyTorch (true: divide by the kernel area).
