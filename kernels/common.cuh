@@ -200,6 +200,22 @@ template <typename T, typename F> TF_DEV void tf_map_contiguous(const T* x, T* y
     tf_map_lanes(x, y, n, (tf_u64)blockIdx.x * blockDim.x + threadIdx.x, (tf_u64)blockDim.x * gridDim.x, f);
 }
 
+// A running sum with Neumaier's compensation: a thread that adds thousands of values (a long
+// row split over a block) keeps the error of a few, as the CPU's cascade does. Infinite and
+// NaN partial sums skip the compensation, so they come out as a plain sum would.
+template <typename A> struct tf_ksum {
+    A s, c;
+    TF_DEV void add(A v) {
+        const A t = s + v;
+        if (t - t == (A)0) {  // t finite
+            const A as = s < (A)0 ? -s : s, av = v < (A)0 ? -v : v;
+            c += as >= av ? (s - t) + v : (v - t) + s;
+        }
+        s = t;
+    }
+    TF_DEV A value() const { return s + c; }
+};
+
 // acc = f(acc, x[i]) for i = first, first + step, … over contiguous x (in vectors when aligned).
 template <typename T, typename A, typename F>
 TF_DEV A tf_fold_lanes(const T* x, tf_u64 n, tf_u64 first, tf_u64 step, A acc, F f) {

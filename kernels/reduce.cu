@@ -88,7 +88,19 @@ __device__ void reduce_float(const T* x, TfLayout outer, TfLayout inner, tf_u64 
     FOR_OUTPUT(o, n_out, block_mode) {
         const T* base = x + tf_offset(outer, o);
         A acc = red_init<A>(op);
-        if (inner.contiguous) {
+        if (op == TF_REDUCE_SUM || op == TF_REDUCE_MEAN) {
+            // Compensated: each thread may add count / width values.
+            tf_ksum<A> k = {(A)0, (A)0};
+            if (inner.contiguous) {
+                k = tf_fold_lanes(base + inner.offset, count, lane_, width_, k, [](tf_ksum<A> k, A v) {
+                    k.add(v);
+                    return k;
+                });
+            } else {
+                for (tf_u64 j = lane_; j < count; j += width_) k.add(Tr<T>::to(base[tf_offset(inner, j)]));
+            }
+            acc = k.value();
+        } else if (inner.contiguous) {
             acc = tf_fold_lanes(base + inner.offset, count, lane_, width_, acc, [op](A a, A v) { return red_combine(a, v, op); });
         } else {
             for (tf_u64 j = lane_; j < count; j += width_) acc = red_combine(acc, Tr<T>::to(base[tf_offset(inner, j)]), op);

@@ -46,13 +46,17 @@ __device__ void softmax_impl(const T* x, TfLayout in_rows, T* y, TfLayout out_ro
         m = sm_allreduce(m, true, block_mode != 0);
         // A fully masked row (all -inf) shifts by 0, as the CPU kernel.
         const A shift = m == neg_inf ? (A)0 : m;
-        A s = (A)0;
+        // The denominator, compensated (a long row gives each thread thousands of terms).
+        tf_ksum<A> k = {(A)0, (A)0};
         if (fast) {
-            s = tf_fold_lanes(x + in_rows.offset + first, len, lane, width, s, [shift](A a, A v) { return a + exp(v - shift); });
+            k = tf_fold_lanes(x + in_rows.offset + first, len, lane, width, k, [shift](tf_ksum<A> k, A v) {
+                k.add(exp(v - shift));
+                return k;
+            });
         } else {
-            for (tf_u64 j = lane; j < len; j += width) s += exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift);
+            for (tf_u64 j = lane; j < len; j += width) k.add(exp(Tr<T>::to(x[tf_offset(in_rows, first + j)]) - shift));
         }
-        s = sm_allreduce(s, false, block_mode != 0);
+        const A s = sm_allreduce(k.value(), false, block_mode != 0);
         // (v - shift) - log(s): v - (shift + log(s)) would round the log away next to a huge shift.
         const A ln_s = log(s), inv = (A)1 / s;
         auto out = [=](A v) { return log_out ? (v - shift) - ln_s : exp(v - shift) * inv; };

@@ -1,6 +1,7 @@
 //! The CPU backend: SIMD (run-time detected) kernels, one file per family, split across the
 //! rayon pool's threads by `parallel`.
 
+mod cascade;
 mod conv;
 pub(crate) mod ctc;
 mod elementwise;

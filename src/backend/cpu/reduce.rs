@@ -1,5 +1,6 @@
 //! Reductions over any set of axes, and softmax / log-softmax along one axis.
 
+use super::cascade::{BLOCK, Cascade, RowCascade};
 use super::float::{CpuFloat, Float};
 use super::{CpuStorage, fill_new, simd, with_float_vec, worth_splitting};
 use crate::backend::ReduceOp;
@@ -35,7 +36,13 @@ fn per_output<U: Send + Sync + 'static>(
     })
 }
 
-/// Folds `m(x)` over the elements of `inner` shifted by `base`.
+/// Elements a strided run folds one by one (a single accumulator, no SIMD lanes) before the
+/// partial result joins the cascade: fewer than a SIMD block, as its error grows faster.
+const STRIDED_BLOCK: usize = 128;
+
+/// Folds `m(x)` over the elements of `inner` shifted by `base`: contiguous runs through the
+/// SIMD fold, strided runs element by element in blocks, every block's result into one
+/// pairwise cascade (so a long reduction is accurate whatever its layout).
 #[inline]
 fn fold_view<T: Copy, A: Copy>(
     v: &[T],
@@ -45,18 +52,43 @@ fn fold_view<T: Copy, A: Copy>(
     m: &impl Fn(T) -> A,
     f: &impl Fn(A, A) -> A,
 ) -> A {
-    let mut acc = init;
+    if inner.elem_count() <= BLOCK {
+        // One block: a plain fold (most reductions; the cascade would only cost here).
+        let mut acc = init;
+        inner.for_each_run(|s, n, st| {
+            let s = s + base;
+            if st == 1 {
+                acc = f(acc, simd::fold_slice(&v[s..s + n], init, m, f));
+            } else {
+                for j in 0..n {
+                    acc = f(acc, m(v[s + j * st]));
+                }
+            }
+        });
+        return acc;
+    }
+    let mut c = Cascade::new();
+    // A strided block in progress: its partial fold and how many elements it holds.
+    let (mut part, mut held) = (init, 0usize);
     inner.for_each_run(|s, n, st| {
         let s = s + base;
         if st == 1 {
-            acc = f(acc, simd::fold_slice(&v[s..s + n], init, m, f));
+            c.push(simd::fold_slice(&v[s..s + n], init, m, f), f);
         } else {
             for j in 0..n {
-                acc = f(acc, m(v[s + j * st]));
+                part = f(part, m(v[s + j * st]));
+                held += 1;
+                if held == STRIDED_BLOCK {
+                    c.push(part, f);
+                    (part, held) = (init, 0);
+                }
             }
         }
     });
-    acc
+    if held > 0 {
+        c.push(part, f);
+    }
+    c.finish(init, f)
 }
 
 /// True for NaN in any float type (`x != x`), without a float trait bound.
@@ -90,7 +122,8 @@ fn arg_view<T: Copy>(v: &[T], inner: &Layout, base: usize, better: impl Fn(T, T)
 /// Reduces a contiguous tensor over its leading axes (`rows`) to one value per trailing
 /// position (`cols`), e.g. a bias gradient summed over the batch. Rows are combined
 /// elementwise into an accumulator row, so the loop runs along memory instead of down each
-/// column; each column still adds its rows in order, as the strided walk does.
+/// column; blocks of rows then join a pairwise cascade per column, so 10⁷ rows sum as
+/// accurately as a short column.
 fn reduce_leading<T: CpuFloat>(
     v: &[T],
     rows: usize,
@@ -98,12 +131,22 @@ fn reduce_leading<T: CpuFloat>(
     init: T::Acc,
     f: impl Fn(T::Acc, T::Acc) -> T::Acc + Sync,
 ) -> Vec<T::Acc> {
+    /// Rows folded in order into one partial row before it joins the cascade.
+    const ROWS_PER_BLOCK: usize = 64;
     let fold_cols = |c0: usize, acc: &mut [T::Acc]| {
-        for r in 0..rows {
-            let row = &v[r * cols + c0..r * cols + c0 + acc.len()];
-            for (a, &x) in acc.iter_mut().zip(row) {
-                *a = f(*a, x.to_acc());
+        let mut c = RowCascade::new();
+        for r0 in (0..rows).step_by(ROWS_PER_BLOCK) {
+            let mut part = vec![init; acc.len()];
+            for r in r0..(r0 + ROWS_PER_BLOCK).min(rows) {
+                let row = &v[r * cols + c0..r * cols + c0 + acc.len()];
+                for (a, &x) in part.iter_mut().zip(row) {
+                    *a = f(*a, x.to_acc());
+                }
             }
+            c.push(part, &f);
+        }
+        if let Some(total) = c.finish(&f) {
+            acc.copy_from_slice(&total);
         }
     };
     let mut acc = vec![init; cols];
@@ -114,6 +157,31 @@ fn reduce_leading<T: CpuFloat>(
         fold_cols(0, &mut acc);
     }
     acc
+}
+
+/// A reduction of a whole contiguous slice to one value, split across threads in fixed
+/// chunks (each a run of cascade blocks) whose results join one cascade in order: the same
+/// bits on any number of threads.
+fn fold_all<T: Copy + Sync, A: Copy + Send + Sync + 'static>(
+    v: &[T],
+    init: A,
+    m: &(impl Fn(T) -> A + Sync),
+    f: &(impl Fn(A, A) -> A + Sync),
+) -> A {
+    const CHUNK: usize = 64 * BLOCK;
+    if !worth_splitting(v.len()) || v.len() <= 2 * CHUNK {
+        return simd::fold_slice(v, init, m, f);
+    }
+    let parts = fill_new(v.len().div_ceil(CHUNK), |out| {
+        super::parallel::for_each_chunk(out, 1, |i, o| {
+            o[0].write(simd::fold_slice(&v[i * CHUNK..((i + 1) * CHUNK).min(v.len())], init, m, f));
+        });
+    });
+    let mut c = Cascade::new();
+    for p in parts {
+        c.push(p, f);
+    }
+    c.finish(init, f)
 }
 
 fn reduce_float<T: CpuFloat>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) -> CpuStorage {
@@ -143,29 +211,41 @@ fn reduce_float<T: CpuFloat>(v: &[T], l: &Layout, op: ReduceOp, axes: &[usize]) 
     }
     let (outer, inner) = split_axes(l, axes);
     let count = inner.elem_count();
-    let m = |x: T| x.to_acc();
-    let inner = &inner;
-    let red = |init: T::Acc, f: fn(T::Acc, T::Acc) -> T::Acc| {
-        per_output(&outer, count, move |b| T::from_acc(fold_view(v, inner, b, init, &m, &f)))
-    };
+    let whole = if outer.elem_count() == 1 { l.contiguous_range() } else { None };
+    // Generic in `f` (not a `fn` pointer), so the fold inlines it and vectorizes.
+    fn red<T: CpuFloat>(
+        v: &[T],
+        outer: &Layout,
+        inner: &Layout,
+        whole: Option<(usize, usize)>,
+        init: T::Acc,
+        scale: T::Acc,
+        f: impl Fn(T::Acc, T::Acc) -> T::Acc + Sync,
+    ) -> Vec<T> {
+        let m = |x: T| x.to_acc();
+        if let Some((a, b)) = whole {
+            return vec![T::from_acc(fold_all(&v[a..b], init, &m, &f) * scale)];
+        }
+        per_output(outer, inner.elem_count(), |b| T::from_acc(fold_view(v, inner, b, init, &m, &f) * scale))
+    }
+    let one = T::Acc::ONE;
     let out = match op {
-        ReduceOp::Sum => red(T::Acc::ZERO, |a, b| a + b),
-        ReduceOp::Prod => red(T::Acc::ONE, |a, b| a * b),
-        ReduceOp::Max => red(T::Acc::NEG_INF, |a, b| a.max_nan(b)),
-        ReduceOp::Min => red(T::Acc::INF, |a, b| a.min_nan(b)),
+        ReduceOp::Sum => red(v, &outer, &inner, whole, T::Acc::ZERO, one, |a, b| a + b),
+        ReduceOp::Prod => red(v, &outer, &inner, whole, one, one, |a, b| a * b),
+        ReduceOp::Max => red(v, &outer, &inner, whole, T::Acc::NEG_INF, one, |a, b| a.max_nan(b)),
+        ReduceOp::Min => red(v, &outer, &inner, whole, T::Acc::INF, one, |a, b| a.min_nan(b)),
         ReduceOp::Mean => {
             let scale = T::Acc::from_f64(1.0 / count as f64);
-            let add = |a: T::Acc, b: T::Acc| a + b;
-            per_output(&outer, count, move |b| T::from_acc(fold_view(v, inner, b, T::Acc::ZERO, &m, &add) * scale))
+            red(v, &outer, &inner, whole, T::Acc::ZERO, scale, |a, b| a + b)
         }
         ReduceOp::ArgMax => {
             let am =
-                per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x > y || (is_nan(x) && !is_nan(y))));
+                per_output(&outer, count, |b| arg_view(v, &inner, b, |x: T, y: T| x > y || (is_nan(x) && !is_nan(y))));
             return CpuStorage::I64(am);
         }
         ReduceOp::ArgMin => {
             let am =
-                per_output(&outer, count, |b| arg_view(v, inner, b, |x: T, y: T| x < y || (is_nan(x) && !is_nan(y))));
+                per_output(&outer, count, |b| arg_view(v, &inner, b, |x: T, y: T| x < y || (is_nan(x) && !is_nan(y))));
             return CpuStorage::I64(am);
         }
     };

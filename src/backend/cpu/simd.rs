@@ -469,10 +469,24 @@ pub fn zip_slice<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(a: &[A], b: &[B], dst: &
 }
 
 /// Folds `m(x)` over a slice with sixteen interleaved accumulators (combined with `f` at
-/// the end), so sums and maxima vectorize. `f` must be associative and commutative up to
-/// rounding, and `init` its identity.
+/// the end), so sums and maxima vectorize; a slice longer than one cascade block is folded
+/// block by block and the blocks combined pairwise (`cascade`), so long sums stay accurate.
+/// `f` must be associative and commutative up to rounding, and `init` its identity.
 #[inline]
 pub fn fold_slice<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(src: &[T], init: A, m: &M, f: &F) -> A {
+    if src.len() <= super::cascade::BLOCK {
+        return fold_block(src, init, m, f);
+    }
+    let mut c = super::cascade::Cascade::new();
+    for block in src.chunks(super::cascade::BLOCK) {
+        c.push(fold_block(block, init, m, f), f);
+    }
+    c.finish(init, f)
+}
+
+/// One block of [`fold_slice`]: the SIMD fold itself.
+#[inline]
+fn fold_block<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(src: &[T], init: A, m: &M, f: &F) -> A {
     match isa() {
         // SAFETY: as in `map_slice`.
         #[cfg(target_arch = "x86_64")]
@@ -484,8 +498,8 @@ pub fn fold_slice<T: Copy, A: Copy, M: Fn(T) -> A, F: Fn(A, A) -> A>(src: &[T], 
 }
 
 /// `dst[i] = m(src[i])`, returning the fold of the written values with `f` (sixteen
-/// interleaved accumulators, as `fold_slice`): one pass where a map and a fold over its
-/// output would take two.
+/// interleaved accumulators and the block cascade, as `fold_slice`): one pass where a map
+/// and a fold over its output would take two.
 #[inline]
 pub fn map_fold_slice<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
     src: &[T],
@@ -495,6 +509,13 @@ pub fn map_fold_slice<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
     f: &F,
 ) -> U {
     assert_eq!(src.len(), dst.len(), "map_fold_slice: lengths differ");
+    if src.len() > super::cascade::BLOCK {
+        let mut c = super::cascade::Cascade::new();
+        for (s, d) in src.chunks(super::cascade::BLOCK).zip(dst.chunks_mut(super::cascade::BLOCK)) {
+            c.push(map_fold_slice(s, d, m, init, f), f);
+        }
+        return c.finish(init, f);
+    }
     match isa() {
         // SAFETY: as in `map_slice`.
         #[cfg(target_arch = "x86_64")]
