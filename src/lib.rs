@@ -37,7 +37,7 @@ pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
 pub use shape::{Axes, Layout, Shape};
-pub use tensor::{Tensor, TensorId, manual_seed, rng_state, set_rng_state};
+pub use tensor::{Generator, Tensor, TensorId, manual_seed, rng_state, set_rng_state};
 
 /// The README's code blocks, compiled and run by `cargo test --doc` so they stay true.
 #[doc = include_str!("../README.md")]

@@ -57,22 +57,32 @@ pub enum Init {
 }
 
 impl Init {
-    /// A fresh tensor of `shape` (not yet a variable).
+    /// A fresh tensor of `shape` (not yet a variable), drawn from the global stream.
     pub fn create(self, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        self.create_with(&crate::Generator::global(), shape, dtype, device)
+    }
+    /// A fresh tensor of `shape` drawn from `generator`.
+    pub fn create_with(
+        self,
+        generator: &crate::Generator,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         match self {
             Init::Zeros => Tensor::zeros(shape, dtype, device),
             Init::Ones => Tensor::ones(shape, dtype, device),
             Init::Constant(v) => Tensor::full(v, shape, dtype, device),
-            Init::Uniform { lo, hi } => Tensor::rand(lo, hi, shape, dtype, device),
-            Init::Normal { mean, std } => Tensor::randn(mean, std, shape, dtype, device),
+            Init::Uniform { lo, hi } => Tensor::rand_with(generator, lo, hi, shape, dtype, device),
+            Init::Normal { mean, std } => Tensor::randn_with(generator, mean, std, shape, dtype, device),
             Init::KaimingUniform { fan_in } => {
                 let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-                Tensor::rand(-b, b, shape, dtype, device)
+                Tensor::rand_with(generator, -b, b, shape, dtype, device)
             }
             Init::XavierUniform { fan_in, fan_out } => {
                 let b = (6.0 / ((fan_in + fan_out).max(1) as f64)).sqrt();
-                Tensor::rand(-b, b, shape, dtype, device)
+                Tensor::rand_with(generator, -b, b, shape, dtype, device)
             }
         }
     }
@@ -83,6 +93,8 @@ impl Init {
 pub struct ParameterStore {
     device: Device,
     dtype: DType,
+    /// Where new parameters' initial values come from (the global stream unless set).
+    generator: Option<crate::Generator>,
     entries: Vec<(String, Tensor)>,
     index: HashMap<String, usize>,
 }
@@ -102,7 +114,12 @@ impl ParameterStore {
     }
     /// An empty store whose new parameters get `dtype` (a float type).
     pub fn with_dtype(device: Device, dtype: DType) -> Self {
-        ParameterStore { device, dtype, entries: Vec::new(), index: HashMap::new() }
+        ParameterStore { device, dtype, generator: None, entries: Vec::new(), index: HashMap::new() }
+    }
+    /// The same store initializing new parameters from `generator` instead of the global
+    /// stream: a model built from it gets the same initial values whatever other threads draw.
+    pub fn with_generator(self, generator: crate::Generator) -> Self {
+        ParameterStore { generator: Some(generator), ..self }
     }
     /// The device new parameters are created on.
     pub fn device(&self) -> Device {
@@ -128,7 +145,10 @@ impl ParameterStore {
             }
             return Ok(p.clone());
         }
-        let t = init.create(shape, self.dtype, self.device)?;
+        let t = match &self.generator {
+            Some(g) => init.create_with(g, shape, self.dtype, self.device)?,
+            None => init.create(shape, self.dtype, self.device)?,
+        };
         self.insert(name, t)
     }
 

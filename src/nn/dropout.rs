@@ -1,11 +1,12 @@
 //! Inverted dropout.
 
 use super::Module;
-use crate::{Error, Result, Tensor};
+use crate::{Error, Generator, Result, Tensor};
 
 /// In training mode, zeroes each element with probability `p` and scales the survivors by
 /// `1/(1−p)`, so evaluation (the identity) needs no rescaling. The mask comes from the
-/// global seeded stream ([`crate::manual_seed`]). Starts in training mode.
+/// global seeded stream ([`crate::manual_seed`]), or from the layer's own [`Generator`]
+/// ([`Dropout::with_generator`]) when several models train at once. Starts in training mode.
 ///
 /// ```
 /// use tensorforge::{Tensor, Device, DType, nn::{Dropout, Module}};
@@ -21,6 +22,7 @@ use crate::{Error, Result, Tensor};
 pub struct Dropout {
     p: f64,
     training: bool,
+    generator: Option<Generator>,
 }
 
 impl Dropout {
@@ -29,7 +31,12 @@ impl Dropout {
         if !(0.0..=1.0).contains(&p) {
             return Err(Error::msg(format!("Dropout: p must be in [0, 1], got {p}")));
         }
-        Ok(Dropout { p, training: true })
+        Ok(Dropout { p, training: true, generator: None })
+    }
+    /// The same layer drawing its masks from `generator` instead of the global stream, so
+    /// its draws neither depend on nor disturb other threads' (seed it per model).
+    pub fn with_generator(self, generator: Generator) -> Dropout {
+        Dropout { generator: Some(generator), ..self }
     }
     /// The drop probability.
     pub fn p(&self) -> f64 {
@@ -49,7 +56,15 @@ impl Module for Dropout {
         if self.p == 1.0 {
             return x.mul_scalar(0.0);
         }
-        let keep = Tensor::rand(0.0, 1.0, x.shape(), x.dtype(), x.device())?.ge_scalar(self.p)?;
+        let global;
+        let g = match &self.generator {
+            Some(g) => g,
+            None => {
+                global = Generator::global();
+                &global
+            }
+        };
+        let keep = Tensor::rand_with(g, 0.0, 1.0, x.shape(), x.dtype(), x.device())?.ge_scalar(self.p)?;
         keep.where_cond(&x.mul_scalar(1.0 / (1.0 - self.p))?, &Tensor::zeros((), x.dtype(), x.device())?)
     }
     fn set_training(&mut self, training: bool) {

@@ -104,16 +104,38 @@ impl Tensor {
     }
     /// Uniform values in `[lo, hi)` from the global seeded stream ([`crate::manual_seed`]).
     pub fn rand(lo: f64, hi: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
-        let shape = shape.into();
-        let (n, _) = shape.checked_size("rand", dtype)?;
-        let (seed, offset) = rng::reserve(n.div_ceil(4) as u64);
-        Tensor::rand_seeded(seed, offset, lo, hi, shape, dtype, device)
+        Tensor::rand_with(&rng::Generator::global(), lo, hi, shape, dtype, device)
     }
     /// Normal values from the global seeded stream.
     pub fn randn(mean: f64, std: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::randn_with(&rng::Generator::global(), mean, std, shape, dtype, device)
+    }
+    /// Uniform values in `[lo, hi)` drawn from `generator` (see [`crate::Generator`]).
+    pub fn rand_with(
+        generator: &rng::Generator,
+        lo: f64,
+        hi: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let (n, _) = shape.checked_size("rand", dtype)?;
+        let (seed, offset) = generator.reserve(n.div_ceil(4) as u64);
+        Tensor::rand_seeded(seed, offset, lo, hi, shape, dtype, device)
+    }
+    /// Normal values drawn from `generator` (see [`crate::Generator`]).
+    pub fn randn_with(
+        generator: &rng::Generator,
+        mean: f64,
+        std: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let (n, _) = shape.checked_size("randn", dtype)?;
-        let (seed, offset) = rng::reserve(n.div_ceil(2) as u64);
+        let (seed, offset) = generator.reserve(n.div_ceil(2) as u64);
         let s = Storage::random(&shape, dtype, device, seed, offset, Distribution::Normal { mean, std })?;
         Ok(Tensor::from_contiguous(s, shape))
     }

@@ -4,7 +4,7 @@ mod create;
 mod display;
 mod rng;
 
-pub use rng::{manual_seed, rng_state, set_rng_state};
+pub use rng::{Generator, manual_seed, rng_state, set_rng_state};
 
 use crate::autograd::Node;
 use crate::backend::cpu::CpuStorage;
