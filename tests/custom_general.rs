@@ -406,6 +406,7 @@ fn rmsnorm_source() -> &'static str {
 /// NVRTC compiles every general source here, and the example's, for real targets (ptxas
 /// included), so what the emulator ran as C++ is also valid CUDA. Needs only libnvrtc; with
 /// `TENSORFORGE_REQUIRE_NVRTC=1` (CI sets it) a missing libnvrtc fails the test.
+#[cfg(feature = "cuda")]
 #[test]
 fn general_sources_compile_with_nvrtc() {
     let rmsnorm = unsafe {
