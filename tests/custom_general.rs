@@ -396,6 +396,7 @@ fn a_kernel_that_does_not_compile_is_an_err_with_the_log() {
 }
 
 /// The `custom_rmsnorm` example's CUDA source, taken from the example itself.
+#[cfg(feature = "cuda")]
 fn rmsnorm_source() -> &'static str {
     let file = include_str!("../examples/custom_rmsnorm.rs");
     let tag = "const RMSNORM_CU: &str = r#\"";
