@@ -97,6 +97,8 @@ pub struct ParameterStore {
     generator: Option<crate::Generator>,
     entries: Vec<(String, Tensor)>,
     index: HashMap<String, usize>,
+    /// Names of the entries that are buffers (saved and loaded, not trained).
+    buffers: std::collections::HashSet<String>,
 }
 
 /// The legacy format (read only): see `read_legacy`.
@@ -114,7 +116,14 @@ impl ParameterStore {
     }
     /// An empty store whose new parameters get `dtype` (a float type).
     pub fn with_dtype(device: Device, dtype: DType) -> Self {
-        ParameterStore { device, dtype, generator: None, entries: Vec::new(), index: HashMap::new() }
+        ParameterStore {
+            device,
+            dtype,
+            generator: None,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            buffers: Default::default(),
+        }
     }
     /// The same store initializing new parameters from `generator` instead of the global
     /// stream: a model built from it gets the same initial values whatever other threads draw.
@@ -164,19 +173,42 @@ impl ParameterStore {
         Ok(p)
     }
 
+    /// The buffer `name` (non-trainable state saved with the parameters: batch norm's running
+    /// statistics), created by `make` if it does not exist yet. Buffers are in
+    /// [`ParameterStore::state_dict`], saves and loads, not in [`ParameterStore::parameters`];
+    /// they keep the dtype and device `make` gives them. A parameter of that name is an `Err`.
+    pub fn buffer_or_init(&mut self, name: &str, make: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        if let Some(&i) = self.index.get(name) {
+            if !self.buffers.contains(name) {
+                return Err(Error::msg(format!("ParameterStore: `{name}` is a parameter, not a buffer")));
+            }
+            return Ok(self.entries[i].1.clone());
+        }
+        let t = make()?.detach();
+        self.index.insert(name.to_string(), self.entries.len());
+        self.entries.push((name.to_string(), t.clone()));
+        self.buffers.insert(name.to_string());
+        Ok(t)
+    }
+
+    /// True when `name` is a buffer rather than a parameter.
+    pub fn is_buffer(&self, name: &str) -> bool {
+        self.buffers.contains(name)
+    }
+
     /// The parameter `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<Tensor> {
         self.index.get(name).map(|&i| self.entries[i].1.clone())
     }
-    /// `(name, parameter)` in creation order.
+    /// `(name, tensor)` in creation order, buffers included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))
     }
     /// The parameters in creation order (what an optimizer takes).
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.entries.iter().map(|(_, t)| t.clone()).collect()
+        self.entries.iter().filter(|(n, _)| !self.buffers.contains(n)).map(|(_, t)| t.clone()).collect()
     }
-    /// Number of named parameters.
+    /// Number of named tensors (parameters and buffers).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -186,7 +218,7 @@ impl ParameterStore {
     }
     /// Number of trainable scalars.
     pub fn num_parameters(&self) -> usize {
-        self.entries.iter().map(|(_, t)| t.elem_count()).sum()
+        self.entries.iter().filter(|(n, _)| !self.buffers.contains(n)).map(|(_, t)| t.elem_count()).sum()
     }
     /// Clears every parameter's gradient.
     pub fn zero_grad(&self) {

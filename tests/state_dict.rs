@@ -169,3 +169,30 @@ fn a_parameter_store_loads_state_dicts_too() {
     assert!(store.load_state_dict(&state, true).is_err());
     assert_eq!(fc.named_parameters()[0].1.to_vec2::<f32>().unwrap(), vec![vec![1.0, 1.0], vec![1.0, 1.0]]);
 }
+
+/// Registration at construction: layers built from one `ParameterStore` under PyTorch's
+/// prefixes make a store whose state dict is the model's, buffers included, and which loads
+/// PyTorch's checkpoint strictly; the optimizer gets the parameters only.
+#[test]
+fn a_model_built_from_a_store_loads_pytorch_checkpoints_through_the_store() {
+    let mut store = tensorforge::param::ParameterStore::new(Device::Cpu);
+    let mut mlp = Sequential::new()
+        .add(Linear::from_store(&mut store, "0", 4, 8).unwrap())
+        .add(BatchNorm::from_store(&mut store, "1", 8, 0).unwrap())
+        .add(tensorforge::nn::ReLU)
+        .add(Linear::from_store(&mut store, "3", 8, 3).unwrap());
+    assert_eq!(store.parameters().len(), 6, "weights and biases; the running statistics are buffers");
+    assert!(store.is_buffer("1.running_var") && !store.is_buffer("1.weight"));
+    let mut from_store: Vec<String> = store.state_dict().into_iter().map(|(n, _)| n).collect();
+    from_store.sort();
+    assert_eq!(from_store, names(&mlp), "the store's state dict is the model's");
+    let state = load_named(fixture("mlp.state.safetensors")).unwrap();
+    assert!(store.load_state_dict(&state, true).unwrap().is_exact());
+    mlp.set_training(false);
+    let io = read_safetensors(fixture("mlp.io.safetensors")).unwrap();
+    let get = |k: &str| io.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let (got, want) = (mlp.forward(&get("input")).unwrap().to_vec_f64().unwrap(), get("output").to_vec_f64().unwrap());
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())), "{got:?} vs {want:?}");
+    // A name that is a parameter cannot become a buffer.
+    assert!(store.buffer_or_init("0.weight", || Tensor::zeros(1, DType::F32, Device::Cpu)).is_err());
+}

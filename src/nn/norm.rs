@@ -34,6 +34,34 @@ impl BatchNorm {
             rank,
         })
     }
+    /// A batch norm whose weight and bias are parameters of `store` (`{prefix}.weight`,
+    /// `{prefix}.bias`) and whose running statistics are its buffers (`{prefix}.running_mean`,
+    /// `.running_var`, `.num_batches_tracked`), so the store's state dict and checkpoints hold
+    /// them all. `spatial_dims` is 0 for `[N, C]` inputs (BatchNorm1d), 2 for `[N, C, H, W]`.
+    pub fn from_store(
+        store: &mut crate::param::ParameterStore,
+        prefix: &str,
+        channels: usize,
+        spatial_dims: usize,
+    ) -> Result<BatchNorm> {
+        use crate::param::Init;
+        let (dtype, device) = (store.dtype(), store.device());
+        Ok(BatchNorm {
+            weight: store.get_or_init(&format!("{prefix}.weight"), channels, Init::Ones)?,
+            bias: store.get_or_init(&format!("{prefix}.bias"), channels, Init::Zeros)?,
+            running_mean: store
+                .buffer_or_init(&format!("{prefix}.running_mean"), || Tensor::zeros(channels, dtype, device))?,
+            running_var: store
+                .buffer_or_init(&format!("{prefix}.running_var"), || Tensor::ones(channels, dtype, device))?,
+            num_batches_tracked: store.buffer_or_init(&format!("{prefix}.num_batches_tracked"), || {
+                Tensor::from_vec(vec![0i64], (), Device::Cpu)
+            })?,
+            momentum: 0.1,
+            eps: 1e-5,
+            training: true,
+            rank: 2 + spatial_dims,
+        })
+    }
     /// Over `[N, C]` inputs.
     pub fn new_1d(channels: usize, device: Device) -> Result<BatchNorm> {
         BatchNorm::new(channels, 2, device)
