@@ -102,7 +102,7 @@ fn conv2d_matches_direct_loops() -> Result<()> {
 fn conv1d_is_conv2d_over_one_row() -> Result<()> {
     let x = Tensor::randn(0.0, 1.0, (2, 3, 9), DType::F64, Device::Cpu)?;
     let w = Tensor::randn(0.0, 1.0, (4, 3, 3), DType::F64, Device::Cpu)?;
-    let y = x.conv1d(&w, None, 2, 1, 1, 1)?;
+    let y = x.conv1d_with(&w, None, tensorforge::ops::Conv1dOptions { stride: 2, padding: 1, ..Default::default() })?;
     let y2 = x.unsqueeze(2)?.conv2d(
         &w.unsqueeze(2)?,
         None,

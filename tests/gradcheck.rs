@@ -208,7 +208,11 @@ fn table() -> Vec<Case> {
         a[0].conv2d(&a[1], Some(&a[2]), Conv2dOptions { groups: 2, ..Default::default() })
     });
     case!("conv1d", [r(&[2, 2, 7], 112), r(&[3, 2, 3], 113), r(&[3], 114)], |a| {
-        a[0].conv1d(&a[1], Some(&a[2]), 2, 1, 1, 1)
+        a[0].conv1d_with(
+            &a[1],
+            Some(&a[2]),
+            tensorforge::ops::Conv1dOptions { stride: 2, padding: 1, ..Default::default() },
+        )
     });
     case!("conv_transpose2d", [r(&[1, 2, 3, 3], 115), r(&[2, 3, 2, 2], 116), r(&[3], 117)], |a| {
         a[0].conv_transpose2d(&a[1], Some(&a[2]), Conv2dOptions { stride: (2, 2), ..Default::default() }, (1, 1))

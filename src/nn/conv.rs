@@ -1,7 +1,7 @@
 //! Convolution and pooling layers over the `Tensor` conv ops (im2col + GEMM underneath).
 
 use super::Module;
-use crate::ops::Conv2dOptions;
+use crate::ops::{Conv1dOptions, Conv2dOptions};
 use crate::param::{Init, ParameterStore};
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -113,11 +113,40 @@ impl Conv1d {
         let bias = Some(kaiming(in_channels * kernel, vec![out_channels], device)?);
         Ok(Conv1d { weight, bias, stride, padding, dilation: 1, groups: 1 })
     }
+    /// A layer with bias and any options, the argument style of [`Conv2d::new`]; weight
+    /// `[out, in/groups, k]`.
+    pub fn with_options(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        opt: Conv1dOptions,
+        device: Device,
+    ) -> Result<Conv1d> {
+        if opt.groups == 0 || !in_channels.is_multiple_of(opt.groups) || !out_channels.is_multiple_of(opt.groups) {
+            return Err(crate::Error::msg(format!(
+                "Conv1d: groups {} must divide in_channels {in_channels} and out_channels {out_channels}",
+                opt.groups
+            )));
+        }
+        let fan_in = in_channels / opt.groups * kernel;
+        let weight = kaiming(fan_in, vec![out_channels, in_channels / opt.groups, kernel], device)?;
+        let bias = Some(kaiming(fan_in, vec![out_channels], device)?);
+        Ok(Conv1d {
+            weight,
+            bias,
+            stride: opt.stride,
+            padding: opt.padding,
+            dilation: opt.dilation,
+            groups: opt.groups,
+        })
+    }
 }
 
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv1d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation, self.groups)
+        let opt =
+            Conv1dOptions { stride: self.stride, padding: self.padding, dilation: self.dilation, groups: self.groups };
+        x.conv1d_with(&self.weight, self.bias.as_ref(), opt)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];

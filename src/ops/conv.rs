@@ -136,6 +136,25 @@ pub struct Conv2dOptions {
     pub groups: usize,
 }
 
+/// Stride, padding, dilation and groups of a 1-D convolution (PyTorch's defaults: 1, 0, 1, 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv1dOptions {
+    /// Step between windows.
+    pub stride: usize,
+    /// Zeros added at both ends.
+    pub padding: usize,
+    /// Spacing of the kernel's taps.
+    pub dilation: usize,
+    /// Channel groups (inputs and outputs must divide by it).
+    pub groups: usize,
+}
+
+impl Default for Conv1dOptions {
+    fn default() -> Self {
+        Conv1dOptions { stride: 1, padding: 0, dilation: 1, groups: 1 }
+    }
+}
+
 impl Default for Conv2dOptions {
     fn default() -> Self {
         Conv2dOptions { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
@@ -217,8 +236,10 @@ impl Tensor {
         }
     }
 
-    /// 1-D convolution: `self` `[N, Cin, L]`, `weight` `[Cout, Cin/groups, k]`; the options'
-    /// second components apply.
+    /// 1-D convolution with positional options: the same as [`Tensor::conv1d_with`].
+    #[deprecated(
+        note = "use conv1d_with(weight, bias, Conv1dOptions { stride, padding, dilation, groups }), the argument style of conv2d"
+    )]
     pub fn conv1d(
         &self,
         weight: &Tensor,
@@ -228,10 +249,31 @@ impl Tensor {
         dilation: usize,
         groups: usize,
     ) -> Result<Tensor> {
+        self.conv1d_with(weight, bias, Conv1dOptions { stride, padding, dilation, groups })
+    }
+
+    /// 1-D convolution: `self` `[N, Cin, L]`, `weight` `[Cout, Cin/groups, k]`, options as
+    /// [`Tensor::conv2d`] takes them (one number per option instead of a pair).
+    ///
+    /// ```
+    /// use tensorforge::ops::Conv1dOptions;
+    /// # use tensorforge::{Tensor, Device};
+    /// let x = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 1, 4), Device::Cpu)?;
+    /// let w = Tensor::from_vec(vec![1f32, 1.], (1, 1, 2), Device::Cpu)?;
+    /// let y = x.conv1d_with(&w, None, Conv1dOptions { stride: 2, ..Default::default() })?;
+    /// assert_eq!(y.to_vec_f64()?, vec![3., 7.]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn conv1d_with(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv1dOptions) -> Result<Tensor> {
         need_rank("conv1d", self, 3)?;
         need_rank("conv1d weight", weight, 3)?;
-        let opt = Conv2dOptions { stride: (1, stride), padding: (0, padding), dilation: (1, dilation), groups };
-        self.unsqueeze(2)?.conv2d(&weight.unsqueeze(2)?, bias, opt)?.squeeze(2)
+        let opt2 = Conv2dOptions {
+            stride: (1, opt.stride),
+            padding: (0, opt.padding),
+            dilation: (1, opt.dilation),
+            groups: opt.groups,
+        };
+        self.unsqueeze(2)?.conv2d(&weight.unsqueeze(2)?, bias, opt2)?.squeeze(2)
     }
 
     /// Transposed 2-D convolution (the adjoint of `conv2d`): `self` `[N, Cin, H, W]`,

@@ -12,7 +12,7 @@ mod unary;
 mod view;
 
 pub use binary::{Binary, Where};
-pub use conv::{Col2Im, Conv2dOptions, Im2Col, MaxUnpool};
+pub use conv::{Col2Im, Conv1dOptions, Conv2dOptions, Im2Col, MaxUnpool};
 pub use index::{Gather, IndexAdd, IndexSelect, ScatterAdd};
 pub use indexing::{Index, Indices, s};
 pub use matmul::MatMul;
