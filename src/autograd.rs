@@ -104,10 +104,17 @@ pub fn apply_multi(op: impl MultiOperation, inputs: &[&Tensor]) -> Result<Vec<Te
     let joint = Joint { op: Box::new(op), outputs: outs.iter().map(Tensor::detach).collect() };
     let hub = Tensor::hub().with_node(Node { op: Box::new(joint), inputs });
     let n = outs.len();
+    // Integer outputs (indices) carry no gradient and are not recorded.
     Ok(outs
         .into_iter()
         .enumerate()
-        .map(|(index, o)| o.with_node(Node { op: Box::new(Pick { index, of: n }), inputs: vec![hub.clone()] }))
+        .map(|(index, o)| {
+            if o.dtype().is_float() {
+                o.with_node(Node { op: Box::new(Pick { index, of: n }), inputs: vec![hub.clone()] })
+            } else {
+                o
+            }
+        })
         .collect())
 }
 
@@ -231,7 +238,11 @@ impl Gradients {
         Ok(())
     }
     fn take(&mut self, t: &Tensor) -> Option<Tensor> {
-        self.map.remove(&t.id())
+        // Handed to a backward, a gradient may be passed on unchanged to several inputs (an
+        // add gives both its `g`): it is no longer this pass's alone to add into in place.
+        let g = self.map.remove(&t.id())?;
+        self.owned.remove(&g.id());
+        Some(g)
     }
 }
 

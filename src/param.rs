@@ -265,12 +265,20 @@ impl ParameterStore {
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        crate::io::save_named(path, &self.named_tensors())
+        let named = self.named_tensors();
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        crate::io::write_safetensors(path, &refs, Some(&self.order_metadata()))
     }
 
-    /// The creation order as safetensors metadata.
+    /// The creation order, and which names are buffers, as safetensors metadata.
     pub(crate) fn order_metadata(&self) -> BTreeMap<String, String> {
-        order_metadata(self.entries.iter().map(|(n, _)| n.as_str()))
+        let mut m = order_metadata(self.entries.iter().map(|(n, _)| n.as_str()));
+        let buffers: Vec<&str> =
+            self.entries.iter().map(|(n, _)| n.as_str()).filter(|n| self.buffers.contains(*n)).collect();
+        if !buffers.is_empty() && !buffers.iter().any(|n| n.contains('\n')) {
+            m.insert(BUFFERS_KEY.to_string(), buffers.join("\n"));
+        }
+        m
     }
 
     /// Reads a file written by [`ParameterStore::save`] (safetensors; also any other
@@ -282,14 +290,17 @@ impl ParameterStore {
         let path = path.as_ref();
         let mut bytes = Vec::new();
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_err(path, e))?;
-        let named = if bytes.starts_with(MAGIC) {
-            read_legacy(&bytes, path)?
+        let (named, buffers) = if bytes.starts_with(MAGIC) {
+            (read_legacy(&bytes, path)?, Vec::new())
         } else {
             let (named, meta) = crate::io::safetensors::from_safetensors_bytes_with_metadata(&bytes)
                 .map_err(|e| crate::io::with_path(path, e))?;
-            in_saved_order(named, &meta)
+            // Names the file marks as buffers come back as buffers, not parameters.
+            let buffers =
+                meta.get(BUFFERS_KEY).map(|b| b.split('\n').map(str::to_string).collect()).unwrap_or_default();
+            (in_saved_order(named, &meta), buffers)
         };
-        self.load_tensors(named)
+        self.load_into(named, &buffers)
     }
 
     /// Checks that every `(name, value)` can be loaded: existing names need the same shape.
@@ -315,11 +326,24 @@ impl ParameterStore {
     /// Loads named values: existing parameters are overwritten in place, others created.
     /// All shapes are checked first, so an `Err` leaves the store untouched.
     pub fn load_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<()> {
+        self.load_into(named, &[])
+    }
+
+    /// [`ParameterStore::load_tensors`], creating the new names listed in `buffers` as
+    /// buffers (floats in the store's dtype, integers as they are, on the store's device).
+    fn load_into(&mut self, named: Vec<(String, Tensor)>, buffers: &[String]) -> Result<()> {
         self.check_tensors(&named)?;
         for (name, t) in named {
             match self.get(&name) {
                 // Restoring a snapshot of itself is fine: write_from copies an aliasing source.
                 Some(p) => p.write_from(&t)?,
+                None if buffers.contains(&name) => {
+                    let (dtype, device) = (self.dtype, self.device);
+                    self.buffer_or_init(&name, || {
+                        let t = t.to_device(device)?;
+                        if t.dtype().is_float() { t.to_dtype(dtype)?.copy() } else { t.copy() }
+                    })?;
+                }
                 None => {
                     self.insert(&name, t)?;
                 }
@@ -331,6 +355,8 @@ impl ParameterStore {
 
 /// Metadata key of the creation order in files written by [`ParameterStore::save`].
 const ORDER_KEY: &str = "tensorforge.parameter_order";
+/// Metadata key of the names that are buffers (newline-separated).
+const BUFFERS_KEY: &str = "tensorforge.buffers";
 
 /// `names` in order as safetensors metadata (joined by newlines; omitted when a name contains
 /// one, and then loading falls back to sorted order).

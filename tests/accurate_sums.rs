@@ -59,6 +59,12 @@ fn statistics_built_on_sums() {
     let p = point_one(&[1, N / 10]).softmax(1).unwrap();
     let got = p.flatten_all().unwrap().narrow(0, 0, 3).unwrap().to_vec_f64().unwrap();
     assert_close("softmax of equal logits", &got, 1.0 / (N / 10) as f64);
+    // A long row of unequal terms (one 1, then 10⁶ values near 0.1): the probabilities sum
+    // to 1, which a plain running sum of the denominator misses by ~10⁻⁴.
+    let mut v = vec![(0.1f32).ln(); N / 10];
+    v[0] = 0.0;
+    let p = Tensor::from_vec(v, (1, N / 10), Device::Cpu).unwrap().softmax(1).unwrap();
+    assert_close("softmax probabilities' sum", &[p.to_vec_f64().unwrap().iter().sum::<f64>()], 1.0);
     // 16-bit inputs accumulate in f32 through the same cascade.
     let h = point_one(&[N]).to_dtype(DType::BF16).unwrap();
     let want = f64::from(half::bf16::from_f32(0.1).to_f32()) * N as f64;

@@ -37,6 +37,15 @@ fn division_by_a_scalar_is_a_division() {
     let got = (&x32 / 3.0).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(got, vec![1f32 / 3., 2f32 / 3., 10f32 / 3., 0.0]);
     assert_eq!((1.0 / &t(&[4., 0.5], &[2])).unwrap().to_vec1::<f64>().unwrap(), vec![0.25, 2.]);
+    // Integers divide truly (into f32, as PyTorch); f16 divides in f32, so a divisor its range
+    // cannot hold still divides.
+    let ints = Tensor::from_vec(vec![1i64, 5], 2, Device::Cpu).unwrap();
+    let q = (&ints / 2.5).unwrap();
+    assert_eq!((q.dtype(), q.to_vec1::<f32>().unwrap()), (DType::F32, vec![0.4, 2.0]));
+    let h = x.to_dtype(DType::F16).unwrap();
+    let small = (&h / 1e5).unwrap();
+    assert_eq!(small.dtype(), DType::F16);
+    assert!((small.to_vec_f64().unwrap()[2] - 1e-4).abs() < 1e-7, "{:?}", small.to_vec_f64());
 }
 
 #[test]

@@ -196,3 +196,24 @@ fn a_model_built_from_a_store_loads_pytorch_checkpoints_through_the_store() {
     // A name that is a parameter cannot become a buffer.
     assert!(store.buffer_or_init("0.weight", || Tensor::zeros(1, DType::F32, Device::Cpu)).is_err());
 }
+
+/// A store saved to a file and loaded into an empty store keeps its buffers buffers (the
+/// counter an i64), so layers built from it afterwards find them.
+#[test]
+fn buffers_survive_a_save_and_load_of_the_store() {
+    let mut store = tensorforge::param::ParameterStore::new(Device::Cpu);
+    let bn = BatchNorm::from_store(&mut store, "bn", 3, 0).unwrap();
+    bn.forward(&Tensor::randn(0.0, 1.0, (4, 3), DType::F32, Device::Cpu).unwrap()).unwrap();
+    let path = std::env::temp_dir().join(format!("tf-store-buffers-{}.safetensors", std::process::id()));
+    store.save(&path).unwrap();
+    let mut back = tensorforge::param::ParameterStore::new(Device::Cpu);
+    back.load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(back.is_buffer("bn.running_mean") && back.is_buffer("bn.num_batches_tracked"));
+    assert_eq!(back.parameters().len(), 2);
+    assert_eq!(back.get("bn.num_batches_tracked").unwrap().to_scalar::<i64>().unwrap(), 1);
+    let again = BatchNorm::from_store(&mut back, "bn", 3, 0).unwrap();
+    let (m1, _) = bn.running_stats();
+    let (m2, _) = again.running_stats();
+    assert_eq!(m1.to_vec_f64().unwrap(), m2.to_vec_f64().unwrap());
+}

@@ -114,6 +114,12 @@ fn pooling_with_indices_and_ceil_mode() {
     let (_, idx) = fx.get("max_pool1d_ceil.in0").max_pool1d_with_indices(3, 2, 1, true).unwrap();
     assert_eq!(idx.to_vec_f64().unwrap(), fx.get("max_pool1d_ceil.indices").to_vec_f64().unwrap());
     check(&fx, "max_unpool1d", &[true], TOL, |x| x[0].max_unpool1d(&idx, 8));
+    // A repeated index holding an infinity stays infinite (it is selected once, not masked by
+    // multiplying its repeats by 0, which gives NaN).
+    let x = Tensor::from_vec(vec![1f64, f64::INFINITY, 2.0, 0.0], (1, 1, 4), Device::Cpu).unwrap();
+    let (v, i) = x.max_pool1d_with_indices(3, 1, 1, false).unwrap();
+    let back = v.max_unpool1d(&i, 4).unwrap().to_vec_f64().unwrap();
+    assert_eq!(back, vec![0.0, f64::INFINITY, 2.0, 0.0]);
 }
 
 #[test]

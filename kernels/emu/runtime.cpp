@@ -468,7 +468,7 @@ int tf_emu_run_block(tf_emu_entry entry, void** params, const char* kernel, cons
     b.arrived = 0;
     b.failed = false;
     b.dyn_shared.assign((opts->shared_bytes + 15) / 16, float4{});
-    memset(b.dyn_shared.data(), 0xFF, b.dyn_shared.size() * sizeof(float4));
+    if (!b.dyn_shared.empty()) memset(b.dyn_shared.data(), 0xFF, b.dyn_shared.size() * sizeof(float4));
     b.fibers.resize(b.n);
     b.warps.assign((b.n + 31) / 32, Warp{});
 #ifdef TF_EMU_ASAN

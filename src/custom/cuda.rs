@@ -73,6 +73,12 @@ pub(super) fn general(
     for l in &launches {
         l.check(name)?;
     }
+    if launches.is_empty() && p.shapes.iter().any(|s| s.elem_count() > 0) {
+        // Device outputs start uninitialized: nothing would write them.
+        return Err(Error::msg(format!(
+            "custom op `{name}`: the launch rule returned no launch for non-empty outputs"
+        )));
+    }
     let refs: Vec<&Tensor> = p.inputs.iter().collect();
     let mut args = Vec::with_capacity(2 * (p.inputs.len() + outs.len()) + scalars.len());
     for (t, ptr) in p.inputs.iter().zip(pointers(name, &refs)?) {

@@ -46,7 +46,7 @@ impl Operation for MaxUnpool {
         // The first occurrence of each index in its row keeps its value; later ones add 0.
         // The indices come to the host for this (they are as small as the pooled output).
         let ids = idx.to_vec::<i64>()?;
-        let mut keep = vec![1.0f64; ids.len()];
+        let mut keep = vec![1u8; ids.len()];
         let mut seen = std::collections::HashSet::new();
         for r in 0..rows {
             seen.clear();
@@ -56,12 +56,14 @@ impl Operation for MaxUnpool {
                     return Err(Error::IndexOutOfRange { op: "max_unpool2d", index: i, size: self.plane });
                 }
                 if !seen.insert(i) {
-                    keep[r * l + j] = 0.0;
+                    keep[r * l + j] = 0;
                 }
             }
         }
-        let keep = Tensor::from_vec(keep, (rows, l), Device::Cpu)?.to_dtype(v.dtype())?.to_device(v.device())?;
-        Tensor::zeros((rows, self.plane), v.dtype(), v.device())?.scatter_add(1, idx, &v.mul(&keep)?)
+        // Selected, not multiplied: an infinite repeat times 0 would be NaN.
+        let keep = Tensor::from_vec(keep, (rows, l), Device::Cpu)?.to_device(v.device())?;
+        let once = keep.where_cond(v, &Tensor::zeros((), v.dtype(), v.device())?)?;
+        Tensor::zeros((rows, self.plane), v.dtype(), v.device())?.scatter_add(1, idx, &once)
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
         grads.accumulate(&x[0], g.gather(1, &x[1])?)

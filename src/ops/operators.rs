@@ -14,18 +14,32 @@
 //! # Ok::<(), tensorforge::Error>(())
 //! ```
 
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// `x / s` as an exact division by the scalar in `x`'s dtype (not a multiplication by `1/s`,
-/// which rounds differently).
+/// The dtype a division by a scalar computes in, and the dtype of its result: f32/f64
+/// divide in themselves (an exact division, not a multiplication by `1/s`, which rounds
+/// differently); f16/bf16 divide in f32 and round once, so a scalar their range cannot hold
+/// (`x / 1e5` in f16) still divides; integer tensors give f32, as PyTorch's true division.
+fn division_dtypes(x: &Tensor) -> (DType, DType) {
+    match x.dtype() {
+        d @ (DType::F32 | DType::F64) => (d, d),
+        d @ (DType::F16 | DType::BF16) => (DType::F32, d),
+        _ => (DType::F32, DType::F32),
+    }
+}
+
+/// `x / s`.
 fn div_scalar(x: &Tensor, s: f64) -> Result<Tensor> {
-    x.div(&Tensor::full(s, (), x.dtype(), x.device())?)
+    let (compute, out) = division_dtypes(x);
+    let q = x.to_dtype(compute)?.div(&Tensor::full(s, (), compute, x.device())?)?;
+    q.to_dtype(out)
 }
 
 /// `s / x`.
 fn scalar_div(s: f64, x: &Tensor) -> Result<Tensor> {
-    Tensor::full(s, (), x.dtype(), x.device())?.div(x)
+    let (compute, out) = division_dtypes(x);
+    Tensor::full(s, (), compute, x.device())?.div(&x.to_dtype(compute)?)?.to_dtype(out)
 }
 
 macro_rules! tensor_op {

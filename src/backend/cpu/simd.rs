@@ -384,7 +384,11 @@ mod exp512 {
             let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])));
             // A row of -inf (fully masked) has no finite max; shifting by 0 keeps exp(-inf) = 0.
             let shift = if max == f32::NEG_INFINITY { 0.0 } else { max };
-            // Pass 2: the exponentials (kept in `out` unless `log`) and their sum, four chains.
+            // Pass 2: the exponentials (kept in `out` unless `log`) and their sum, four chains;
+            // a row longer than one cascade block sums its blocks pairwise (as `fold_slice`).
+            let add = |a: f32, b: f32| a + b;
+            let block = super::super::cascade::BLOCK;
+            let mut blocks = (n > block).then(super::super::cascade::Cascade::<f32>::new);
             let mut s = [_mm512_setzero_ps(); 4];
             let mut i = 0;
             while i < full {
@@ -395,6 +399,15 @@ mod exp512 {
                 let j = (i / 16) % 4;
                 s[j] = _mm512_add_ps(s[j], e);
                 i += 16;
+                if let Some(c) = blocks.as_mut()
+                    && i % block == 0
+                {
+                    c.push(
+                        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]))),
+                        &add,
+                    );
+                    s = [_mm512_setzero_ps(); 4];
+                }
             }
             if full < n {
                 let e = exp16(_mm512_sub_ps(load_tail(), _mm512_set1_ps(shift)));
@@ -403,7 +416,14 @@ mod exp512 {
                 }
                 s[0] = _mm512_add_ps(s[0], e);
             }
-            let sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+            let last = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+            let sum = match blocks {
+                Some(mut c) => {
+                    c.push(last, &add);
+                    c.finish(0.0, &add)
+                }
+                None => last,
+            };
             // Pass 3: scale the exponentials, or subtract the shift and then ln(sum) from the
             // inputs (x - (shift + ln sum) would round the ln away next to a huge shift).
             let (a, b, c) = if log {
