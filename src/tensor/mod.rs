@@ -177,8 +177,19 @@ impl Tensor {
     pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.0.storage.read().unwrap_or_else(|e| e.into_inner())
     }
+    /// The write guard, taken without ever *waiting* on the lock: std's `RwLock` blocks new
+    /// readers while a writer waits, so a thread already reading this buffer (an op whose
+    /// two inputs share it, `p.mul(&p)`) would block on its second read behind a writer that
+    /// waits for its first: a deadlock between a thread computing with a parameter and one
+    /// stepping it. Polling leaves readers unblocked; a writer holds the lock only briefly.
     pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+        loop {
+            match self.0.storage.try_write() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
     }
     /// Writes `src`'s values (converted to this tensor's dtype and device; same shape) into
     /// this tensor's elements in place, outside autograd: restoring parameters, updating
