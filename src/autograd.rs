@@ -118,13 +118,18 @@ pub fn apply_multi(op: impl MultiOperation, inputs: &[&Tensor]) -> Result<Vec<Te
         .collect())
 }
 
+/// `forward` of the nodes below: they are recorded after their op ran, never run again.
+fn never_forward() -> Result<Tensor> {
+    Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+}
+
 struct Single<O>(O);
 impl<O: MultiOperation> Operation for Single<O> {
     fn name(&self) -> &str {
         self.0.name()
     }
     fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
-        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+        never_forward()
     }
     fn backward(&self, inputs: &[Tensor], output: &Tensor, grad: &Tensor, grads: &mut Gradients) -> Result<()> {
         self.0.backward(inputs, std::slice::from_ref(output), &[Some(grad.clone())], grads)
@@ -140,7 +145,7 @@ impl Operation for Joint {
         self.op.name()
     }
     fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
-        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+        never_forward()
     }
     fn backward(&self, inputs: &[Tensor], hub: &Tensor, _: &Tensor, grads: &mut Gradients) -> Result<()> {
         let gs = grads.outputs.remove(&hub.id()).unwrap_or_default();
@@ -158,7 +163,7 @@ impl Operation for Pick {
         "multi_output"
     }
     fn forward(&self, _: &[&Tensor]) -> Result<Tensor> {
-        Err(Error::Autograd("a recorded multi-output node is never run forward".into()))
+        never_forward()
     }
     fn backward(&self, inputs: &[Tensor], _: &Tensor, grad: &Tensor, grads: &mut Gradients) -> Result<()> {
         let hub = &inputs[0];

@@ -22,17 +22,8 @@ pub struct BatchNorm {
 
 impl BatchNorm {
     fn new(channels: usize, rank: usize, device: Device) -> Result<BatchNorm> {
-        Ok(BatchNorm {
-            weight: Tensor::ones(channels, DType::F32, device)?.requires_grad(),
-            bias: Tensor::zeros(channels, DType::F32, device)?.requires_grad(),
-            running_mean: Tensor::zeros(channels, DType::F32, device)?,
-            running_var: Tensor::ones(channels, DType::F32, device)?,
-            num_batches_tracked: Tensor::from_vec(vec![0i64], (), Device::Cpu)?,
-            momentum: 0.1,
-            eps: 1e-5,
-            training: true,
-            rank,
-        })
+        // A store of its own: the same parameters, buffers and defaults as `from_store`.
+        BatchNorm::from_store(&mut crate::param::ParameterStore::new(device), "bn", channels, rank - 2)
     }
     /// A batch norm whose weight and bias are parameters of `store` (`{prefix}.weight`,
     /// `{prefix}.bias`) and whose running statistics are its buffers (`{prefix}.running_mean`,
