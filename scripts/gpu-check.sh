@@ -3,10 +3,11 @@
 #
 #   scripts/gpu-check.sh build          (build machine: needs Rust; no GPU)
 #       Builds release test binaries (cuda_parity, cuda_allocator, cuda_matmul_tiled, cuda_tensor,
-#       cuda_ctc, custom_op, nvrtc_compile,
-#       cuda_unavailable), the cuda_kernels bench and the examples train_digits, ctc_toy and
-#       char_lstm with --features cuda, strips them and copies them with the comparison script
-#       into gpu-bundle/ (git-ignored), checking the bundle is under 64 MiB.
+#       cuda_ctc, custom_op, custom_general, accurate_sums, nvrtc_compile,
+#       cuda_unavailable), the cuda_kernels bench and the examples train_digits, ctc_toy,
+#       char_lstm and custom_rmsnorm with --features cuda, strips them and copies them with the
+#       comparison script into gpu-bundle/ and packs gpu-bundle.tar.gz (both git-ignored), checking the archive is
+#       under the device tool's 64 MiB.
 #
 #   scripts/gpu-check.sh run OUT_DIR    (GPU machine: no Rust; python3 + PyTorch)
 #       From the repository root (or with GPU_BUNDLE=path): runs every test including the
@@ -26,18 +27,18 @@ build() {
     local json
     json="$(mktemp)"
     cargo test --release --features cuda --no-run --message-format=json \
-        --test cuda_parity --test cuda_allocator --test cuda_matmul_tiled --test cuda_tensor --test cuda_ctc --test custom_op --test nvrtc_compile --test cuda_unavailable >"$json"
+        --test cuda_parity --test cuda_allocator --test cuda_matmul_tiled --test cuda_tensor --test cuda_ctc --test custom_op --test custom_general --test accurate_sums --test nvrtc_compile --test cuda_unavailable >"$json"
     cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
     cargo build --release --features cuda --message-format=json \
-        --example train_digits --example ctc_toy --example char_lstm >>"$json"
+        --example train_digits --example ctc_toy --example char_lstm --example custom_rmsnorm >>"$json"
     rm -rf "$bundle"
     mkdir -p "$bundle/bin" "$bundle/compare"
     # Each compiler-artifact line with an executable names one test or bench binary.
     python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-wanted = {"cuda_parity", "cuda_allocator", "cuda_matmul_tiled", "cuda_tensor", "cuda_ctc", "custom_op", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
-          "train_digits", "ctc_toy", "char_lstm"}
+wanted = {"cuda_parity", "cuda_allocator", "cuda_matmul_tiled", "cuda_tensor", "cuda_ctc", "custom_op", "custom_general", "accurate_sums", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
+          "train_digits", "ctc_toy", "char_lstm", "custom_rmsnorm"}
 found = set()
 for line in open(src):
     try:
@@ -56,13 +57,17 @@ PY
     strip "$bundle"/bin/*
     cp benches/compare/torch_ops.py "$bundle/compare/"
     cp scripts/gpu-check.sh "$bundle/"
+    # The device tool carries at most 64 MiB; the stripped binaries alone are more, so they
+    # travel as one gzip archive (every machine can unpack it).
+    tar czf "$bundle.tar.gz" -C "$(dirname "$bundle")" "$(basename "$bundle")"
     local size
-    size=$(du -sb "$bundle" | cut -f1)
+    size=$(stat -c %s "$bundle.tar.gz")
     if [ "$size" -ge $((64 * 1024 * 1024)) ]; then
-        echo "gpu-check: bundle is $size bytes, over 64 MiB" >&2
+        echo "gpu-check: $bundle.tar.gz is $size bytes, over 64 MiB" >&2
         exit 1
     fi
-    echo "gpu-check: $bundle ready ($size bytes)"
+    echo "gpu-check: $bundle.tar.gz ready ($size bytes); on the GPU machine:"
+    echo "  tar xzf $(basename "$bundle").tar.gz -C /tmp && bash /tmp/$(basename "$bundle")/gpu-check.sh run \$OUT"
 }
 
 run() {
@@ -106,7 +111,7 @@ run() {
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
         echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     } >"$out/env.txt" 2>&1
-    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_matmul_tiled cuda_tensor cuda_ctc custom_op; do
+    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_matmul_tiled cuda_tensor cuda_ctc custom_op custom_general accurate_sums; do
         echo "== $t" | tee -a "$out/tests.log"
         # cuda_parity runs on the GPU; nvrtc_compile compiles every kernel for two targets on
         # the CPU (over 60 s on one thread of the H200 machine).
@@ -122,7 +127,7 @@ run() {
     local tmp="${TMPDIR:-/tmp}/tf-examples"
     for ex in "train_digits --device cuda --epochs 5 --out $tmp" \
         "train_digits --device cuda --model cnn --epochs 2 --out $tmp" \
-        "ctc_toy --device cuda" "char_lstm --device cuda --seconds 20"; do
+        "ctc_toy --device cuda" "char_lstm --device cuda --seconds 10" "custom_rmsnorm"; do
         echo "== $ex" | tee -a "$out/examples.log"
         # shellcheck disable=SC2086 # the words are the example and its flags
         if ! timeout 60 "$bin"/$ex >>"$out/examples.log" 2>&1; then
