@@ -27,6 +27,9 @@ pub enum Error {
     KernelCompile { module: String, log: String },
     /// A CUDA driver call failed.
     Cuda { op: &'static str, msg: String },
+    /// An allocation of `bytes` bytes on `device` failed: the memory is not there (or the
+    /// size cannot be represented). Nothing was written; the engine stays usable.
+    OutOfMemory { op: &'static str, device: Device, bytes: usize },
     /// An autograd misuse (backward on a non-scalar, no gradient, …).
     Autograd(String),
     /// Reading or writing a file failed, or its contents are malformed.
@@ -72,6 +75,9 @@ impl fmt::Display for Error {
                 write!(f, "NVRTC failed to compile kernel module {module}:\n{log}")
             }
             Error::Cuda { op, msg } => write!(f, "CUDA error in {op}: {msg}"),
+            Error::OutOfMemory { op, device, bytes } => {
+                write!(f, "{op}: out of memory on {device:?}: could not allocate {bytes} bytes")
+            }
             Error::Autograd(m) => write!(f, "autograd: {m}"),
             Error::Io { context, msg } => write!(f, "{context}: {msg}"),
             Error::Msg(m) => f.write_str(m),

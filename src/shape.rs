@@ -25,6 +25,15 @@ impl Shape {
     pub fn rank(&self) -> usize {
         self.0.len()
     }
+    /// The product of sizes that enter from users (a layer's fan-in, gate count × hidden
+    /// size, layers × directions), or an `Err` naming `op` when it overflows. Shapes
+    /// themselves go through [`Shape::checked_size`].
+    pub fn checked_product(op: &'static str, factors: &[usize]) -> Result<usize> {
+        factors
+            .iter()
+            .try_fold(1usize, |a, &f| a.checked_mul(f))
+            .ok_or_else(|| Error::BadShape { op, msg: format!("the product of sizes {factors:?} overflows") })
+    }
     /// Number of elements and bytes of a buffer of this shape and `dtype`, checked: the one
     /// place sizes from users (shapes read from files, configs, other programs) are validated
     /// before anything is allocated. A count or byte size past `isize::MAX` is an `Err` naming

@@ -1,7 +1,7 @@
 //! `Storage`: one buffer on some device. Matches on the device once and forwards each
 //! primitive to that backend; operands on two devices are an error, never a copy.
 
-use crate::backend::cpu::{CpuDevice, CpuStorage};
+use crate::backend::cpu::{CpuDevice, CpuStorage, guard as cpu_guard};
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::{CudaDevice, CudaStorage};
 use crate::backend::{
@@ -25,11 +25,12 @@ pub enum Storage {
     Cuda(CudaStorage),
 }
 
-/// Applies `$f` to the backend storage of a unary call.
+/// Applies `$f` to the backend storage of a unary call; on the CPU an allocation failure
+/// inside it becomes [`Error::OutOfMemory`] (see [`cpu_guard`]).
 macro_rules! on_one {
-    ($s:expr, |$x:ident| $body:expr) => {
+    ($s:expr, $op:expr, |$x:ident| $body:expr) => {
         match $s {
-            Storage::Cpu($x) => Storage::Cpu($body?),
+            Storage::Cpu($x) => Storage::Cpu(cpu_guard($op, || $body)?),
             #[cfg(feature = "cuda")]
             Storage::Cuda($x) => Storage::Cuda($body?),
         }
@@ -72,7 +73,7 @@ impl Storage {
     /// The buffer copied to host memory (a clone on the CPU).
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         match self {
-            Storage::Cpu(s) => Ok(s.clone()),
+            Storage::Cpu(s) => cpu_guard("to_cpu", || Ok(s.try_clone())),
             #[cfg(feature = "cuda")]
             Storage::Cuda(s) => s.to_cpu(),
         }
@@ -91,7 +92,7 @@ impl Storage {
     pub fn full(shape: &Shape, dtype: DType, v: f64, device: Device) -> Result<Storage> {
         shape.checked_size("full", dtype)?;
         match device {
-            Device::Cpu => Ok(Storage::Cpu(CpuDevice.full(shape, dtype, v)?)),
+            Device::Cpu => Ok(Storage::Cpu(cpu_guard("full", || CpuDevice.full(shape, dtype, v))?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(Storage::Cuda(CudaDevice::get(n)?.full(shape, dtype, v)?)),
             #[cfg(not(feature = "cuda"))]
@@ -133,7 +134,7 @@ impl Storage {
             }
         }
         match device {
-            Device::Cpu => Ok(Storage::Cpu(go(&CpuDevice, shape, dtype, seed, offset, dist)?)),
+            Device::Cpu => Ok(Storage::Cpu(cpu_guard("random", || go(&CpuDevice, shape, dtype, seed, offset, dist))?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(Storage::Cuda(go(&*CudaDevice::get(n)?, shape, dtype, seed, offset, dist)?)),
             #[cfg(not(feature = "cuda"))]
@@ -142,25 +143,25 @@ impl Storage {
     }
 
     pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.cast(l, dtype)))
+        Ok(on_one!(self, "cast", |s| s.cast(l, dtype)))
     }
     pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.unary(l, op)))
+        Ok(on_one!(self, "unary", |s| s.unary(l, op)))
     }
     pub fn scalar(&self, l: &Layout, op: ScalarOp) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.scalar(l, op)))
+        Ok(on_one!(self, "scalar", |s| s.scalar(l, op)))
     }
     pub fn reduce(&self, l: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.reduce(l, op, axes)))
+        Ok(on_one!(self, "reduce", |s| s.reduce(l, op, axes)))
     }
     pub fn softmax(&self, l: &Layout, axis: usize, log: bool) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.softmax(l, axis, log)))
+        Ok(on_one!(self, "softmax", |s| s.softmax(l, axis, log)))
     }
     pub fn im2col(&self, l: &Layout, w: &Window2d, pad: f64) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.im2col(l, w, pad)))
+        Ok(on_one!(self, "im2col", |s| s.im2col(l, w, pad)))
     }
     pub fn col2im(&self, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<Storage> {
-        Ok(on_one!(self, |s| s.col2im(l, w, h, wd)))
+        Ok(on_one!(self, "col2im", |s| s.col2im(l, w, h, wd)))
     }
 
     /// CTC loss and its gradient (see [`BackendStorage::ctc_loss`]).
@@ -175,7 +176,8 @@ impl Storage {
     ) -> Result<(Storage, Storage)> {
         match (self, targets) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
-                let (loss, grad) = a.ctc_loss(l, b, tl, input_lengths, target_lengths, blank)?;
+                let (loss, grad) =
+                    cpu_guard("ctc_loss", || a.ctc_loss(l, b, tl, input_lengths, target_lengths, blank))?;
                 Ok((Storage::Cpu(loss), Storage::Cpu(grad)))
             }
             #[cfg(feature = "cuda")]
@@ -190,7 +192,7 @@ impl Storage {
 
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {
         match (self, dst) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => a.copy_strided(l, b, dl),
+            (Storage::Cpu(a), Storage::Cpu(b)) => cpu_guard("copy_strided", || a.copy_strided(l, b, dl)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(b)) => a.copy_strided(l, b, dl),
             #[allow(unreachable_patterns)]
@@ -199,7 +201,7 @@ impl Storage {
     }
     pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, rl, op)?)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard(op.name(), || a.binary(l, b, rl, op))?)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.binary(l, b, rl, op)?)),
             #[allow(unreachable_patterns)]
@@ -208,7 +210,7 @@ impl Storage {
     }
     pub fn cmp(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: CmpOp) -> Result<Storage> {
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.cmp(l, b, rl, op)?)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard(op.name(), || a.cmp(l, b, rl, op))?)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.cmp(l, b, rl, op)?)),
             #[allow(unreachable_patterns)]
@@ -217,7 +219,7 @@ impl Storage {
     }
     pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rl)?)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard("matmul", || a.matmul(l, b, rl))?)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.matmul(l, b, rl)?)),
             #[allow(unreachable_patterns)]
@@ -226,7 +228,7 @@ impl Storage {
     }
     pub fn conv2d(&self, l: &Layout, w: &Storage, wl: &Layout, window: &Window2d) -> Result<Storage> {
         match (self, w) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.conv2d(l, b, wl, window)?)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard("conv2d", || a.conv2d(l, b, wl, window))?)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.conv2d(l, b, wl, window)?)),
             #[allow(unreachable_patterns)]
@@ -235,7 +237,9 @@ impl Storage {
     }
     pub fn where_cond(&self, l: &Layout, t: &Storage, tl: &Layout, f: &Storage, fl: &Layout) -> Result<Storage> {
         match (self, t, f) {
-            (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(m.where_cond(l, t, tl, f, fl)?)),
+            (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => {
+                Ok(Storage::Cpu(cpu_guard("where", || m.where_cond(l, t, tl, f, fl))?))
+            }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(m), Storage::Cuda(t), Storage::Cuda(f)) => Ok(Storage::Cuda(m.where_cond(l, t, tl, f, fl)?)),
             #[allow(unreachable_patterns)]
@@ -248,7 +252,10 @@ impl Storage {
     pub fn index(&self, l: &Layout, ids: &Storage, il: &Layout, axis: usize, gather: bool) -> Result<Storage> {
         match (self, ids) {
             (Storage::Cpu(a), Storage::Cpu(i)) => {
-                Ok(Storage::Cpu(if gather { a.gather(l, i, il, axis)? } else { a.index_select(l, i, il, axis)? }))
+                let op = if gather { "gather" } else { "index_select" };
+                Ok(Storage::Cpu(cpu_guard(op, || {
+                    if gather { a.gather(l, i, il, axis) } else { a.index_select(l, i, il, axis) }
+                })?))
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(i)) => {
@@ -272,11 +279,9 @@ impl Storage {
     ) -> Result<Storage> {
         let op = if scatter { "scatter_add" } else { "index_add" };
         match (self, ids, src) {
-            (Storage::Cpu(a), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(if scatter {
-                a.scatter_add(l, i, il, s, sl, axis)?
-            } else {
-                a.index_add(l, i, il, s, sl, axis)?
-            })),
+            (Storage::Cpu(a), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(cpu_guard(op, || {
+                if scatter { a.scatter_add(l, i, il, s, sl, axis) } else { a.index_add(l, i, il, s, sl, axis) }
+            })?)),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(a), Storage::Cuda(i), Storage::Cuda(s)) => Ok(Storage::Cuda(if scatter {
                 a.scatter_add(l, i, il, s, sl, axis)?
@@ -305,7 +310,7 @@ impl Storage {
                         Storage::Cuda(_) => unreachable!("device checked above"),
                     })
                     .collect();
-                p.optim_step(g, &mut st, rule)
+                cpu_guard("optim_step", || p.optim_step(g, &mut st, rule))
             }
             #[cfg(feature = "cuda")]
             Storage::Cuda(p) => {

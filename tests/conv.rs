@@ -189,6 +189,26 @@ fn pooling_matches_direct_loops() -> Result<()> {
     let want: f64 =
         (0..3).flat_map(|y| (5..8).map(move |xx| (y, xx))).map(|(y, xx)| x.at(0, 0, y, xx).unwrap()).sum::<f64>() / 9.0;
     assert!((a.to_vec_f64()?[2] - want).abs() < 1e-12);
+    // Every cell, for outputs smaller than, larger than and prime to the 7 × 8 input.
+    let (h, w) = (xt.dims()[2], xt.dims()[3]);
+    for (oh, ow) in [(3, 3), (5, 3), (2, 5), (9, 11), (1, 1), (7, 3)] {
+        let got = xt.adaptive_avg_pool2d((oh, ow))?.to_vec_f64()?;
+        let mut want = Vec::new();
+        for (b, ch) in (0..n).flat_map(|b| (0..c).map(move |ch| (b, ch))) {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let (y0, y1) = (i * h / oh, ((i + 1) * h).div_ceil(oh));
+                    let (x0, x1) = (j * w / ow, ((j + 1) * w).div_ceil(ow));
+                    let cells: Vec<f64> = (y0..y1)
+                        .flat_map(|y| (x0..x1).map(move |xx| (y, xx)))
+                        .map(|(y, xx)| x.at(b, ch, y as isize, xx as isize).unwrap())
+                        .collect();
+                    want.push(cells.iter().sum::<f64>() / cells.len() as f64);
+                }
+            }
+        }
+        assert_close_tol(&got, &want, (1e-12, 1e-12), &format!("adaptive ({oh}, {ow})"));
+    }
     assert_eq!(xt.global_avg_pool2d()?.dims(), &[n, c]);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::Module;
 use crate::ops::{Conv1dOptions, Conv2dOptions};
 use crate::param::{Init, ParameterStore};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Shape, Tensor};
 
 fn kaiming(fan_in: usize, shape: Vec<usize>, device: Device) -> Result<Tensor> {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
@@ -41,7 +41,7 @@ impl Conv2d {
                 msg: format!("channels {in_channels}→{out_channels} not divisible by groups {g}"),
             });
         }
-        let fan_in = in_channels / g * kernel.0 * kernel.1;
+        let fan_in = Shape::checked_product("Conv2d", &[in_channels / g, kernel.0, kernel.1])?;
         let weight = kaiming(fan_in, vec![out_channels, in_channels / g, kernel.0, kernel.1], device)?;
         let bias = Some(kaiming(fan_in, vec![out_channels], device)?);
         Ok(Conv2d { weight, bias, options })
@@ -63,7 +63,8 @@ impl Conv2d {
                 msg: format!("channels {in_channels}→{out_channels} not divisible by groups {g}"),
             });
         }
-        let init = Init::KaimingUniform { fan_in: in_channels / g * kernel.0 * kernel.1 };
+        let init =
+            Init::KaimingUniform { fan_in: Shape::checked_product("Conv2d", &[in_channels / g, kernel.0, kernel.1])? };
         let weight = store.get_or_init(
             &format!("{prefix}.weight"),
             (out_channels, in_channels / g, kernel.0, kernel.1),
@@ -109,8 +110,9 @@ impl Conv1d {
         padding: usize,
         device: Device,
     ) -> Result<Conv1d> {
-        let weight = kaiming(in_channels * kernel, vec![out_channels, in_channels, kernel], device)?;
-        let bias = Some(kaiming(in_channels * kernel, vec![out_channels], device)?);
+        let fan_in = Shape::checked_product("Conv1d", &[in_channels, kernel])?;
+        let weight = kaiming(fan_in, vec![out_channels, in_channels, kernel], device)?;
+        let bias = Some(kaiming(fan_in, vec![out_channels], device)?);
         Ok(Conv1d { weight, bias, stride, padding, dilation: 1, groups: 1 })
     }
     /// A layer with bias and any options, the argument style of [`Conv2d::new`]; weight
@@ -128,7 +130,7 @@ impl Conv1d {
                 opt.groups
             )));
         }
-        let fan_in = in_channels / opt.groups * kernel;
+        let fan_in = Shape::checked_product("Conv1d", &[in_channels / opt.groups, kernel])?;
         let weight = kaiming(fan_in, vec![out_channels, in_channels / opt.groups, kernel], device)?;
         let bias = Some(kaiming(fan_in, vec![out_channels], device)?);
         Ok(Conv1d {
@@ -174,7 +176,7 @@ impl ConvTranspose2d {
         device: Device,
     ) -> Result<ConvTranspose2d> {
         let g = options.groups.max(1);
-        let fan_in = out_channels / g * kernel.0 * kernel.1;
+        let fan_in = Shape::checked_product("ConvTranspose2d", &[out_channels / g, kernel.0, kernel.1])?;
         let weight = kaiming(fan_in, vec![in_channels, out_channels / g, kernel.0, kernel.1], device)?;
         let bias = Some(kaiming(fan_in, vec![out_channels], device)?);
         Ok(ConvTranspose2d { weight, bias, options, output_padding })

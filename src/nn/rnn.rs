@@ -24,7 +24,7 @@
 
 use super::Module;
 use crate::param::{Init, ParameterStore};
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Error, Result, Shape, Tensor};
 
 /// The activation of an Elman RNN.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,22 +100,27 @@ fn bad(op: &'static str, msg: String) -> Error {
     Error::BadShape { op, msg }
 }
 
+fn overflow(op: &'static str) -> Error {
+    bad(op, "parameter sizes overflow".into())
+}
+
 impl CellWeights {
     /// Checks the shapes against `kind` and returns `(input_size, hidden_size)`.
     fn check(&self, kind: CellKind) -> Result<(usize, usize)> {
         let op = kind.name();
         let g = kind.gates();
         let (wi, wh) = (self.w_ih.dims(), self.w_hh.dims());
-        if wh.len() != 2 || wh[1] == 0 || wh[0] != g * wh[1] {
+        let gh = (wh.len() == 2).then(|| wh[1].checked_mul(g)).flatten();
+        if wh.len() != 2 || wh[1] == 0 || Some(wh[0]) != gh {
             return Err(bad(op, format!("weight_hh must be [{g}·H, H], got {wh:?}")));
         }
-        let h = wh[1];
-        if wi.len() != 2 || wi[0] != g * h {
-            return Err(bad(op, format!("weight_ih must be [{}, I], got {wi:?}", g * h)));
+        let (h, gh) = (wh[1], wh[0]);
+        if wi.len() != 2 || wi[0] != gh {
+            return Err(bad(op, format!("weight_ih must be [{gh}, I], got {wi:?}")));
         }
         for b in [&self.b_ih, &self.b_hh].into_iter().flatten() {
-            if b.dims() != [g * h] {
-                return Err(bad(op, format!("biases must be [{}], got {:?}", g * h, b.dims())));
+            if b.dims() != [gh] {
+                return Err(bad(op, format!("biases must be [{gh}], got {:?}", b.dims())));
             }
         }
         Ok((wi[1], h))
@@ -129,7 +134,7 @@ impl CellWeights {
         hidden: usize,
         bias: bool,
     ) -> Result<CellWeights> {
-        let g = kind.gates() * hidden;
+        let g = Shape::checked_product(kind.name(), &[kind.gates(), hidden])?;
         let k = 1.0 / (hidden.max(1) as f64).sqrt();
         let init = Init::Uniform { lo: -k, hi: k };
         let [wi, wh, bi, bh] = names;
@@ -239,9 +244,21 @@ impl Stack {
             return Err(bad(kind.name(), "needs at least one layer and a hidden size > 0".into()));
         }
         let d = opts.directions();
+        // Every parameter is counted before the first is made: a layer count or size from a
+        // config that cannot fit is an `Err` now, not a loop that fills memory first.
+        let (op, gh) = (kind.name(), Shape::checked_product(kind.name(), &[kind.gates(), hidden_size])?);
+        let deep_in = Shape::checked_product(op, &[d, hidden_size])?;
+        let per_layer = |input: usize| -> Result<usize> {
+            let w = Shape::checked_product(op, &[gh, input.checked_add(hidden_size).ok_or_else(|| overflow(op))?])?;
+            w.checked_add(if opts.bias { 2 * gh } else { 0 }).ok_or_else(|| overflow(op))
+        };
+        let first = Shape::checked_product(op, &[d, per_layer(input_size)?])?;
+        let rest = Shape::checked_product(op, &[opts.num_layers - 1, d, per_layer(deep_in)?])?;
+        let total = first.checked_add(rest).ok_or_else(|| overflow(op))?;
+        crate::backend::cpu::pool::ensure_fits(op, Shape::checked_product(op, &[total, 4])?)?;
         let mut cells = Vec::new();
         for l in 0..opts.num_layers {
-            let in_l = if l == 0 { input_size } else { d * hidden_size };
+            let in_l = if l == 0 { input_size } else { deep_in };
             for dir in 0..d {
                 let names = Stack::names(prefix, l, dir);
                 cells.push(CellWeights::from_store(store, names, kind, in_l, hidden_size, opts.bias)?);
@@ -253,10 +270,11 @@ impl Stack {
     fn from_tensors(kind: CellKind, opts: RnnOptions, params: &[Tensor]) -> Result<Stack> {
         let per = if opts.bias { 4 } else { 2 };
         let d = opts.directions();
-        if opts.num_layers == 0 || params.len() != opts.num_layers * d * per {
+        let want = Shape::checked_product(kind.name(), &[opts.num_layers, d, per])?;
+        if opts.num_layers == 0 || params.len() != want {
             return Err(bad(
                 kind.name(),
-                format!("expected {} parameter tensors for {opts:?}, got {}", opts.num_layers * d * per, params.len()),
+                format!("expected {want} parameter tensors for {opts:?}, got {}", params.len()),
             ));
         }
         let mut cells = Vec::new();
@@ -272,7 +290,7 @@ impl Stack {
             if i == 0 {
                 (input_size, hidden_size) = (inp, h);
             }
-            let want_in = if i < d { input_size } else { d * hidden_size };
+            let want_in = if i < d { input_size } else { Shape::checked_product(kind.name(), &[d, hidden_size])? };
             if h != hidden_size || inp != want_in {
                 return Err(bad(kind.name(), format!("cell {i} is {inp}→{h}, expected {want_in}→{hidden_size}")));
             }

@@ -4,7 +4,7 @@
 
 use crate::autograd::{Gradients, Operation, apply};
 use crate::backend::Window2d;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Shape, Tensor};
 
 /// `[N, C, H, W]` → columns `[N, C·kh·kw, OH·OW]`.
 pub struct Im2Col {
@@ -304,15 +304,21 @@ impl Tensor {
                 rhs: weight.shape().clone(),
             });
         }
+        // Checked: stride, padding and dilation come from users' configs.
         let size = |n: usize, s: usize, p: usize, d: usize, k: usize, op: usize| -> Option<usize> {
-            ((n - 1) * s + d * (k - 1) + op + 1).checked_sub(2 * p)
+            let span = d.checked_mul(k.checked_sub(1)?)?;
+            let full = n.checked_sub(1)?.checked_mul(s)?.checked_add(span)?.checked_add(op)?.checked_add(1)?;
+            full.checked_sub(p.checked_mul(2)?)
         };
         let window = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
         let (Some(oh), Some(ow)) = (
             size(h, opt.stride.0, opt.padding.0, opt.dilation.0, kh, output_padding.0),
             size(w, opt.stride.1, opt.padding.1, opt.dilation.1, kw, output_padding.1),
         ) else {
-            return Err(Error::BadShape { op: "conv_transpose2d", msg: "padding larger than the output".into() });
+            return Err(Error::BadShape {
+                op: "conv_transpose2d",
+                msg: "the output size overflows, or the padding is larger than the output".into(),
+            });
         };
         if h == 0 || w == 0 || window.output_size(oh, ow) != Some((h, w)) {
             return Err(Error::BadShape {
@@ -349,7 +355,7 @@ impl Tensor {
         need_rank(op, self, 4)?;
         let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let (ph, pw) = window.padding;
-        if 2 * ph > window.kernel.0 || 2 * pw > window.kernel.1 {
+        if ph > window.kernel.0 / 2 || pw > window.kernel.1 / 2 {
             return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
         }
         let Some((mut oh, mut ow)) = window.output_size(h, w) else {
@@ -514,17 +520,17 @@ impl Tensor {
             let k = (h / out.0, w / out.1);
             return self.avg_pool2d(k, k, (0, 0), true);
         }
-        let mut rows = Vec::with_capacity(out.0);
-        for i in 0..out.0 {
-            let (y0, y1) = (i * h / out.0, ((i + 1) * h).div_ceil(out.0));
-            let mut cells = Vec::with_capacity(out.1);
-            for j in 0..out.1 {
-                let (x0, x1) = (j * w / out.1, ((j + 1) * w).div_ceil(out.1));
-                cells.push(self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)?.mean([2, 3])?);
-            }
-            rows.push(Tensor::stack(&cells.iter().collect::<Vec<_>>(), -1)?);
-        }
-        Tensor::stack(&rows.iter().collect::<Vec<_>>(), 2)
+        let (n, c, dt, dev) = (self.dims()[0], self.dims()[1], self.dtype(), self.device());
+        Shape::from(vec![n, c, out.0, out.1]).checked_size("adaptive_avg_pool2d", dt)?;
+        Shape::from(vec![n, c, h, out.1]).checked_size("adaptive_avg_pool2d", dt)?;
+        // A window is a range of rows times a range of columns, so its mean is a weighted sum
+        // along each axis in turn: two products with [out, in] averaging matrices.
+        let aw = averaging_matrix(w, out.1, dt, dev)?; // [ow, W]
+        let ah = averaging_matrix(h, out.0, dt, dev)?; // [oh, H]
+        let y = self.reshape((n * c * h, w))?.matmul(&aw.t()?)?; // [N·C·H, ow]
+        let y = y.reshape((n * c, h, out.1))?.transpose(1, 2)?.reshape((n * c * out.1, h))?;
+        let y = y.matmul(&ah.t()?)?; // [N·C·ow, oh]
+        y.reshape((n, c, out.1, out.0))?.transpose(2, 3)?.contiguous()
     }
 
     /// Global average pooling: `[N, C, H, W]` → `[N, C]`.
@@ -532,4 +538,24 @@ impl Tensor {
         need_rank("global_avg_pool2d", self, 4)?;
         self.mean([2, 3])
     }
+}
+
+/// The `[out, len]` matrix whose row `i` averages PyTorch's adaptive window
+/// `⌊i·len/out⌋ .. ⌈(i+1)·len/out⌉`.
+fn averaging_matrix(len: usize, out: usize, dtype: DType, device: Device) -> Result<Tensor> {
+    let (_, bytes) = Shape::from(vec![out, len]).checked_size("adaptive_avg_pool2d", DType::F64)?;
+    let mut m: Vec<f64> = Vec::new();
+    m.try_reserve_exact(out * len).map_err(|_| Error::OutOfMemory {
+        op: "adaptive_avg_pool2d",
+        device: Device::Cpu,
+        bytes,
+    })?;
+    m.resize(out * len, 0.0);
+    let (l, o) = (len as u128, out as u128);
+    for (i, row) in m.chunks_mut(len).enumerate() {
+        let i = i as u128;
+        let (a, b) = ((i * l / o) as usize, ((i + 1) * l).div_ceil(o) as usize);
+        row[a..b].fill(1.0 / (b - a) as f64);
+    }
+    Tensor::from_vec(m, (out, len), Device::Cpu)?.to_dtype(dtype)?.to_device(device)
 }

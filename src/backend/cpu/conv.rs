@@ -388,7 +388,7 @@ fn next_row(at: &mut (usize, usize, usize), (kh, kw): (usize, usize)) {
 /// `[C, H, W]` with `ph` zero rows above and below and `pw` zero columns on each side.
 fn zero_padded<T: GemmElem>(img: &[T], c: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
     let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
-    let mut out = vec![T::ZERO; c * hp * wp];
+    let mut out = super::pool::filled(c * hp * wp, T::ZERO);
     for (src, dst) in img.chunks_exact(h * wd).zip(out.chunks_exact_mut(hp * wp)) {
         for (s, d) in src.chunks_exact(wd).zip(dst[ph * wp..].chunks_exact_mut(wp)) {
             d[pw..pw + wd].copy_from_slice(s);
@@ -404,6 +404,10 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
     let (k, l) = (c * kh * kw, oh * ow);
     if l == 0 || cout == 0 {
         return Vec::new();
+    }
+    if k == 0 {
+        // No input channels (or an empty kernel): every output is an empty sum, as in PyTorch.
+        return super::pool::filled(n * cout * l, T::default());
     }
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     // Packed once: every image's product reads the same weights.

@@ -67,8 +67,8 @@ fn sample(
     // The skip transition s−2 → s is allowed onto a label that differs from the previous label.
     let can_skip = |s: usize| s >= 2 && s % 2 == 1 && lab(s) != lab(s - 2);
     let ninf = f64::NEG_INFINITY;
-    let mut alpha = vec![ninf; tn * ls];
-    let mut beta = vec![ninf; tn * ls];
+    let mut alpha = super::pool::filled(tn * ls, ninf);
+    let mut beta = super::pool::filled(tn * ls, ninf);
     alpha[0] = lp(0, blank);
     if ls > 1 {
         alpha[1] = lp(0, lab(1));
@@ -165,12 +165,12 @@ pub fn ctc_loss(
         let mut per: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); n];
         super::parallel::for_each_chunk(&mut per, 1, |i, slot| {
             let tn = lens[i];
-            let mut g = vec![0.0; tn * c];
+            let mut g = super::pool::filled(tn * c, 0.0);
             let lp = |tt: usize, k: usize| x[(tt * n + i) * c + k];
             let loss = sample(lp, &labels[i], tn, c, blank, &mut g);
             slot[0] = (loss, g);
         });
-        let mut grad = vec![F::from_f64(0.0); t * n * c];
+        let mut grad = super::pool::filled(t * n * c, F::from_f64(0.0));
         let mut loss = Vec::with_capacity(n);
         for (i, (l, g)) in per.into_iter().enumerate() {
             loss.push(F::from_f64(l));

@@ -67,6 +67,24 @@ macro_rules! with_float_vec {
 pub(crate) use with_float_vec;
 
 impl CpuStorage {
+    /// A copy through the buffer cache; an allocation failure unwinds to [`guard`] instead of
+    /// aborting as `clone` would.
+    pub(crate) fn try_clone(&self) -> CpuStorage {
+        fn copy<T: Copy + Send + 'static>(v: &[T]) -> Vec<T> {
+            let mut out = pool::alloc(v.len());
+            out.extend_from_slice(v);
+            out
+        }
+        match self {
+            CpuStorage::F32(v) => CpuStorage::F32(copy(v)),
+            CpuStorage::F64(v) => CpuStorage::F64(copy(v)),
+            CpuStorage::F16(v) => CpuStorage::F16(copy(v)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(copy(v)),
+            CpuStorage::I64(v) => CpuStorage::I64(copy(v)),
+            CpuStorage::U8(v) => CpuStorage::U8(copy(v)),
+        }
+    }
+
     /// The dtype of the buffer.
     pub fn dtype(&self) -> DType {
         match self {
@@ -127,6 +145,20 @@ pub(crate) fn splitting_bar(on_pool: usize) -> Option<usize> {
 /// Whether a kernel over `work` elements splits across the rayon pool (see [`splitting_bar`]).
 pub(crate) fn worth_splitting(work: usize) -> bool {
     splitting_bar(PAR_THRESHOLD).is_some_and(|bar| work >= bar)
+}
+
+/// Runs CPU work that allocates, turning an allocation failure inside it (which unwinds
+/// with [`pool::AllocFailed`], from any rayon task) into [`Error::OutOfMemory`] for `op`.
+/// Other panics pass through unchanged. The happy path costs nothing: unwinding is
+/// zero-cost until something unwinds.
+pub(crate) fn guard<R>(op: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => match payload.downcast::<pool::AllocFailed>() {
+            Ok(failed) => Err(Error::OutOfMemory { op, device: Device::Cpu, bytes: failed.bytes }),
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    }
 }
 
 /// Allocates an output buffer and fills it through `fill`, which must write every slot.

@@ -52,13 +52,34 @@ fn class_bytes(bytes: usize) -> usize {
     bytes.div_ceil(step) * step
 }
 
+/// What an allocation that failed unwinds with, up to [`super::guard`], which turns it into
+/// [`crate::Error::OutOfMemory`]. Kernels allocate their outputs deep inside loops and rayon
+/// tasks that return plain `Vec`s; unwinding carries the failure out of all of them without a
+/// `Result` on every kernel, and `resume_unwind` skips the panic hook, so nothing is printed.
+pub(crate) struct AllocFailed {
+    pub bytes: usize,
+}
+
+/// Reserves exactly `cap` elements, or unwinds with [`AllocFailed`].
+fn reserve<T>(cap: usize) -> Vec<T> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(cap).is_err() {
+        let bytes = cap.saturating_mul(std::mem::size_of::<T>());
+        std::panic::resume_unwind(Box::new(AllocFailed { bytes }));
+    }
+    v
+}
+
 /// An empty `Vec<T>` with room for at least `n` elements, from the cache when it holds a
-/// buffer of that size class.
+/// buffer of that size class. A failed allocation unwinds to [`super::guard`] (see
+/// [`AllocFailed`]) instead of aborting the process.
 pub fn alloc<T: Send + 'static>(n: usize) -> Vec<T> {
     let size = std::mem::size_of::<T>().max(1);
-    let bytes = n.saturating_mul(size);
+    let Some(bytes) = n.checked_mul(size) else {
+        std::panic::resume_unwind(Box::new(AllocFailed { bytes: usize::MAX }));
+    };
     if bytes < MIN_BYTES {
-        return Vec::with_capacity(n);
+        return reserve(n);
     }
     let class = class_bytes(bytes);
     let cap = class / size;
@@ -73,8 +94,17 @@ pub fn alloc<T: Send + 'static>(n: usize) -> Vec<T> {
     match reused.map(|b| b.downcast::<Vec<T>>()) {
         Some(Ok(v)) => *v,
         // The key holds the type id, so the downcast cannot fail; allocate anew if it did.
-        _ => Vec::with_capacity(cap),
+        _ => reserve(cap),
     }
+}
+
+/// `Ok` when `bytes` of host memory could be reserved now, else the out-of-memory `Err` for
+/// `op`. For constructors that make many tensors in a loop (a stack of recurrent layers): the
+/// whole request is refused up front instead of filling memory one tensor at a time. The
+/// probe reserves address space and gives it back without touching it.
+pub fn ensure_fits(op: &'static str, bytes: usize) -> crate::Result<()> {
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| crate::Error::OutOfMemory { op, device: crate::Device::Cpu, bytes })
 }
 
 /// A `Vec<T>` of `n` copies of `v`, from the cache when it can.

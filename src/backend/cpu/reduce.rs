@@ -136,7 +136,7 @@ fn reduce_leading<T: CpuFloat>(
     let fold_cols = |c0: usize, acc: &mut [T::Acc]| {
         let mut c = RowCascade::new();
         for r0 in (0..rows).step_by(ROWS_PER_BLOCK) {
-            let mut part = vec![init; acc.len()];
+            let mut part = super::pool::filled(acc.len(), init);
             for r in r0..(r0 + ROWS_PER_BLOCK).min(rows) {
                 let row = &v[r * cols + c0..r * cols + c0 + acc.len()];
                 for (a, &x) in part.iter_mut().zip(row) {
@@ -149,7 +149,7 @@ fn reduce_leading<T: CpuFloat>(
             acc.copy_from_slice(&total);
         }
     };
-    let mut acc = vec![init; cols];
+    let mut acc = super::pool::filled(cols, init);
     const COLS_PER_TASK: usize = 256;
     if worth_splitting(rows * cols) && cols >= 2 * COLS_PER_TASK {
         super::parallel::for_each_chunk(&mut acc, COLS_PER_TASK, |i, a| fold_cols(i * COLS_PER_TASK, a));
@@ -337,7 +337,7 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
     let n = l.elem_count();
     let len = l.dims()[axis];
     if n == 0 || len == 0 {
-        return T::into_cpu_storage(vec![T::default(); n]);
+        return T::into_cpu_storage(super::pool::filled(n, T::default()));
     }
     let rows = n / len;
     let stride = l.strides()[axis];
@@ -365,7 +365,7 @@ fn softmax_float<T: CpuFloat>(v: &[T], l: &Layout, axis: usize, log: bool) -> Cp
         return T::into_cpu_storage(out);
     }
     let mut out = super::pool::filled(n, T::default());
-    let mut y = vec![T::default(); len];
+    let mut y = super::pool::filled(len, T::default());
     for r in 0..rows {
         one_row(&mut scratch, r, as_uninit(&mut y));
         let o = out_rows.offset_of(r * len);

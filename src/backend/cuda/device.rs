@@ -2,7 +2,7 @@
 
 pub(crate) use super::driver::Arg;
 use super::driver::{Driver, Kernel, LaunchCfg};
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -164,7 +164,15 @@ impl CudaDevice {
                 Err(_) => {
                     // Out of memory with blocks cached: give them back and retry once.
                     self.empty_cache();
-                    self.driver.alloc(class)?
+                    self.driver.alloc(class).map_err(|e| match e {
+                        Error::OutOfMemory { .. } => {
+                            Error::OutOfMemory { op: "alloc", device: Device::Cuda(self.ordinal), bytes }
+                        }
+                        Error::Cuda { ref msg, .. } if msg.contains("OUT_OF_MEMORY") => {
+                            Error::OutOfMemory { op: "alloc", device: Device::Cuda(self.ordinal), bytes }
+                        }
+                        other => other,
+                    })?
                 }
             },
         };

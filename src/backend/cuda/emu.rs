@@ -201,7 +201,7 @@ impl Driver for EmuDriver {
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
-            return Err(Error::Cuda { op: "alloc", msg: format!("out of memory allocating {bytes} bytes") });
+            return Err(Error::OutOfMemory { op: "alloc", device: crate::Device::Cuda(0), bytes });
         }
         // SAFETY: p is valid for `bytes` bytes.
         unsafe { std::ptr::write_bytes(p, POISON, bytes) };

@@ -62,7 +62,12 @@ impl std::fmt::Debug for CudaStorage {
 impl CudaStorage {
     /// An uninitialized buffer (callers write every element before it is read).
     pub(crate) fn alloc(device: &Arc<CudaDevice>, len: usize, dtype: DType) -> Result<CudaStorage> {
-        let block = device.alloc(len * dtype.size_in_bytes())?;
+        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or(Error::OutOfMemory {
+            op: "alloc",
+            device: Device::Cuda(device.ordinal()),
+            bytes: usize::MAX,
+        })?;
+        let block = device.alloc(bytes)?;
         Ok(CudaStorage { block, len, dtype, device: device.clone() })
     }
     pub(crate) fn ptr(&self) -> u64 {
