@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Writes `loss.png` (the loss curve) and `model.safetensors` (the trained parameters, loadable by numpy and PyTorch) to `--out`
-//! (default `target/train_digits/`) and ends with the line `test accuracy: <fraction>`.
+//! (default `runs/train_digits-<model>/`, one directory per model) and ends with the line `test accuracy: <fraction>`.
 //!
 //! At the end of every epoch it writes `checkpoint.safetensors` to `--out` (parameters,
 //! optimizer state, step, epoch, RNG state); `--resume` continues from it. A run stopped after
@@ -15,7 +15,7 @@
 //! with exactly the same model as an uninterrupted run. The learning-rate schedule spans
 //! `--epochs`, so resuming with a *different* `--epochs` continues on a different schedule.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 use tensorforge::data::{BatchIter, Dataset};
@@ -74,7 +74,7 @@ impl Default for Args {
             mnist: None,
             epochs: 30,
             seed: 42,
-            out: PathBuf::from("target/train_digits"),
+            out: PathBuf::new(),
             model: ModelKind::Mlp,
             batch_size: 32,
             lr: 1e-2,
@@ -91,6 +91,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
         v.parse().map_err(|_| format!("{flag}: cannot parse `{v}`"))
     }
     let mut a = Args::default();
+    let mut out_given = false;
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
@@ -111,7 +112,10 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--seed" => a.seed = num(&flag, &value()?)?,
             "--resume" => a.resume = true,
             "--stop-after" => a.stop_after = Some(num(&flag, &value()?)?),
-            "--out" => a.out = PathBuf::from(value()?),
+            "--out" => {
+                a.out = PathBuf::from(value()?);
+                out_given = true;
+            }
             "--batch-size" => a.batch_size = num(&flag, &value()?)?,
             "--lr" => a.lr = num(&flag, &value()?)?,
             "--hidden" => a.hidden = num(&flag, &value()?)?,
@@ -130,6 +134,14 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
     }
     if !(a.lr > 0.0 && a.lr.is_finite()) {
         return Err("--lr must be a positive number".into());
+    }
+    if !out_given {
+        // Each model gets its own directory, so a checkpoint is never resumed by the other.
+        let model = match a.model {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Cnn => "cnn",
+        };
+        a.out = PathBuf::from(format!("runs/train_digits-{model}"));
     }
     Ok(Some(a))
 }
@@ -270,8 +282,10 @@ fn run(args: &Args) -> Result<()> {
         let (test_loss, acc) = evaluate(&model, &test, device)?;
         test_acc = acc;
         epoch_curves.push((sum_loss / seen.max(1) as f64, test_loss));
+        // On a terminal the line overwrites the progress bar; in a log it is a plain line.
+        let (lead, pad) = if std::io::stderr().is_terminal() { ("\r", "          ") } else { ("", "") };
         eprintln!(
-            "\repoch {:>3}/{}  loss {:.4}  train acc {:.4}  test loss {:.4}  test acc {:.4}  ({:.2}s)          ",
+            "{lead}epoch {:>3}/{}  loss {:.4}  train acc {:.4}  test loss {:.4}  test acc {:.4}  ({:.2}s){pad}",
             epoch + 1,
             args.epochs,
             sum_loss / seen.max(1) as f64,
@@ -309,13 +323,17 @@ fn run(args: &Args) -> Result<()> {
     let image = plot::loss_curve(&step_losses, &epoch_curves);
     std::fs::write(&png, image)
         .map_err(|e| tensorforge::Error::Io { context: format!("writing {}", png.display()), msg: e.to_string() })?;
-    eprintln!("wrote {} and {}", params.display(), png.display());
+    eprintln!("wrote {}, {} and {}", params.display(), png.display(), ckpt.display());
     println!("test accuracy: {test_acc:.4}");
     Ok(())
 }
 
-/// One `\r`-rewritten status line on stderr.
+/// One `\r`-rewritten status line on stderr when it is a terminal; nothing in a log file or
+/// CI output, where the epoch lines say enough and `\r` would pile up.
 fn progress(epoch: usize, epochs: usize, b: usize, nb: usize, loss: f64, acc: f64) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
     const WIDTH: usize = 30;
     let filled = WIDTH * b / nb.max(1);
     let bar: String = "#".repeat(filled) + &".".repeat(WIDTH - filled);

@@ -57,7 +57,8 @@ fn ctc_toy_on_cuda() {
 #[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn char_lstm_on_cuda() {
     let out = run_example("char_lstm", &["--device", "cuda", "--seconds", "1", "--sample-len", "16"]);
-    let (before, after) = (value_after(&out, "initial bits per char:"), value_after(&out, "final bits per char:"));
+    let (before, after) =
+        (value_after(&out, "initial held-out bits per char:"), value_after(&out, "final held-out bits per char:"));
     assert!(before.is_finite() && after.is_finite() && after <= before + 0.05, "bits per char {before} -> {after}");
 }
 
