@@ -2,9 +2,11 @@
 //! process, whichever op asks for it: a creation, a broadcast made contiguous, a matmul, a
 //! convolution's output, a reduction, a layer. The engine stays usable afterwards.
 //!
-//! 4 TiB is refused by the kernel's overcommit heuristic on any machine with less memory
-//! (the default `vm.overcommit_memory = 0`); 1 PiB is past the 128 TiB address space, so it
-//! fails under every overcommit setting.
+//! Most cases ask for 1 PiB or more: past the 128 TiB user address space, so refused under
+//! every overcommit setting. The 4 TiB case is refused only where the kernel's overcommit
+//! heuristic is on (`vm.overcommit_memory` 0, the default, or 2); with 1 ("always") Linux
+//! grants it and the fill would touch pages until the OOM killer came, so there the case says
+//! so and is not run (seen on the GPU machine).
 
 use tensorforge::nn::{Linear, Module};
 use tensorforge::ops::Conv2dOptions;
@@ -12,6 +14,17 @@ use tensorforge::{DType, Device, Error, Result, Tensor};
 
 const CPU: Device = Device::Cpu;
 const TIB: usize = 1 << 40;
+const PIB: usize = 1 << 50;
+
+/// Whether a 4 TiB request is refused up front on this machine (see the file's comment).
+fn overcommit_heuristic_on() -> bool {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+    if mode.trim() == "1" {
+        eprintln!("vm.overcommit_memory = 1: the 4 TiB case is not checked on this machine");
+        return false;
+    }
+    true
+}
 
 fn expect_oom<T: std::fmt::Debug>(what: &str, r: Result<T>, at_least: usize) {
     match r {
@@ -38,36 +51,38 @@ fn still_usable() {
 
 #[test]
 fn creations_too_large_for_memory_are_errors() {
-    expect_oom("zeros 4 TiB", Tensor::zeros(TIB, DType::F32, CPU), 4 * TIB);
-    expect_oom("zeros 1 PiB", Tensor::zeros(1usize << 48, DType::F32, CPU), 1 << 50);
-    expect_oom("full", Tensor::full(1.5, (1usize << 20, 1usize << 21), DType::F64, CPU), 16 * TIB);
-    expect_oom("randn", Tensor::randn(0.0, 1.0, (1usize << 30, 1usize << 10), DType::F32, CPU), 4 * TIB);
-    expect_oom("rand", Tensor::rand(0.0, 1.0, (1usize << 40,), DType::F32, CPU), 4 * TIB);
+    if overcommit_heuristic_on() {
+        expect_oom("zeros 4 TiB", Tensor::zeros(TIB, DType::F32, CPU), 4 * TIB);
+    }
+    expect_oom("zeros 1 PiB", Tensor::zeros(PIB / 4, DType::F32, CPU), PIB);
+    expect_oom("full", Tensor::full(1.5, (1usize << 24, 1usize << 24), DType::F64, CPU), 2 * PIB);
+    expect_oom("randn", Tensor::randn(0.0, 1.0, (1usize << 38, 1usize << 10), DType::F32, CPU), PIB);
+    expect_oom("rand", Tensor::rand(0.0, 1.0, (1usize << 48,), DType::F32, CPU), PIB);
 }
 
 #[test]
 fn outputs_too_large_for_memory_are_errors() {
     let one = Tensor::ones((1, 1), DType::F32, CPU).unwrap();
-    let wide = one.broadcast_as((1usize << 20, 1usize << 20)).unwrap();
-    expect_oom("broadcast then contiguous", wide.contiguous(), 4 * TIB);
-    expect_oom("broadcast then exp", wide.exp(), 4 * TIB);
-    expect_oom("broadcast then add", wide.add(&wide), 4 * TIB);
-    expect_oom("broadcast then cast", wide.to_dtype(DType::F64), 8 * TIB);
+    let wide = one.broadcast_as((1usize << 24, 1usize << 24)).unwrap();
+    expect_oom("broadcast then contiguous", wide.contiguous(), PIB);
+    expect_oom("broadcast then exp", wide.exp(), PIB);
+    expect_oom("broadcast then add", wide.add(&wide), PIB);
+    expect_oom("broadcast then cast", wide.to_dtype(DType::F64), 2 * PIB);
 
-    let col = Tensor::ones((1usize << 20, 1), DType::F32, CPU).unwrap();
-    let row = Tensor::ones((1, 1usize << 20), DType::F32, CPU).unwrap();
-    expect_oom("matmul output", col.matmul(&row), 4 * TIB);
+    let col = Tensor::ones((1usize << 24, 1), DType::F32, CPU).unwrap();
+    let row = Tensor::ones((1, 1usize << 24), DType::F32, CPU).unwrap();
+    expect_oom("matmul output", col.matmul(&row), PIB);
 
     let x = Tensor::ones((1, 1, 2, 2), DType::F32, CPU).unwrap();
     let w = Tensor::ones((1, 1, 1, 1), DType::F32, CPU).unwrap();
-    let opt = Conv2dOptions { padding: (1 << 19, 1 << 19), ..Default::default() };
-    expect_oom("conv2d output", x.conv2d(&w, None, opt), 4 * TIB);
+    let opt = Conv2dOptions { padding: (1 << 23, 1 << 23), ..Default::default() };
+    expect_oom("conv2d output", x.conv2d(&w, None, opt), PIB);
 }
 
 #[test]
 fn layers_too_large_for_memory_are_errors() {
-    let e = Linear::new(1 << 21, 1 << 20, CPU).map(|l| l.parameters().len());
-    expect_oom("Linear::new", e, 8 * TIB);
+    let e = Linear::new(1 << 25, 1 << 24, CPU).map(|l| l.parameters().len());
+    expect_oom("Linear::new", e, 2 * PIB);
 }
 
 /// The device's allocator reports the same error, after giving its cached blocks back.
