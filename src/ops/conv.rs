@@ -521,8 +521,12 @@ impl Tensor {
             return self.avg_pool2d(k, k, (0, 0), true);
         }
         let (n, c, dt, dev) = (self.dims()[0], self.dims()[1], self.dtype(), self.device());
-        Shape::from(vec![n, c, out.0, out.1]).checked_size("adaptive_avg_pool2d", dt)?;
+        let (_, bytes) = Shape::from(vec![n, c, out.0, out.1]).checked_size("adaptive_avg_pool2d", dt)?;
         Shape::from(vec![n, c, h, out.1]).checked_size("adaptive_avg_pool2d", dt)?;
+        if dev == Device::Cpu {
+            // Refused before the averaging matrices are built, which can be large themselves.
+            crate::backend::cpu::pool::ensure_fits("adaptive_avg_pool2d", bytes)?;
+        }
         // A window is a range of rows times a range of columns, so its mean is a weighted sum
         // along each axis in turn: two products with [out, in] averaging matrices.
         let aw = averaging_matrix(w, out.1, dt, dev)?; // [ow, W]
