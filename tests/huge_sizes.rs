@@ -172,3 +172,32 @@ fn degenerate_windows_are_zeros_or_errors() {
         ("max_pool2d 0 kernel", Box::new(|| x4().max_pool2d((0, 2), (1, 1), (0, 0)).map(drop))),
     ]);
 }
+
+/// Step counts from a corrupt checkpoint: one past `i32::MAX` keeps Adam's bias correction
+/// right (it wrapped to a negative exponent before), and one at the top of u64 is an `Err` on
+/// the next step instead of an overflow.
+#[test]
+fn huge_optimizer_step_counts_are_right_or_errors() {
+    use tensorforge::optim::{Adam, AdamConfig, Optimizer};
+    let run = |steps: u64| -> Result<Vec<f64>> {
+        let p = Tensor::from_vec(vec![1.0f64, -2.0], 2, CPU)?.requires_grad();
+        let mut opt = Adam::new(vec![p.clone()], AdamConfig { lr: 0.1, ..Default::default() })?;
+        p.sqr()?.sum_all()?.backward()?;
+        opt.step()?;
+        let mut st = opt.state()?;
+        st.steps = vec![steps];
+        opt.load_state(&st)?;
+        p.sqr()?.sum_all()?.backward()?;
+        opt.step()?;
+        p.to_vec_f64()
+    };
+    // With corrections of 1 (t → ∞) the second step is m/(√v + eps) with the stored moments.
+    let far = run(1 << 40).unwrap();
+    let past_i32 = run(i32::MAX as u64 + 5).unwrap();
+    assert!(far.iter().chain(&past_i32).all(|v| v.is_finite()), "{far:?} {past_i32:?}");
+    for (a, b) in far.iter().zip(&past_i32) {
+        assert!((a - b).abs() < 1e-12, "{far:?} vs {past_i32:?}");
+    }
+    let e = run(u64::MAX).unwrap_err().to_string();
+    assert!(e.contains("step count overflows"), "{e}");
+}

@@ -225,6 +225,13 @@ impl Window2d {
     }
 }
 
+/// Adam's bias correction `1 − βᵗ`, as PyTorch computes it (`1 - beta ** step` in double
+/// precision): `powf`, so a step count past `i32::MAX` (a long run, or a corrupt checkpoint)
+/// stays right instead of wrapping to a negative exponent. Both backends fold it on the host.
+pub fn bias_correction(beta: f64, step: u64) -> f64 {
+    1.0 - beta.powf(step as f64)
+}
+
 /// A fused optimizer update rule, applied elementwise by `optim_step`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimRule {

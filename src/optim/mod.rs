@@ -170,7 +170,10 @@ impl ParamState {
         no_grad(|| {
             for (i, p) in self.params.iter().enumerate() {
                 let Some(g) = p.grad() else { continue };
-                self.steps[i] += 1;
+                // A count read from a corrupt checkpoint can sit at the top of u64.
+                self.steps[i] = self.steps[i].checked_add(1).ok_or_else(|| {
+                    Error::msg(format!("optimizer: parameter {i}'s step count overflows (a corrupt checkpoint?)"))
+                })?;
                 let rule = rule(self.steps[i]);
                 fused_step(p, &g, &mut self.state[i], &rule)?;
             }

@@ -119,8 +119,8 @@ fn dispatch<T: CpuFloat>(p: &mut [T], g: &[T], s0: Option<&mut [T]>, s1: Option<
         OptimRule::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, step } => {
             let (b1, b2, eps) = (c(beta1), c(beta2), c(eps));
             let (ib1, ib2) = (c(1.0 - beta1), c(1.0 - beta2));
-            let bc1 = c(1.0 / (1.0 - beta1.powi(step as i32)));
-            let bc2 = c(1.0 / (1.0 - beta2.powi(step as i32)));
+            let bc1 = c(1.0 / crate::backend::bias_correction(beta1, step));
+            let bc2 = c(1.0 / crate::backend::bias_correction(beta2, step));
             let (lr, decay, wd) = (c(lr), c(1.0 - lr * weight_decay), c(weight_decay));
             run(p, g, [s0, s1], move |p, g, [m, v]| {
                 let (p, g) = if decoupled { (p * decay, g) } else { (p, g + wd * p) };

@@ -48,8 +48,8 @@ pub(super) fn optim_step(
         }
         OptimRule::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, step } => {
             // Folded on the host in f64, as the CPU kernel does per element.
-            let bc1 = 1.0 - beta1.powi(step as i32);
-            let bc2 = 1.0 - beta2.powi(step as i32);
+            let bc1 = crate::backend::bias_correction(beta1, step);
+            let bc2 = crate::backend::bias_correction(beta2, step);
             o = TfOptim {
                 rule: TfOptimRule_TF_OPTIM_ADAM,
                 flag: u32::from(decoupled),
