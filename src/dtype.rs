@@ -6,9 +6,13 @@ use half::{bf16, f16};
 /// The element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 64-bit IEEE float.
     F64,
+    /// 16-bit IEEE half-precision float.
     F16,
+    /// 16-bit bfloat16 float.
     BF16,
     /// Indices and class labels.
     I64,

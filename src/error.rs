@@ -8,32 +8,102 @@ use std::fmt;
 #[derive(Debug, Clone)]
 pub enum Error {
     /// Two shapes that had to agree (or broadcast) did not.
-    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
+    ShapeMismatch {
+        /// The op that failed.
+        op: &'static str,
+        /// The left operand's shape.
+        lhs: Shape,
+        /// The right operand's shape.
+        rhs: Shape,
+    },
     /// A shape argument is invalid for the op (wrong rank, wrong element count, …).
-    BadShape { op: &'static str, msg: String },
+    BadShape {
+        /// The op that failed.
+        op: &'static str,
+        /// What is wrong with the shape.
+        msg: String,
+    },
     /// An axis index out of range for the tensor's rank.
-    AxisOutOfRange { op: &'static str, axis: isize, rank: usize },
+    AxisOutOfRange {
+        /// The op that failed.
+        op: &'static str,
+        /// The axis as given (negative counts from the end).
+        axis: isize,
+        /// The tensor's rank.
+        rank: usize,
+    },
     /// An element index (gather, index_select, narrow, …) out of range.
-    IndexOutOfRange { op: &'static str, index: i64, size: usize },
+    IndexOutOfRange {
+        /// The op that failed.
+        op: &'static str,
+        /// The offending index.
+        index: i64,
+        /// The size of the dimension being indexed.
+        size: usize,
+    },
     /// Two operands had different dtypes.
-    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+    DTypeMismatch {
+        /// The op that failed.
+        op: &'static str,
+        /// The left operand's dtype.
+        lhs: DType,
+        /// The right operand's dtype.
+        rhs: DType,
+    },
     /// The op does not support this dtype.
-    UnsupportedDType { op: &'static str, dtype: DType },
+    UnsupportedDType {
+        /// The op that failed.
+        op: &'static str,
+        /// The dtype the op was given.
+        dtype: DType,
+    },
     /// Two operands live on different devices; the engine never copies implicitly.
-    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+    DeviceMismatch {
+        /// The op that failed.
+        op: &'static str,
+        /// The left operand's device.
+        lhs: Device,
+        /// The right operand's device.
+        rhs: Device,
+    },
     /// No usable CUDA driver, NVRTC or device.
-    CudaUnavailable { reason: String },
+    CudaUnavailable {
+        /// Why CUDA could not be used.
+        reason: String,
+    },
     /// A CUDA kernel failed to compile; `log` is NVRTC's log.
-    KernelCompile { module: String, log: String },
+    KernelCompile {
+        /// The name of the kernel module that failed to compile.
+        module: String,
+        /// The compiler's log.
+        log: String,
+    },
     /// A CUDA driver call failed.
-    Cuda { op: &'static str, msg: String },
+    Cuda {
+        /// The op that failed.
+        op: &'static str,
+        /// The driver's error message.
+        msg: String,
+    },
     /// An allocation of `bytes` bytes on `device` failed: the memory is not there (or the
     /// size cannot be represented). Nothing was written; the engine stays usable.
-    OutOfMemory { op: &'static str, device: Device, bytes: usize },
+    OutOfMemory {
+        /// The op that failed.
+        op: &'static str,
+        /// The device the allocation was on.
+        device: Device,
+        /// The number of bytes requested.
+        bytes: usize,
+    },
     /// An autograd misuse (backward on a non-scalar, no gradient, …).
     Autograd(String),
     /// Reading or writing a file failed, or its contents are malformed.
-    Io { context: String, msg: String },
+    Io {
+        /// What was being read or written (for example, the file).
+        context: String,
+        /// What went wrong.
+        msg: String,
+    },
     /// Anything else, with a message.
     Msg(String),
 }

@@ -14,6 +14,8 @@
 //! # Ok::<(), tensorforge::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
@@ -31,6 +33,7 @@ pub mod param;
 pub mod shape;
 pub mod storage;
 mod tensor;
+pub mod train;
 
 pub use autograd::{Gradients, MultiOperation, Operation, apply, apply_multi, is_grad_enabled, no_grad};
 pub use device::Device;

@@ -243,21 +243,27 @@ impl Layout {
         debug_assert_eq!(shape.rank(), strides.len());
         Layout { shape, strides, offset }
     }
+    /// The shape of the viewed elements.
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
+    /// The size of each axis.
     pub fn dims(&self) -> &[usize] {
         self.shape.dims()
     }
+    /// The step in storage elements along each axis.
     pub fn strides(&self) -> &[usize] {
         &self.strides
     }
+    /// The storage index of the first viewed element.
     pub fn offset(&self) -> usize {
         self.offset
     }
+    /// The number of axes.
     pub fn rank(&self) -> usize {
         self.shape.rank()
     }
+    /// The number of viewed elements.
     pub fn elem_count(&self) -> usize {
         self.shape.elem_count()
     }

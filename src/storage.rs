@@ -13,14 +13,26 @@ use crate::{DType, Device, Error, Layout, Result, Shape};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Distribution {
     /// Uniform in `[lo, hi)`.
-    Uniform { lo: f64, hi: f64 },
+    Uniform {
+        /// The inclusive lower bound.
+        lo: f64,
+        /// The exclusive upper bound.
+        hi: f64,
+    },
     /// Normal with this mean and standard deviation.
-    Normal { mean: f64, std: f64 },
+    Normal {
+        /// The mean.
+        mean: f64,
+        /// The standard deviation.
+        std: f64,
+    },
 }
 
 /// A buffer on one device.
 pub enum Storage {
+    /// A buffer in host memory.
     Cpu(CpuStorage),
+    /// A buffer on a CUDA device.
     #[cfg(feature = "cuda")]
     Cuda(CudaStorage),
 }
@@ -142,24 +154,32 @@ impl Storage {
         }
     }
 
+    /// The viewed elements converted to `dtype` (see [`BackendStorage::cast`]).
     pub fn cast(&self, l: &Layout, dtype: DType) -> Result<Storage> {
         Ok(on_one!(self, "cast", |s| s.cast(l, dtype)))
     }
+    /// An elementwise function of the viewed elements (see [`BackendStorage::unary`]).
     pub fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
         Ok(on_one!(self, "unary", |s| s.unary(l, op)))
     }
+    /// A parameterized scalar map of the viewed elements (see [`BackendStorage::scalar`]).
     pub fn scalar(&self, l: &Layout, op: ScalarOp) -> Result<Storage> {
         Ok(on_one!(self, "scalar", |s| s.scalar(l, op)))
     }
+    /// Reduces over `axes`, keeping them at size 1 (see [`BackendStorage::reduce`]).
     pub fn reduce(&self, l: &Layout, op: ReduceOp, axes: &[usize]) -> Result<Storage> {
         Ok(on_one!(self, "reduce", |s| s.reduce(l, op, axes)))
     }
+    /// Softmax, or log-softmax with `log`, along `axis` (see [`BackendStorage::softmax`]).
     pub fn softmax(&self, l: &Layout, axis: usize, log: bool) -> Result<Storage> {
         Ok(on_one!(self, "softmax", |s| s.softmax(l, axis, log)))
     }
+    /// Unfolds the sliding windows of `w` into columns (see [`BackendStorage::im2col`]).
     pub fn im2col(&self, l: &Layout, w: &Window2d, pad: f64) -> Result<Storage> {
         Ok(on_one!(self, "im2col", |s| s.im2col(l, w, pad)))
     }
+    /// Folds columns back into an `h × wd` image, the adjoint of [`Storage::im2col`] (see
+    /// [`BackendStorage::col2im`]).
     pub fn col2im(&self, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<Storage> {
         Ok(on_one!(self, "col2im", |s| s.col2im(l, w, h, wd)))
     }
@@ -190,6 +210,8 @@ impl Storage {
         }
     }
 
+    /// Copies the elements viewed by `l` into the elements of `dst` viewed by `dl` (see
+    /// [`BackendStorage::copy_strided`]).
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {
         match (self, dst) {
             (Storage::Cpu(a), Storage::Cpu(b)) => cpu_guard("copy_strided", || a.copy_strided(l, b, dl)),
@@ -199,6 +221,7 @@ impl Storage {
             (a, b) => Err(mismatch("copy_strided", a.device(), b.device())),
         }
     }
+    /// `self op rhs` elementwise (see [`BackendStorage::binary`]).
     pub fn binary(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: BinaryOp) -> Result<Storage> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard(op.name(), || a.binary(l, b, rl, op))?)),
@@ -208,6 +231,7 @@ impl Storage {
             (a, b) => Err(mismatch(op.name(), a.device(), b.device())),
         }
     }
+    /// An elementwise comparison into a u8 mask (see [`BackendStorage::cmp`]).
     pub fn cmp(&self, l: &Layout, rhs: &Storage, rl: &Layout, op: CmpOp) -> Result<Storage> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard(op.name(), || a.cmp(l, b, rl, op))?)),
@@ -217,6 +241,7 @@ impl Storage {
             (a, b) => Err(mismatch(op.name(), a.device(), b.device())),
         }
     }
+    /// Batched matrix product of `self` and `rhs` (see [`BackendStorage::matmul`]).
     pub fn matmul(&self, l: &Layout, rhs: &Storage, rl: &Layout) -> Result<Storage> {
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard("matmul", || a.matmul(l, b, rl))?)),
@@ -226,6 +251,7 @@ impl Storage {
             (a, b) => Err(mismatch("matmul", a.device(), b.device())),
         }
     }
+    /// 2-D convolution of `self` by the weight `w` (see [`BackendStorage::conv2d`]).
     pub fn conv2d(&self, l: &Layout, w: &Storage, wl: &Layout, window: &Window2d) -> Result<Storage> {
         match (self, w) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(cpu_guard("conv2d", || a.conv2d(l, b, wl, window))?)),
@@ -235,6 +261,7 @@ impl Storage {
             (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
         }
     }
+    /// `self` is a u8 mask: picks `t` where nonzero, else `f` (see [`BackendStorage::where_cond`]).
     pub fn where_cond(&self, l: &Layout, t: &Storage, tl: &Layout, f: &Storage, fl: &Layout) -> Result<Storage> {
         match (self, t, f) {
             (Storage::Cpu(m), Storage::Cpu(t), Storage::Cpu(f)) => {

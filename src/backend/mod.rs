@@ -10,11 +10,11 @@ pub mod cuda;
 use crate::{DType, Device, Error, Layout, Result, Shape};
 
 macro_rules! op_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $kname:literal),* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $kname:literal),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u32)]
-        pub enum $name { $($variant),* }
+        pub enum $name { $($(#[$vdoc])* $variant),* }
         impl $name {
             /// The code kernels switch on: the op's position in its table. build.rs writes
             /// the same table into the kernels' `ops.h`, so the two cannot disagree.
@@ -34,32 +34,106 @@ macro_rules! op_enum {
 op_enum!(
     /// Elementwise functions of one float tensor.
     UnaryOp {
-        Neg => "neg", Abs => "abs", Exp => "exp", Log => "log", Sqrt => "sqrt",
-        Rsqrt => "rsqrt", Recip => "recip", Sqr => "sqr", Sin => "sin", Cos => "cos",
-        Tanh => "tanh", Sigmoid => "sigmoid", Relu => "relu", GeluErf => "gelu_erf",
-        GeluTanh => "gelu_tanh", Silu => "silu", Softplus => "softplus", Sign => "sign",
-        Floor => "floor", Ceil => "ceil", Round => "round",
+        /// `-x`.
+        Neg => "neg",
+        /// `|x|`.
+        Abs => "abs",
+        /// `eˣ`.
+        Exp => "exp",
+        /// The natural logarithm.
+        Log => "log",
+        /// `√x`.
+        Sqrt => "sqrt",
+        /// `1 / √x`.
+        Rsqrt => "rsqrt",
+        /// `1 / x`.
+        Recip => "recip",
+        /// `x²`.
+        Sqr => "sqr",
+        /// The sine.
+        Sin => "sin",
+        /// The cosine.
+        Cos => "cos",
+        /// The hyperbolic tangent.
+        Tanh => "tanh",
+        /// The logistic function `1 / (1 + e⁻ˣ)`.
+        Sigmoid => "sigmoid",
+        /// `max(x, 0)`.
+        Relu => "relu",
+        /// GELU, exact: `½x(1 + erf(x / √2))`.
+        GeluErf => "gelu_erf",
+        /// GELU, tanh approximation: `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+        GeluTanh => "gelu_tanh",
+        /// `x · sigmoid(x)`.
+        Silu => "silu",
+        /// `ln(1 + eˣ)`.
+        Softplus => "softplus",
+        /// −1, 0 or 1 by the sign of `x` (zeros and NaN pass through).
+        Sign => "sign",
+        /// Rounds down to an integer.
+        Floor => "floor",
+        /// Rounds up to an integer.
+        Ceil => "ceil",
+        /// Rounds to the nearest integer, ties to even.
+        Round => "round",
     }
 );
 
 op_enum!(
     /// Elementwise functions of two tensors of one dtype, broadcast to one shape.
     BinaryOp {
-        Add => "add", Sub => "sub", Mul => "mul", Div => "div", Pow => "pow",
-        Maximum => "maximum", Minimum => "minimum",
+        /// `lhs + rhs`.
+        Add => "add",
+        /// `lhs - rhs`.
+        Sub => "sub",
+        /// `lhs * rhs`.
+        Mul => "mul",
+        /// `lhs / rhs`.
+        Div => "div",
+        /// `lhs` raised to the power `rhs` (float dtypes).
+        Pow => "pow",
+        /// The larger of the two; for floats NaN wins.
+        Maximum => "maximum",
+        /// The smaller of the two; for floats NaN wins.
+        Minimum => "minimum",
     }
 );
 
 op_enum!(
     /// Comparisons; the result is a u8 mask (1 = true).
-    CmpOp { Eq => "eq", Ne => "ne", Lt => "lt", Le => "le", Gt => "gt", Ge => "ge" }
+    CmpOp {
+        /// `lhs == rhs`.
+        Eq => "eq",
+        /// `lhs != rhs`.
+        Ne => "ne",
+        /// `lhs < rhs`.
+        Lt => "lt",
+        /// `lhs <= rhs`.
+        Le => "le",
+        /// `lhs > rhs`.
+        Gt => "gt",
+        /// `lhs >= rhs`.
+        Ge => "ge",
+    }
 );
 
 op_enum!(
     /// Reductions over a set of axes. ArgMax/ArgMin take one axis and give i64.
     ReduceOp {
-        Sum => "sum", Mean => "mean", Max => "max", Min => "min", Prod => "prod",
-        ArgMax => "argmax", ArgMin => "argmin",
+        /// The sum.
+        Sum => "sum",
+        /// The arithmetic mean.
+        Mean => "mean",
+        /// The largest element.
+        Max => "max",
+        /// The smallest element.
+        Min => "min",
+        /// The product.
+        Prod => "prod",
+        /// The index of the largest element (i64).
+        ArgMax => "argmax",
+        /// The index of the smallest element (i64).
+        ArgMin => "argmin",
     }
 );
 
@@ -67,11 +141,21 @@ op_enum!(
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ScalarOp {
     /// `x * mul + add`
-    Affine { mul: f64, add: f64 },
+    Affine {
+        /// The factor.
+        mul: f64,
+        /// The offset added after scaling.
+        add: f64,
+    },
     /// `x ^ e`
     Powf(f64),
     /// `min(max(x, lo), hi)`
-    Clamp { lo: f64, hi: f64 },
+    Clamp {
+        /// The lower bound.
+        lo: f64,
+        /// The upper bound.
+        hi: f64,
+    },
 }
 
 /// The primitive kernels over one backend's storage. Layouts describe which elements of the
@@ -181,9 +265,13 @@ pub trait BackendStorage: Sized + Send + Sync {
 /// A 2-D sliding window (convolution or pooling): kernel, stride, padding, dilation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Window2d {
+    /// The window's size, `(height, width)`.
     pub kernel: (usize, usize),
+    /// The step between windows, `(height, width)`.
     pub stride: (usize, usize),
+    /// Padding added on each side of the input, `(height, width)`.
     pub padding: (usize, usize),
+    /// The spacing of the kernel's taps, `(height, width)`; 1 is a dense window.
     pub dilation: (usize, usize),
 }
 
@@ -236,13 +324,57 @@ pub fn bias_correction(beta: f64, step: u64) -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimRule {
     /// SGD; state: the velocity (when `momentum != 0`).
-    Sgd { lr: f64, momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    Sgd {
+        /// The learning rate.
+        lr: f64,
+        /// The momentum factor (0 for plain SGD).
+        momentum: f64,
+        /// Dampening of the gradient's contribution to the velocity.
+        dampening: f64,
+        /// Use Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64,
+    },
     /// Adam / AdamW (`decoupled`); state: first and second moments. `step` counts from 1.
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool, step: u64 },
+    Adam {
+        /// The learning rate.
+        lr: f64,
+        /// Decay rate of the first moment.
+        beta1: f64,
+        /// Decay rate of the second moment.
+        beta2: f64,
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// Weight decay: an L2 penalty, or decoupled decay when `decoupled`.
+        weight_decay: f64,
+        /// Decay the weights directly (AdamW) instead of through the gradient.
+        decoupled: bool,
+        /// The number of this step, counting from 1, for bias correction.
+        step: u64,
+    },
     /// RMSprop; state: the squared average (and the momentum buffer when `momentum != 0`).
-    RmsProp { lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64 },
+    RmsProp {
+        /// The learning rate.
+        lr: f64,
+        /// Decay rate of the squared average.
+        alpha: f64,
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64,
+        /// The momentum factor (0 for none).
+        momentum: f64,
+    },
     /// Adagrad; state: the sum of squares.
-    Adagrad { lr: f64, eps: f64, weight_decay: f64 },
+    Adagrad {
+        /// The learning rate.
+        lr: f64,
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64,
+    },
 }
 
 impl OptimRule {

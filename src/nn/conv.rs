@@ -197,8 +197,11 @@ impl Module for ConvTranspose2d {
 /// Max pooling over `[N, C, H, W]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPool2d {
+    /// The window's size, `(height, width)`.
     pub kernel: (usize, usize),
+    /// Step between windows, `(height, width)`.
     pub stride: (usize, usize),
+    /// Padding added on each side, `(height, width)`.
     pub padding: (usize, usize),
 }
 
@@ -218,8 +221,11 @@ impl Module for MaxPool2d {
 /// Average pooling over `[N, C, H, W]` (padding counted, as PyTorch's default).
 #[derive(Clone, Copy, Debug)]
 pub struct AvgPool2d {
+    /// The window's size, `(height, width)`.
     pub kernel: (usize, usize),
+    /// Step between windows, `(height, width)`.
     pub stride: (usize, usize),
+    /// Zeros added on each side, `(height, width)`.
     pub padding: (usize, usize),
 }
 

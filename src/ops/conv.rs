@@ -8,7 +8,9 @@ use crate::{DType, Device, Error, Result, Shape, Tensor};
 
 /// `[N, C, H, W]` → columns `[N, C·kh·kw, OH·OW]`.
 pub struct Im2Col {
+    /// The sliding window.
     pub window: Window2d,
+    /// The value read at positions in the padding.
     pub pad_value: f64,
 }
 
@@ -33,6 +35,7 @@ impl Operation for Im2Col {
 /// rows `[P, plane]`. Repeated indices of one row (overlapping windows chose the same input)
 /// carry the same value and write it once; the backward gathers, so each gets the gradient.
 pub struct MaxUnpool {
+    /// The length of each output row: the unpooled plane's element count.
     pub plane: usize,
 }
 
@@ -72,8 +75,11 @@ impl Operation for MaxUnpool {
 
 /// Columns `[N, C·kh·kw, OH·OW]` → `[N, C, H, W]`, summing overlaps.
 pub struct Col2Im {
+    /// The sliding window the columns came from.
     pub window: Window2d,
+    /// The output image's height.
     pub height: usize,
+    /// The output image's width.
     pub width: usize,
 }
 
@@ -96,6 +102,7 @@ impl Operation for Col2Im {
 /// weight times im2col's columns, which the backend may pack without writing them out. The
 /// backward is the same product's two adjoints, through im2col and col2im.
 pub struct Conv2d {
+    /// The convolution's window: kernel size, stride, padding and dilation.
     pub window: Window2d,
 }
 
@@ -132,9 +139,13 @@ impl Operation for Conv2d {
 /// Stride, padding, dilation and groups of a convolution (PyTorch's defaults: 1, 0, 1, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dOptions {
+    /// Step between windows, `(height, width)`.
     pub stride: (usize, usize),
+    /// Zeros added on each side, `(height, width)`.
     pub padding: (usize, usize),
+    /// Spacing of the kernel's taps, `(height, width)`.
     pub dilation: (usize, usize),
+    /// Channel groups (inputs and outputs must divide by it).
     pub groups: usize,
 }
 

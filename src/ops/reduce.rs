@@ -18,7 +18,9 @@ fn resolve_axes(axes: &[isize], rank: usize, op: &'static str) -> Result<Vec<usi
 
 /// A reduction over `axes` (kept at size 1); see [`ReduceOp`].
 pub struct Reduce {
+    /// The reduction.
     pub op: ReduceOp,
+    /// The axes reduced over, sorted and unique.
     pub axes: Vec<usize>,
 }
 
@@ -65,7 +67,9 @@ impl Operation for Reduce {
 
 /// Softmax (`log = false`) or log-softmax along one axis.
 pub struct Softmax {
+    /// The axis normalized over.
     pub axis: usize,
+    /// Compute log-softmax instead of softmax.
     pub log: bool,
 }
 

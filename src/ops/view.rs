@@ -66,9 +66,13 @@ impl Operation for BroadcastAs {
 
 /// `len` elements from `start` in steps of `step` along `axis`.
 pub struct Slice {
+    /// The axis sliced along.
     pub axis: usize,
+    /// The index of the first element taken.
     pub start: usize,
+    /// The number of elements taken.
     pub len: usize,
+    /// The distance between taken elements.
     pub step: usize,
 }
 
@@ -151,6 +155,7 @@ impl Operation for Cast {
 
 /// An explicit copy to another device.
 pub struct ToDevice {
+    /// The destination device.
     pub device: Device,
 }
 

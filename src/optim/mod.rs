@@ -2,7 +2,7 @@
 //!
 //! Every update is one call per parameter to the backend's fused `optim_step` primitive
 //! (one pass over parameter, gradient and state, on the parameter's device), run under
-//! [`no_grad`](crate::no_grad). State buffers are tensors created lazily on first use.
+//! [`no_grad`]. State buffers are tensors created lazily on first use.
 //!
 //! ```
 //! use tensorforge::{Tensor, Device, optim::{Optimizer, Sgd, SgdConfig}};

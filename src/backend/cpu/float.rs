@@ -19,26 +19,47 @@ pub trait Float:
     + Neg<Output = Self>
     + 'static
 {
+    /// Zero.
     const ZERO: Self;
+    /// One.
     const ONE: Self;
+    /// Negative infinity.
     const NEG_INF: Self;
+    /// Positive infinity.
     const INF: Self;
+    /// Converts from f64, rounding to the nearest representable value.
     fn from_f64(v: f64) -> Self;
+    /// Converts to f64.
     fn to_f64(self) -> f64;
+    /// `eˣ`.
     fn exp(self) -> Self;
+    /// The natural logarithm.
     fn ln(self) -> Self;
+    /// `ln(1 + x)`, accurate for small `x`.
     fn ln_1p(self) -> Self;
+    /// The square root.
     fn sqrt(self) -> Self;
+    /// The sine (radians).
     fn sin(self) -> Self;
+    /// The cosine (radians).
     fn cos(self) -> Self;
+    /// The hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// The absolute value.
     fn abs(self) -> Self;
+    /// The largest integer not above `self`.
     fn floor(self) -> Self;
+    /// The smallest integer not below `self`.
     fn ceil(self) -> Self;
+    /// Rounds to the nearest integer, ties to even.
     fn round_even(self) -> Self;
+    /// `self` raised to the power `e`.
     fn powf(self, e: Self) -> Self;
+    /// The error function.
     fn erf(self) -> Self;
+    /// True for NaN.
     fn is_nan(self) -> bool;
+    /// `self * a + b`; not necessarily fused.
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// The larger of two values; NaN wins (as numpy's `maximum`).
     #[inline(always)]
@@ -233,7 +254,9 @@ pub fn erf64(x: f64) -> f64 {
 pub trait CpuFloat: WithDType {
     /// f32 for f32/f16/bf16, f64 for f64.
     type Acc: Float;
+    /// Widens a stored value to the compute type.
     fn to_acc(self) -> Self::Acc;
+    /// Rounds a computed value back to the stored type.
     fn from_acc(v: Self::Acc) -> Self;
     /// Softmax (with `log`, log-softmax) of one row by a hand-written SIMD kernel, where this
     /// type and CPU have one: `false` (nothing written) leaves the row to the generic loops.

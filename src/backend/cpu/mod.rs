@@ -26,11 +26,17 @@ use std::mem::MaybeUninit;
 /// Host memory of one dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CpuStorage {
+    /// 32-bit floats.
     F32(Vec<f32>),
+    /// 64-bit floats.
     F64(Vec<f64>),
+    /// IEEE half-precision floats.
     F16(Vec<f16>),
+    /// bfloat16 floats.
     BF16(Vec<bf16>),
+    /// 64-bit signed integers.
     I64(Vec<i64>),
+    /// Bytes (also the dtype of boolean masks).
     U8(Vec<u8>),
 }
 

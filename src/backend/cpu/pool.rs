@@ -71,8 +71,8 @@ fn reserve<T>(cap: usize) -> Vec<T> {
 }
 
 /// An empty `Vec<T>` with room for at least `n` elements, from the cache when it holds a
-/// buffer of that size class. A failed allocation unwinds to [`super::guard`] (see
-/// [`AllocFailed`]) instead of aborting the process.
+/// buffer of that size class. A failed allocation unwinds to `backend::cpu::guard` (see
+/// `AllocFailed`) instead of aborting the process.
 pub fn alloc<T: Send + 'static>(n: usize) -> Vec<T> {
     let size = std::mem::size_of::<T>().max(1);
     let Some(bytes) = n.checked_mul(size) else {

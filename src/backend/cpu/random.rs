@@ -77,10 +77,14 @@ fn by_dtype(n: usize, dtype: DType, op: &'static str, f: impl Fn(u64) -> f64 + S
     })
 }
 
+/// `n` elements of `dtype` drawn uniformly from `[lo, hi)` by the stream `(seed, offset)`.
+/// Float dtypes only.
 pub fn uniform(n: usize, dtype: DType, seed: u64, offset: u64, lo: f64, hi: f64) -> Result<CpuStorage> {
     by_dtype(n, dtype, "rand_uniform", |i| lo + (hi - lo) * uniform_at(seed, offset, i))
 }
 
+/// `n` elements of `dtype` drawn from a normal distribution with the given `mean` and `std`
+/// by the stream `(seed, offset)`. Float dtypes only.
 pub fn normal(n: usize, dtype: DType, seed: u64, offset: u64, mean: f64, std: f64) -> Result<CpuStorage> {
     by_dtype(n, dtype, "rand_normal", |i| mean + std * normal_at(seed, offset, i))
 }

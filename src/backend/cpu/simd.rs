@@ -12,8 +12,11 @@ use std::sync::OnceLock;
 /// The widest instruction set this CPU offers that the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512 (F and BW) together with AVX2 and FMA.
     Avx512,
+    /// AVX2 with FMA.
     Avx2Fma,
+    /// No vector extension: plain scalar code.
     Scalar,
 }
 
@@ -237,7 +240,9 @@ pub fn softmax_row_f32(x: &[f32], out: &mut [MaybeUninit<f32>], log: bool) -> bo
 /// among them: the same kernel built on `exp16` was no faster than the generic loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpFn {
+    /// eˣ.
     Exp,
+    /// 1 / (1 + e⁻ˣ).
     Sigmoid,
     /// x · sigmoid(x).
     Silu,

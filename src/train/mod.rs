@@ -1,0 +1,369 @@
+//! The training loop every example used to write by hand: epochs over a [`BatchIter`], a
+//! step function that returns the mini-batch's loss, an optimizer (with an optional
+//! learning-rate schedule), held-out metrics after each epoch, progress that fits the output
+//! ([`Progress`]), checkpoints with `resume`, a metrics CSV and an SVG chart, and early
+//! stopping on a plateau.
+//!
+//! ```
+//! use tensorforge::data::BatchIter;
+//! use tensorforge::nn::{Linear, Module};
+//! use tensorforge::optim::{Sgd, SgdConfig};
+//! use tensorforge::param::ParameterStore;
+//! use tensorforge::train::{Metrics, Step, Trainer};
+//! use tensorforge::{DType, Device, Tensor, no_grad};
+//!
+//! // y = 3x − 1 from 64 points.
+//! let xs: Vec<f32> = (0..64).map(|i| i as f32 / 32.0 - 1.0).collect();
+//! let x = Tensor::from_vec(xs.clone(), (64, 1), Device::Cpu)?;
+//! let y = x.affine(3.0, -1.0)?;
+//! let mut store = ParameterStore::new(Device::Cpu);
+//! let model = Linear::from_store(&mut store, "fc", 1, 1)?;
+//! let mut opt = Sgd::new(store.parameters(), SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let mut batches = BatchIter::new(64, 16, true, 0);
+//! let mse = |xb: &Tensor, yb: &Tensor| model.forward(xb)?.sub(yb)?.sqr()?.mean_all();
+//! let report = Trainer::new(40).quiet().fit(
+//!     &mut store,
+//!     &mut opt,
+//!     &mut batches,
+//!     |idx| {
+//!         let ids = Tensor::from_vec(idx.iter().map(|&i| i as i64).collect(), idx.len(), Device::Cpu)?;
+//!         Ok(Step { loss: mse(&x.index_select(0, &ids)?, &y.index_select(0, &ids)?)?, correct: None })
+//!     },
+//!     || Ok(Metrics { loss: no_grad(|| mse(&x, &y))?.item()?, accuracy: None }),
+//! )?;
+//! assert!(report.history.last().unwrap().held_out.loss < 1e-3);
+//! # Ok::<(), tensorforge::Error>(())
+//! ```
+
+pub mod plot;
+mod progress;
+
+pub use progress::Progress;
+
+use crate::checkpoint::{self, TrainingState};
+use crate::data::BatchIter;
+use crate::optim::{LrSchedule, Optimizer};
+use crate::param::ParameterStore;
+use crate::{Error, Result, Tensor};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a step function returns for one mini-batch.
+pub struct Step {
+    /// The mini-batch's loss: a scalar tensor, still recorded, that the trainer runs
+    /// `backward` on.
+    pub loss: Tensor,
+    /// How many of the mini-batch's samples were classified right, when that means anything.
+    pub correct: Option<usize>,
+}
+
+/// Held-out metrics after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    /// The mean held-out loss (what early stopping watches).
+    pub loss: f64,
+    /// The held-out accuracy, for classifiers.
+    pub accuracy: Option<f64>,
+}
+
+/// One epoch's figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochRecord {
+    /// The epoch, counting from 1.
+    pub epoch: usize,
+    /// The mean training loss over the epoch's samples.
+    pub train_loss: f64,
+    /// The training accuracy, when the step function counts correct samples.
+    pub train_accuracy: Option<f64>,
+    /// The held-out metrics after the epoch.
+    pub held_out: Metrics,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f64,
+}
+
+/// What [`Trainer::fit`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Every epoch's figures, including those of the run a resume continued.
+    pub history: Vec<EpochRecord>,
+    /// The loss of every step this run took.
+    pub step_losses: Vec<f64>,
+    /// Whether early stopping ended the run before its last epoch.
+    pub stopped_early: bool,
+    /// The files written (checkpoint, metrics CSV, chart), for the caller to print.
+    pub written: Vec<PathBuf>,
+}
+
+/// A training loop's settings; [`Trainer::fit`] runs it.
+pub struct Trainer {
+    epochs: usize,
+    out: Option<PathBuf>,
+    resume: bool,
+    patience: Option<usize>,
+    stop_after: Option<usize>,
+    schedule: Option<Box<dyn LrSchedule>>,
+    notes: BTreeMap<String, String>,
+    quiet: bool,
+}
+
+/// The metrics file in the output directory.
+pub const METRICS_FILE: &str = "metrics.csv";
+/// The chart in the output directory.
+pub const CHART_FILE: &str = "curves.svg";
+
+impl Trainer {
+    /// A loop of `epochs` epochs, writing nothing to disk until [`Trainer::out_dir`].
+    pub fn new(epochs: usize) -> Trainer {
+        Trainer {
+            epochs,
+            out: None,
+            resume: false,
+            patience: None,
+            stop_after: None,
+            schedule: None,
+            notes: BTreeMap::new(),
+            quiet: false,
+        }
+    }
+    /// Writes a checkpoint after every epoch, and `metrics.csv` and `curves.svg`, to `dir`.
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out = Some(dir.into());
+        self
+    }
+    /// With `true`, continues from the output directory's checkpoint (parameters, optimizer,
+    /// epoch, step, RNG) and its metrics; an `Err` if there is none.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+    /// Stops when the held-out loss has not improved for `patience` epochs.
+    pub fn early_stopping(mut self, patience: usize) -> Self {
+        self.patience = Some(patience);
+        self
+    }
+    /// Stops after this epoch as if interrupted (the checkpoint stays resumable).
+    pub fn stop_after(mut self, epoch: usize) -> Self {
+        self.stop_after = Some(epoch);
+        self
+    }
+    /// Sets the learning rate from `schedule` (a function of the global step) before each step.
+    pub fn schedule(mut self, schedule: impl LrSchedule + 'static) -> Self {
+        self.schedule = Some(Box::new(schedule));
+        self
+    }
+    /// Keeps `key = value` in every checkpoint (e.g. the run's settings).
+    pub fn note(mut self, key: &str, value: impl ToString) -> Self {
+        self.notes.insert(key.to_string(), value.to_string());
+        self
+    }
+    /// Prints nothing (no progress, no epoch lines).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// Runs the loop. `step` gets each mini-batch's sample indices and returns its loss (the
+    /// trainer clears the gradients, runs backward and steps `opt`); `evaluate` returns the
+    /// held-out metrics after each epoch. `store` holds the parameters `opt` updates and is
+    /// what checkpoints save.
+    pub fn fit(
+        &self,
+        store: &mut ParameterStore,
+        opt: &mut dyn Optimizer,
+        batches: &mut BatchIter,
+        mut step: impl FnMut(&[usize]) -> Result<Step>,
+        mut evaluate: impl FnMut() -> Result<Metrics>,
+    ) -> Result<Report> {
+        let mut report = Report::default();
+        let (mut start_epoch, mut global_step) = (0usize, 0u64);
+        if self.resume {
+            let dir = self.out.as_ref().ok_or_else(|| Error::msg("Trainer::resume needs an out_dir"))?;
+            let s = checkpoint::load(dir.join(checkpoint::FILE_NAME), store, opt)?;
+            (start_epoch, global_step) = (s.epoch as usize, s.step);
+            report.history = read_metrics(&dir.join(METRICS_FILE)).into_iter().take(start_epoch).collect();
+            if !self.quiet {
+                eprintln!("resumed from {} at epoch {start_epoch}, step {global_step}", dir.display());
+            }
+        }
+        batches.set_epoch(start_epoch as u64);
+        let mut progress = Progress::new(self.epochs);
+        let nb = batches.num_batches();
+        let mut best = report.history.iter().map(|r| r.held_out.loss).fold(f64::INFINITY, f64::min);
+        let mut since_best = 0usize;
+        for epoch in start_epoch..self.epochs {
+            let t0 = Instant::now();
+            let (mut sum, mut seen, mut right, mut counted) = (0.0, 0usize, 0usize, false);
+            for (b, idx) in (&mut *batches).enumerate() {
+                if let Some(s) = &self.schedule {
+                    opt.set_lr(s.lr(global_step as usize));
+                }
+                let out = step(&idx)?;
+                opt.zero_grad();
+                out.loss.backward()?;
+                opt.step()?;
+                global_step += 1;
+                let l = out.loss.item()?;
+                report.step_losses.push(l);
+                sum += l * idx.len() as f64;
+                seen += idx.len();
+                if let Some(c) = out.correct {
+                    (right, counted) = (right + c, true);
+                }
+                if !self.quiet {
+                    let acc = counted.then(|| right as f64 / seen as f64);
+                    progress.update(epoch + 1, b + 1, nb, sum / seen as f64, acc);
+                }
+            }
+            batches.next_epoch();
+            let held_out = evaluate()?;
+            let n = seen.max(1) as f64;
+            let rec = EpochRecord {
+                epoch: epoch + 1,
+                train_loss: sum / n,
+                train_accuracy: counted.then(|| right as f64 / n),
+                held_out,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            report.history.push(rec);
+            if !self.quiet {
+                progress.finish_epoch(&summary(&rec, self.epochs));
+            }
+            if let Some(dir) = &self.out {
+                let mut state = TrainingState::new(global_step, epoch as u64 + 1);
+                state.extra.extend(self.notes.clone());
+                report.written = write_outputs(dir, (store, &*opt, &state), &report, (start_epoch, nb))?;
+            }
+            if held_out.loss < best {
+                (best, since_best) = (held_out.loss, 0);
+            } else {
+                since_best += 1;
+            }
+            if self.patience.is_some_and(|p| since_best >= p) && epoch + 1 < self.epochs {
+                report.stopped_early = true;
+                if !self.quiet {
+                    eprintln!("stopping early: no held-out improvement for {since_best} epochs");
+                }
+                break;
+            }
+            if self.stop_after == Some(epoch + 1) {
+                if !self.quiet {
+                    eprintln!("stopping after epoch {} (stop_after); continue with resume", epoch + 1);
+                }
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn summary(r: &EpochRecord, epochs: usize) -> String {
+    let acc = |a: Option<f64>, what: &str| a.map(|a| format!("  {what} acc {a:.4}")).unwrap_or_default();
+    format!(
+        "epoch {:>3}/{epochs}  loss {:.4}{}  held-out loss {:.4}{}  ({:.2}s)",
+        r.epoch,
+        r.train_loss,
+        acc(r.train_accuracy, "train"),
+        r.held_out.loss,
+        acc(r.held_out.accuracy, "held-out"),
+        r.seconds
+    )
+}
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map(|v| format!("{v}")).unwrap_or_default()
+}
+
+/// The checkpoint, the metrics CSV and the chart, each written crash-safe.
+fn write_outputs(
+    dir: &Path,
+    (store, opt, state): (&ParameterStore, &dyn Optimizer, &TrainingState),
+    report: &Report,
+    (start_epoch, batches_per_epoch): (usize, usize),
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Io { context: format!("creating {}", dir.display()), msg: e.to_string() })?;
+    let ckpt = dir.join(checkpoint::FILE_NAME);
+    checkpoint::save(&ckpt, store, opt, state)?;
+    let mut csv = String::from("epoch,train_loss,train_accuracy,held_out_loss,held_out_accuracy,seconds\n");
+    for r in &report.history {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{}",
+            r.epoch,
+            r.train_loss,
+            opt_num(r.train_accuracy),
+            r.held_out.loss,
+            opt_num(r.held_out.accuracy),
+            r.seconds
+        );
+    }
+    let metrics = dir.join(METRICS_FILE);
+    crate::io::write_file(&metrics, csv.as_bytes())?;
+    let chart = dir.join(CHART_FILE);
+    crate::io::write_file(&chart, chart_svg(report, start_epoch, batches_per_epoch).as_bytes())?;
+    Ok(vec![ckpt, metrics, chart])
+}
+
+/// Loss (per step, and per epoch for training and held-out data) and accuracy per epoch.
+fn chart_svg(report: &Report, start_epoch: usize, batches_per_epoch: usize) -> String {
+    use plot::{Chart, Series, svg};
+    let h = &report.history;
+    let series = |name: &str, color: &str, pts: Vec<(f64, f64)>, faint: bool| Series {
+        name: name.into(),
+        color: color.into(),
+        points: pts,
+        faint,
+    };
+    // Step k of this run sits at its place on the epoch axis.
+    let (start, nb) = (start_epoch as f64, batches_per_epoch.max(1) as f64);
+    let steps: Vec<(f64, f64)> =
+        report.step_losses.iter().enumerate().map(|(k, &l)| (start + (k as f64 + 1.0) / nb, l)).collect();
+    let mut loss = vec![
+        series("train (step)", "#9ecae1", steps, true),
+        series("train", "#1f77b4", h.iter().map(|r| (r.epoch as f64, r.train_loss)).collect(), false),
+        series("held-out", "#d62728", h.iter().map(|r| (r.epoch as f64, r.held_out.loss)).collect(), false),
+    ];
+    if report.step_losses.is_empty() {
+        loss.remove(0);
+    }
+    let mut charts =
+        vec![Chart { title: "loss".into(), x_label: "epoch".into(), y_label: "loss".into(), series: loss }];
+    let acc = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        h.iter().filter_map(|r| f(r).map(|a| (r.epoch as f64, a))).collect()
+    };
+    let (train_acc, held_acc) = (acc(|r| r.train_accuracy), acc(|r| r.held_out.accuracy));
+    if !train_acc.is_empty() || !held_acc.is_empty() {
+        charts.push(Chart {
+            title: "accuracy".into(),
+            x_label: "epoch".into(),
+            y_label: "accuracy".into(),
+            series: vec![series("train", "#1f77b4", train_acc, false), series("held-out", "#d62728", held_acc, false)],
+        });
+    }
+    svg(&charts)
+}
+
+/// The epochs recorded by an earlier run, for a resumed one; a missing or malformed file
+/// gives none (the chart then starts at the resume point).
+fn read_metrics(path: &Path) -> Vec<EpochRecord> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let num = |s: &str| s.parse::<f64>().ok();
+    text.lines()
+        .skip(1)
+        .map_while(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() != 6 {
+                return None;
+            }
+            Some(EpochRecord {
+                epoch: f[0].parse().ok()?,
+                train_loss: num(f[1])?,
+                train_accuracy: num(f[2]),
+                held_out: Metrics { loss: num(f[3])?, accuracy: num(f[4]) },
+                seconds: num(f[5])?,
+            })
+        })
+        .collect()
+}
