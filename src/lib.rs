@@ -46,3 +46,8 @@ pub use tensor::{Generator, Tensor, TensorId, manual_seed, rng_state, set_rng_st
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The tutorial's code, compiled and run by `cargo test --doc` so it stays true.
+#[doc = include_str!("../docs/TUTORIAL.md")]
+#[cfg(doctest)]
+pub struct TutorialDoctests;
