@@ -87,10 +87,11 @@ def check(d: Path):
     r = d / "rust"
     for k, v in exp.items():
         same(f"{k}.npy", np.load(r / f"{k}.npy", allow_pickle=False), v)
-    with np.load(r / "all.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == sorted(exp), z.files
-        for k, v in exp.items():
-            same(f"all.npz:{k}", z[k], v)
+    for npz in ["all.npz", "all_compressed.npz"]:
+        with np.load(r / npz, allow_pickle=False) as z:
+            assert sorted(z.files) == sorted(exp), z.files
+            for k, v in exp.items():
+                same(f"{npz}:{k}", z[k], v)
     st = safetensors.numpy.load_file(str(r / "all.safetensors"))
     assert sorted(st) == sorted(exp), list(st)
     for k, v in exp.items():

@@ -121,6 +121,7 @@ fn interop_with_numpy_and_safetensors() {
     }
     let refs: Vec<(&str, &Tensor)> = exp.iter().map(|(n, t)| (*n, t)).collect();
     io::write_npz(r.join("all.npz"), &refs).unwrap();
+    io::write_npz_compressed(r.join("all_compressed.npz"), &refs).unwrap();
     let meta = BTreeMap::from([
         ("format".to_string(), "tensorforge-interop".to_string()),
         ("quote\"key".to_string(), "é ü".to_string()),

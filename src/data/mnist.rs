@@ -39,8 +39,7 @@ pub fn load_idx(images_path: impl AsRef<Path>, labels_path: impl AsRef<Path>) ->
 
 /// Loads `(train, test)` from a directory holding the four standard, uncompressed files
 /// (see [`TRAIN_FILES`], [`TEST_FILES`]; the `train-images.idx3-ubyte` spelling of some
-/// mirrors is accepted too). Compressed `.gz` files are not read — the engine carries no
-/// gzip decoder — but their presence is reported so the fix is obvious.
+/// mirrors is accepted too), or the `.gz` files as downloaded.
 ///
 /// # Errors
 /// If a file is missing, or as for [`load_idx`].
@@ -119,11 +118,15 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 /// Reads an IDX file, checking its header against the file's real length first so that a
-/// corrupt header cannot make us allocate (or wait on) more than the file holds.
+/// corrupt header cannot make us allocate (or wait on) more than the file holds. A `.gz`
+/// file (as MNIST is downloaded) is decompressed on the way.
 fn read_idx_file(path: &Path, magic: u32) -> Result<Vec<u8>> {
     let fail = |what: String| Error::msg(format!("MNIST file {}: {what}", path.display()));
     let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
+    if path.extension().is_some_and(|e| e == "gz") {
+        return read_gz_idx(file, file_len, magic).map_err(fail);
+    }
 
     let max_header = 4 + 4 * (magic & 0xFF) as usize;
     let mut header = Vec::with_capacity(max_header);
@@ -144,22 +147,40 @@ fn read_idx_file(path: &Path, magic: u32) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Path of `name` in `dir`, also trying the `name.idxN-ubyte` spelling some mirrors use.
+/// A gzipped IDX file: the header from the stream, then exactly the payload it declares.
+/// Memory grows with the data that actually arrives, and a payload larger than DEFLATE could
+/// produce from the file is refused up front.
+fn read_gz_idx(file: File, file_len: u64, magic: u32) -> std::result::Result<Vec<u8>, String> {
+    let mut z = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    let max_header = 4 + 4 * (magic & 0xFF) as usize;
+    let mut bytes = Vec::with_capacity(max_header);
+    (&mut z).take(max_header as u64).read_to_end(&mut bytes).map_err(|e| format!("bad gzip data: {e}"))?;
+    let (_, header_len, payload_len) = parse_header(&bytes, magic)?;
+    // DEFLATE emits at least 2 bits per 258 output bytes.
+    if payload_len as u64 > file_len.saturating_mul(1032) {
+        return Err(format!("header declares {payload_len} bytes, more than {file_len} gzipped bytes can hold"));
+    }
+    bytes.truncate(header_len.min(bytes.len()));
+    let want = (header_len + payload_len) as u64;
+    (&mut z).take(want + 1 - bytes.len() as u64).read_to_end(&mut bytes).map_err(|e| format!("bad gzip data: {e}"))?;
+    match (bytes.len() as u64).cmp(&want) {
+        std::cmp::Ordering::Equal => Ok(bytes),
+        std::cmp::Ordering::Less => Err(format!("truncated: {} of {want} bytes", bytes.len())),
+        std::cmp::Ordering::Greater => Err("trailing garbage after the declared data".into()),
+    }
+}
+
+/// Path of `name` in `dir`, also trying the `name.idxN-ubyte` spelling some mirrors use and
+/// the `.gz` files as downloaded.
 fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let dotted = name.replacen("-idx", ".idx", 1);
-    for candidate in [name, dotted.as_str()] {
+    for candidate in [name.to_string(), dotted.clone(), format!("{name}.gz"), format!("{dotted}.gz")] {
         let p = dir.join(candidate);
         if p.is_file() {
             return Ok(p);
         }
     }
-    let gz = dir.join(format!("{name}.gz"));
-    let hint = if gz.is_file() {
-        format!("; found {} — decompress it first (e.g. `gunzip -k`)", gz.display())
-    } else {
-        String::new()
-    };
-    Err(Error::msg(format!("MNIST file {name} not found in {}{hint}", dir.display())))
+    Err(Error::msg(format!("MNIST file {name} (or {name}.gz) not found in {}", dir.display())))
 }
 
 #[cfg(test)]
@@ -236,13 +257,29 @@ mod tests {
     }
 
     #[test]
-    fn load_dir_reports_missing_and_gz_only() {
+    fn load_dir_reports_missing_and_reads_gz() {
         let dir = TempDir::new("missing");
         let err = load_dir(&dir.0).unwrap_err().to_string();
         assert!(err.contains(TRAIN_FILES.0), "{err}");
-        dir.write(&format!("{}.gz", TRAIN_FILES.0), b"\x1f\x8b");
-        let err = load_dir(&dir.0).unwrap_err().to_string();
-        assert!(err.contains("decompress"), "{err}");
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut e, b).unwrap();
+            e.finish().unwrap()
+        };
+        let (img, lab) = tiny();
+        for (name, bytes) in [TRAIN_FILES, TEST_FILES].iter().flat_map(|f| [(f.0, &img), (f.1, &lab)]) {
+            dir.write(&format!("{name}.gz"), &gz(bytes));
+        }
+        let (train, test) = load_dir(&dir.0).unwrap();
+        assert_eq!((train.len(), test.len()), (3, 3));
+        assert_eq!(train.features, from_bytes(&img, &lab).unwrap().features);
+        // A gzipped file that holds more, or less, than its header declares.
+        let mut long = img.clone();
+        long.push(0);
+        for bad in [gz(&long), gz(&img[..img.len() - 1]), b"\x1f\x8bnot gzip".to_vec()] {
+            let p = dir.write("bad.gz", &bad);
+            assert!(load_idx(&p, dir.0.join(format!("{}.gz", TRAIN_FILES.1))).is_err());
+        }
     }
 
     #[test]

@@ -28,14 +28,13 @@
 //! ```
 
 mod atomic;
-mod inflate;
 mod json;
 pub mod npy;
 pub mod npz;
 pub mod safetensors;
 
 pub use npy::{from_npy_bytes, read_npy, to_npy_bytes, write_npy};
-pub use npz::{from_npz_bytes, read_npz, to_npz_bytes, write_npz};
+pub use npz::{from_npz_bytes, read_npz, to_npz_bytes, to_npz_bytes_compressed, write_npz, write_npz_compressed};
 pub use safetensors::{
     from_safetensors_bytes, load_named, read_safetensors, save_named, to_safetensors_bytes, write_safetensors,
 };
