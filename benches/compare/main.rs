@@ -7,8 +7,9 @@
 //! five consecutive steps) to compare with `peers.py --check`.
 //! The case `peak:sgemm<n>` is the FMA ceiling for `sgemm<n>`: its 2·n³ flops as register-only
 //! FMAs on every thread of the pool (`interleave.py`'s peer `peak`).
-//! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32, fresh outputs, and the
-//! same input values (`det`), so the checksums of all sides agree.
+//! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32 (bf16/f16 for the
+//! `bf16gemm`/`f16gemm` cases), fresh outputs, and the same input values (`det`), so the
+//! checksums of all sides agree (the half-precision ones to their rounding).
 
 use std::time::Instant;
 use tensorforge::nn::{CrossEntropyLoss, Linear, Loss, Module, ReLU, Sequential};
@@ -148,6 +149,14 @@ fn case(name: &str) -> Result<Run> {
         let n: usize = n.parse().map_err(|_| Error::msg(format!("bad case {name}")))?;
         let (a, b) = (det(&[n, n], 0)?, det(&[n, n], 1)?);
         return Ok(Box::new(move || a.matmul(&b)));
+    }
+    // The same values rounded to bf16 (or f16) on every side; the output stays in that dtype.
+    for (prefix, dt) in [("bf16gemm", tensorforge::DType::BF16), ("f16gemm", tensorforge::DType::F16)] {
+        if let Some(n) = name.strip_prefix(prefix) {
+            let n: usize = n.parse().map_err(|_| Error::msg(format!("bad case {name}")))?;
+            let (a, b) = (det(&[n, n], 0)?.to_dtype(dt)?, det(&[n, n], 1)?.to_dtype(dt)?);
+            return Ok(Box::new(move || a.matmul(&b)));
+        }
     }
     Ok(match name {
         "bmm64x128" => {

@@ -84,6 +84,11 @@ def torch_case(name, threads):
         n = int(name[5:])
         a, b = t((n, n), 0), t((n, n), 1)
         return lambda: a @ b
+    for prefix, dt in (("bf16gemm", torch.bfloat16), ("f16gemm", torch.float16)):
+        if name.startswith(prefix):
+            n = int(name[len(prefix):])
+            a, b = t((n, n), 0).to(dt), t((n, n), 1).to(dt)
+            return lambda: a @ b
     if name == "bmm64x128":
         a, b = t((64, 128, 128), 0), t((64, 128, 128), 1)
         return lambda: torch.matmul(a, b)

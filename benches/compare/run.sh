@@ -2,7 +2,7 @@
 # Times the engine against numpy, torch and jax (CPU) on the same cases in the same run,
 # interleaved in rounds, and prints one line per case and peer:
 #   RESULT case=<name> threads=<n> ours_ms=.. peer=<name> peer_ms=.. speedup=<peer/ours> paired=.. won=../..
-# Usage: benches/compare/run.sh [--quick | --check]
+# Usage: benches/compare/run.sh [--quick | --check]   (TF_COMPARE_CASES="<case>:<threads> …" picks cases)
 #   --quick  a subset (conv2d and mlp_step included) with fewer rounds: ~3 min on 2 cores + the build
 #   --check  no timing: prints each side's output checksum (mlp_step: its first 5 losses),
 #            which must agree across sides, since all of them compute on the same input values
@@ -36,12 +36,12 @@ bin=$(cargo bench -q --no-default-features --bench compare --no-run --message-fo
 # The numpy side runs with OpenBLAS's own core detection (interleave.py does the same).
 peer() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
 # numpy has no convolution or autograd.
-peers_of() { case $1 in conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
+peers_of() { case $1 in bf16gemm* | f16gemm*) echo torch ;; conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
 
-all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2"
+all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bf16gemm1024:2 bf16gemm2048:2 f16gemm1024:2 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2"
 if [ "$mode" = --check ]; then
   # sgemm2048 checks nothing that sgemm1024 does not, just slower.
-  for name in $(printf '%s\n' $all | cut -d: -f1 | grep -vx sgemm2048 | awk '!seen[$0]++'); do
+  for name in $(printf '%s\n' $all | cut -d: -f1 | grep -v 'gemm2048$' | awk '!seen[$0]++'); do
     echo "$name ours: $("$bin" --check "$name")"
     for p in $(peers_of "$name"); do echo "$name $p: $(peer --check "$p" "$name")"; done
   done
@@ -54,9 +54,11 @@ peer --versions | sed 's/^/peer: /'
 # short rounds, alternating sides, give every side the same moments of this drifting machine.
 reps=5; rounds=12; cases=$all
 [ "$mode" = --quick ] && { reps=3; rounds=8; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"; }
+# TF_COMPARE_CASES="bf16gemm1024:2 sgemm1024:2" runs only those cases.
+cases=${TF_COMPARE_CASES:-$cases}
 for c in $cases; do
   name=${c%%:*}; th=${c##*:}
-  r=$reps; [ "$name" = sgemm2048 ] && r=2
+  r=$reps; case $name in *gemm2048) r=2 ;; esac
   # Large GEMM rows also time their flops as register-only FMAs (`peak`): each side's share
   # of it. Below 512 the FMA loop's start on every thread (~10 µs) outweighs the work.
   extra=; case $name in sgemm512 | sgemm1024 | sgemm2048) extra=peak ;; esac

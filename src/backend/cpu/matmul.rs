@@ -1,9 +1,11 @@
-//! Batched matrix products over strided views, on top of the packed GEMM in `gemm.rs`.
+//! Batched matrix products over strided views, on top of the packed GEMM in `gemm/`.
 
 use super::float::CpuFloat;
-use super::gemm::{GemmElem, MatRef, gemm_uninit};
+use super::gemm::{GemmElem, MatRef, bf16_gemm_available, gemm_bf16, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
-use crate::{Error, Layout, Result, Shape};
+use crate::backend::BackendStorage;
+use crate::{DType, Error, Layout, Result, Shape};
+use half::bf16;
 use std::mem::MaybeUninit;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
@@ -48,11 +50,46 @@ fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -
     out.into_iter().map(T::from_acc).collect()
 }
 
+/// A contiguous operand read in place; a view copied once.
+fn dense<'a>(v: &'a [bf16], l: &Layout) -> std::borrow::Cow<'a, [bf16]> {
+    if l.is_contiguous() {
+        std::borrow::Cow::Borrowed(&v[l.offset()..l.offset() + l.elem_count()])
+    } else {
+        std::borrow::Cow::Owned(super::map(v, l, |x| x))
+    }
+}
+
+/// bf16 on a CPU with AVX512_BF16: contiguous bf16 operands into `vdpbf16ps` (pairs of bf16
+/// products summed in f32), one rounding to bf16 at the end. Elsewhere bf16 goes through
+/// [`widened`].
+fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuStorage> {
+    let r = la.rank();
+    let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
+    let batches: usize = la.dims()[..r - 2].iter().product();
+    let (ca, cb) = (dense(a, la), dense(b, lb));
+    let mut out_dims = la.dims().to_vec();
+    out_dims[r - 1] = n;
+    if m * n * batches == 0 {
+        return Ok(CpuStorage::BF16(Vec::new()));
+    }
+    let one = |i: usize, c: &mut [f32], parallel: bool| {
+        gemm_bf16(m, n, k, &ca[i * m * k..(i + 1) * m * k], &cb[i * k * n..(i + 1) * k * n], c, parallel);
+    };
+    let mut c32: Vec<f32> = super::pool::filled(batches * m * n, 0.0);
+    if batches > 1 && batches >= 2 * rayon::current_num_threads() && worth_splitting(batches * m * n * k) {
+        super::parallel::for_each_chunk(&mut c32, m * n, |i, c| one(i, c, false));
+    } else {
+        c32.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, true));
+    }
+    CpuStorage::F32(c32).cast(&Layout::contiguous(Shape::from(out_dims)), DType::BF16)
+}
+
 pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb)),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb)),
         (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(widened(x, la, y, lb)),
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) if bf16_gemm_available() => bf16_native(x, la, y, lb)?,
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => CpuStorage::BF16(widened(x, la, y, lb)),
         (x, y) if x.dtype() != y.dtype() => {
             return Err(Error::DTypeMismatch { op: "matmul", lhs: x.dtype(), rhs: y.dtype() });

@@ -22,6 +22,7 @@ use super::parallel::SendPtr;
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 
+mod bf16;
 mod kernels;
 mod pack;
 mod schedule;
@@ -34,6 +35,8 @@ use pack::*;
 pub use pack::{PackA, PackB, PackedA};
 pub(crate) use pack::{copy_row, prefetch_hint};
 use schedule::*;
+
+pub(crate) use bf16::{available as bf16_gemm_available, gemm_bf16};
 
 mod sealed {
     /// Restricts [`super::GemmElem`] to types for which the packing buffers'
