@@ -42,6 +42,11 @@ pub(crate) fn gemm_bf16(m: usize, n: usize, k: usize, a: &[bf16], b: &[bf16], c:
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty sum, as in PyTorch.
+        c[..m * n].fill(0.0);
+        return;
+    }
     let kp = k.div_ceil(2);
     // An odd depth gets a zero column, so every row is whole pairs.
     let padded: Vec<bf16>;
@@ -220,7 +225,7 @@ mod tests {
             s ^= s << 5;
             bf16::from_f32((s % 2001) as f32 / 1000.0 - 1.0)
         };
-        for &(m, n, k) in &[(1, 1, 1), (12, 32, 2), (13, 33, 3), (97, 65, 129), (200, 31, 64), (5, 100, 1)] {
+        for &(m, n, k) in &[(3, 5, 0), (1, 1, 1), (12, 32, 2), (13, 33, 3), (97, 65, 129), (200, 31, 64), (5, 100, 1)] {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
             let b: Vec<bf16> = (0..k * n).map(|_| next()).collect();
             let mut c = vec![f32::NAN; m * n];
