@@ -2,7 +2,7 @@
 
 use super::float::{CpuFloat, Float};
 use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a, prefetch_hint};
-use super::{CpuStorage, map, with_float_vec};
+use super::{CpuStorage, contiguous, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, WithDType};
 use std::mem::MaybeUninit;
@@ -465,15 +465,6 @@ pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: 
         }
         (x, _) => return Err(Error::UnsupportedDType { op: "conv2d", dtype: x.dtype() }),
     })
-}
-
-/// The elements of a view in row-major order: borrowed when the view already is, copied
-/// otherwise.
-fn contiguous<'a, T: Copy + Send + Sync + 'static>(v: &'a [T], l: &Layout) -> std::borrow::Cow<'a, [T]> {
-    match l.contiguous_range() {
-        Some((a, b)) => std::borrow::Cow::Borrowed(&v[a..b]),
-        None => std::borrow::Cow::Owned(map(v, l, |x| x)),
-    }
 }
 
 #[cfg(test)]

@@ -50,15 +50,6 @@ fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -
     out.into_iter().map(T::from_acc).collect()
 }
 
-/// A contiguous operand read in place; a view copied once.
-fn dense<'a>(v: &'a [bf16], l: &Layout) -> std::borrow::Cow<'a, [bf16]> {
-    if l.is_contiguous() {
-        std::borrow::Cow::Borrowed(&v[l.offset()..l.offset() + l.elem_count()])
-    } else {
-        std::borrow::Cow::Owned(super::map(v, l, |x| x))
-    }
-}
-
 /// bf16 on a CPU with AVX512_BF16: contiguous bf16 operands into `vdpbf16ps` (pairs of bf16
 /// products summed in f32), one rounding to bf16 at the end. Elsewhere bf16 goes through
 /// [`widened`].
@@ -66,7 +57,8 @@ fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuSt
     let r = la.rank();
     let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
     let batches: usize = la.dims()[..r - 2].iter().product();
-    let (ca, cb) = (dense(a, la), dense(b, lb));
+    // Contiguous operands are read in place; views are copied once.
+    let (ca, cb) = (super::contiguous(a, la), super::contiguous(b, lb));
     let mut out_dims = la.dims().to_vec();
     out_dims[r - 1] = n;
     if m * n * batches == 0 {

@@ -167,6 +167,15 @@ pub(crate) fn guard<R>(op: &'static str, f: impl FnOnce() -> Result<R>) -> Resul
     }
 }
 
+/// The elements of a view in row-major order: borrowed when the view already is, copied
+/// otherwise.
+pub(crate) fn contiguous<'a, T: Copy + Send + Sync + 'static>(v: &'a [T], l: &Layout) -> std::borrow::Cow<'a, [T]> {
+    match l.contiguous_range() {
+        Some((a, b)) => std::borrow::Cow::Borrowed(&v[a..b]),
+        None => std::borrow::Cow::Owned(map(v, l, |x| x)),
+    }
+}
+
 /// Allocates an output buffer and fills it through `fill`, which must write every slot.
 /// Skips zero-initialization: one pass over memory instead of two.
 pub(crate) fn fill_new<U: Send + 'static>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<U>])) -> Vec<U> {
