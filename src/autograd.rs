@@ -283,6 +283,13 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 /// every leaf variable. The recorded graph is freed as it is consumed, so a training loop's
 /// memory stays flat; a second `backward` through the same graph is an error.
 pub(crate) fn backward(root: &Tensor) -> Result<()> {
+    backward_hooked(root, &mut |_| Ok(()))
+}
+
+/// [`backward`], calling `ready` with each variable as soon as its gradient for this pass is
+/// complete: reverse topological order reaches a leaf only after every op that used it, so
+/// its gradient can be handed on (to an all-reduce) while the rest of the pass still runs.
+pub(crate) fn backward_hooked(root: &Tensor, ready: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
     if root.elem_count() != 1 {
         return Err(Error::Autograd(format!("backward needs a single-element tensor, got shape {:?}", root.shape())));
     }
@@ -297,7 +304,10 @@ pub(crate) fn backward(root: &Tensor) -> Result<()> {
             let Some(g) = grads.take(t) else { continue };
             match t.take_node() {
                 Some(node) => node.op.backward(&node.inputs, t, &g, &mut grads)?,
-                None if t.is_variable() => t.accumulate_grad(g)?,
+                None if t.is_variable() => {
+                    t.accumulate_grad(g)?;
+                    ready(t)?;
+                }
                 None => {
                     return Err(Error::Autograd(
                         "the graph was already freed by an earlier backward (compute the loss again)".into(),

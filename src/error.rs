@@ -95,6 +95,15 @@ pub enum Error {
         /// The number of bytes requested.
         bytes: usize,
     },
+    /// A collective across ranks failed: a peer left or erred (timed out waiting for it),
+    /// ranks disagree (shapes, dtypes, parameters), or the transport (MPI, NCCL) reported an
+    /// error or is missing.
+    Distributed {
+        /// The collective or setup step (`all_reduce`, `broadcast`, `init`…).
+        op: &'static str,
+        /// What went wrong, and what to check.
+        msg: String,
+    },
     /// An autograd misuse (backward on a non-scalar, no gradient, …).
     Autograd(String),
     /// Reading or writing a file failed, or its contents are malformed.
@@ -145,6 +154,7 @@ impl fmt::Display for Error {
                 write!(f, "NVRTC failed to compile kernel module {module}:\n{log}")
             }
             Error::Cuda { op, msg } => write!(f, "CUDA error in {op}: {msg}"),
+            Error::Distributed { op, msg } => write!(f, "distributed {op}: {msg}"),
             Error::OutOfMemory { op, device, bytes } => {
                 write!(f, "{op}: out of memory on {device:?}: could not allocate {bytes} bytes")
             }

@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod custom;
 pub mod data;
 mod device;
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod gradcheck;

@@ -84,6 +84,10 @@ pub struct BatchIter {
     seed: u64,
     epoch: u64,
     pos: usize,
+    /// Samples in the whole dataset.
+    n: usize,
+    /// This process's shard of each epoch: `(rank, world_size)`.
+    shard: (usize, usize),
 }
 
 impl BatchIter {
@@ -95,9 +99,33 @@ impl BatchIter {
     /// empty batches would hide the mistake.
     pub fn new(n: usize, batch_size: usize, shuffle: bool, seed: u64) -> Self {
         assert!(batch_size > 0, "BatchIter: batch_size must be positive");
-        let mut it = Self { order: (0..n).collect(), batch_size, shuffle, seed, epoch: 0, pos: 0 };
+        let mut it = Self { order: (0..n).collect(), batch_size, shuffle, seed, epoch: 0, pos: 0, n, shard: (0, 1) };
         it.reset_order();
         it
+    }
+
+    /// Only this rank's share of every epoch, for data-parallel training (PyTorch's
+    /// `DistributedSampler`): each epoch's order is the same on every rank (same `n`, seed
+    /// and epoch), padded by repeating its start to a multiple of `world_size`, and rank `r`
+    /// takes positions `r, r + world_size, …`. So every rank gets the same number of
+    /// batches, and batch `k` of all ranks together is batch `k` of one process with
+    /// `world_size` times the batch size.
+    ///
+    /// ```
+    /// use tensorforge::data::BatchIter;
+    /// let a: Vec<Vec<usize>> = BatchIter::new(5, 2, false, 0).shard(0, 2).collect();
+    /// let b: Vec<Vec<usize>> = BatchIter::new(5, 2, false, 0).shard(1, 2).collect();
+    /// assert_eq!(a, vec![vec![0, 2], vec![4]]);
+    /// assert_eq!(b, vec![vec![1, 3], vec![0]]); // padded with the epoch's first index
+    /// ```
+    ///
+    /// # Panics
+    /// If `rank >= world_size`.
+    pub fn shard(mut self, rank: usize, world_size: usize) -> Self {
+        assert!(rank < world_size, "BatchIter::shard: rank {rank} is not below world_size {world_size}");
+        self.shard = (rank, world_size);
+        self.reset_order();
+        self
     }
 
     /// Starts the next epoch: reshuffles (when shuffling) and rewinds to the first batch.
@@ -134,14 +162,19 @@ impl BatchIter {
     fn reset_order(&mut self) {
         self.pos = 0;
         // Restore identity first so each epoch's order is a function of the epoch alone.
-        for (i, v) in self.order.iter_mut().enumerate() {
-            *v = i;
-        }
+        let n = self.n;
+        self.order.clear();
+        self.order.extend(0..n);
         if self.shuffle {
             // Mix the epoch in through SplitMix rather than adding it to the seed, so that
             // (seed, epoch + 1) and (seed + 1, epoch) do not produce the same order.
             let epoch_seed = SplitMix64::new(self.seed ^ SplitMix64::new(self.epoch).next_u64()).next_u64();
             SplitMix64::new(epoch_seed).shuffle(&mut self.order);
+        }
+        let (rank, world) = self.shard;
+        if world > 1 && n > 0 {
+            let per_rank = n.div_ceil(world);
+            self.order = (0..per_rank).map(|k| self.order[(k * world + rank) % n]).collect();
         }
     }
 }

@@ -295,6 +295,26 @@ impl Tensor {
     pub fn backward(&self) -> Result<()> {
         crate::autograd::backward(self)
     }
+    /// [`Tensor::backward`], calling `ready(v)` for each variable `v` the moment its gradient
+    /// for this pass is complete (every op that used it has run its backward), while the pass
+    /// goes on with the rest of the graph: the hook data-parallel training uses to start
+    /// averaging a bucket of gradients before backward ends. An `Err` from `ready` stops the
+    /// pass and is returned.
+    ///
+    /// ```
+    /// # use tensorforge::{Tensor, Device};
+    /// let w = Tensor::from_vec(vec![1f32, 2.], 2, Device::Cpu)?.requires_grad();
+    /// let mut done = Vec::new();
+    /// w.sqr()?.sum_all()?.backward_with_hook(&mut |v| {
+    ///     done.push((v.id(), v.grad().unwrap().to_vec1::<f32>()?));
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(done, vec![(w.id(), vec![2., 4.])]);
+    /// # Ok::<(), tensorforge::Error>(())
+    /// ```
+    pub fn backward_with_hook(&self, ready: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
+        crate::autograd::backward_hooked(self, ready)
+    }
 
     // ---- data out --------------------------------------------------------------------
 
