@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--device cpu|cuda|cuda:N]
 //!     [--mnist DIR] [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-//!     [--resume] [--stop-after E]
+//!     [--resume] [--stop-after E] [--distributed]
 //! ```
 //!
 //! The loop is the library's [`tensorforge::train::Trainer`]. It writes to `--out` (default
@@ -18,18 +18,21 @@
 //! `--epochs`, so resuming with a *different* `--epochs` continues on a different schedule.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use tensorforge::data::{BatchIter, Dataset};
+use tensorforge::distributed::{Communicator, DistributedDataParallel};
 use tensorforge::nn::{Conv2d, CrossEntropyLoss, Flatten, Linear, Loss, MaxPool2d, Module, ReLU, Sequential};
 use tensorforge::ops::Conv2dOptions;
 use tensorforge::optim::{Adam, AdamConfig, CosineLr};
 use tensorforge::param::ParameterStore;
 use tensorforge::train::{Metrics, Step, Trainer};
-use tensorforge::{Device, Result, Tensor, no_grad};
+use tensorforge::{Device, Error, Result, Tensor, no_grad};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--device cpu|cuda|cuda:N] [--mnist DIR]
                     [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-                    [--resume] [--stop-after E]";
+                    [--resume] [--stop-after E] [--distributed]
+       mpirun -np 2 target/release/examples/train_digits --distributed  (built with --features mpi)";
 
 /// The architectures this example can train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +70,8 @@ struct Args {
     resume: bool,
     /// Stop after this many epochs (as if interrupted); the checkpoint stays resumable.
     stop_after: Option<usize>,
+    /// One model on all the ranks of an MPI job; `--batch-size` is per rank.
+    distributed: bool,
 }
 
 impl Default for Args {
@@ -83,6 +88,7 @@ impl Default for Args {
             hidden: 256,
             resume: false,
             stop_after: None,
+            distributed: false,
         }
     }
 }
@@ -113,6 +119,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--epochs" => a.epochs = num(&flag, &value()?)?,
             "--seed" => a.seed = num(&flag, &value()?)?,
             "--resume" => a.resume = true,
+            "--distributed" => a.distributed = true,
             "--stop-after" => a.stop_after = Some(num(&flag, &value()?)?),
             "--out" => {
                 a.out = PathBuf::from(value()?);
@@ -205,6 +212,8 @@ fn run(args: &Args) -> Result<()> {
             (train, test, "UCI digits")
         }
     };
+    let comm = if args.distributed { Some(communicator(device)?) } else { None };
+    let main_rank = comm.as_ref().is_none_or(|c| c.rank() == 0);
     let classes = train.num_classes().max(test.num_classes());
     tensorforge::manual_seed(args.seed);
 
@@ -228,17 +237,23 @@ fn run(args: &Args) -> Result<()> {
                 .add(Linear::from_store(&mut store, "fc", flat, classes)?)
         }
     };
-    eprintln!(
-        "{name}: {} train / {} test samples, {} features, {classes} classes; {:?} with {} parameters on {device}",
-        train.len(),
-        test.len(),
-        train.dim,
-        args.model,
-        store.num_parameters()
-    );
+    if main_rank {
+        eprintln!(
+            "{name}: {} train / {} test samples, {} features, {classes} classes; {:?} with {} parameters on {device}{}",
+            train.len(),
+            test.len(),
+            train.dim,
+            args.model,
+            store.num_parameters(),
+            comm.as_ref().map(|c| format!(", {} ranks", c.world_size())).unwrap_or_default()
+        );
+    }
 
     let mut opt = Adam::new(store.parameters(), AdamConfig { lr: args.lr, ..Default::default() })?;
     let mut batches = BatchIter::new(train.len(), args.batch_size, true, args.seed);
+    if let Some(c) = &comm {
+        batches = batches.shard(c.rank(), c.world_size());
+    }
     // The schedule spans every step of `--epochs`: a resumed run continues on the same curve.
     let total_steps = args.epochs * batches.num_batches();
     let loss_fn = CrossEntropyLoss::new();
@@ -249,6 +264,9 @@ fn run(args: &Args) -> Result<()> {
         .note("epochs", args.epochs);
     if let Some(e) = args.stop_after {
         trainer = trainer.stop_after(e);
+    }
+    if let Some(c) = comm {
+        trainer = trainer.distributed(DistributedDataParallel::new(c, &store)?);
     }
     let start = Instant::now();
     let report = trainer.fit(
@@ -265,7 +283,14 @@ fn run(args: &Args) -> Result<()> {
             Ok(Metrics { loss, accuracy: Some(accuracy) })
         },
     )?;
-    eprintln!("trained in {:.2}s", start.elapsed().as_secs_f64());
+    if !main_rank {
+        return Ok(());
+    }
+    eprintln!(
+        "trained in {:.2}s ({:.0} samples/s in training steps)",
+        start.elapsed().as_secs_f64(),
+        report.samples as f64 / report.train_seconds.max(1e-9)
+    );
 
     let params = args.out.join("model.safetensors");
     store.save(&params)?;
@@ -278,4 +303,21 @@ fn run(args: &Args) -> Result<()> {
     };
     println!("test accuracy: {test_acc:.4}");
     Ok(())
+}
+
+/// The MPI job this process belongs to (`mpirun -np N … --distributed`).
+#[cfg(feature = "mpi")]
+fn communicator(device: Device) -> Result<Arc<dyn Communicator>> {
+    if device != Device::Cpu {
+        return Err(Error::msg("--distributed runs CPU ranks over MPI; use --device cpu"));
+    }
+    Ok(Arc::new(tensorforge::distributed::Mpi::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn communicator(_: Device) -> Result<Arc<dyn Communicator>> {
+    Err(Error::msg(
+        "--distributed needs the `mpi` feature: cargo build --release --features mpi --example train_digits, \
+         then mpirun -np 2 target/release/examples/train_digits --distributed",
+    ))
 }

@@ -115,7 +115,10 @@ enum Model {
 const FEATURES: usize = 64;
 const CLASSES: usize = 5;
 
-fn build(model: Model, store: &mut ParameterStore) -> Result<Box<dyn Fn(&Tensor) -> Result<Tensor>>> {
+/// A model's forward pass, from input rows to logits.
+type Forward = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+
+fn build(model: Model, store: &mut ParameterStore) -> Result<Forward> {
     Ok(match model {
         Model::Mlp => {
             let (a, b) =

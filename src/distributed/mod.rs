@@ -28,7 +28,7 @@ pub use ddp::{DEFAULT_BUCKET_BYTES, DistributedDataParallel};
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 use std::time::Duration;
 
 /// How long a collective waits for its peers before it gives up with an `Err` (10 minutes,
@@ -208,12 +208,6 @@ pub(crate) fn average_in_place(t: &Tensor, op: ReduceOp, world: usize) -> Result
     }
     let scaled = crate::no_grad(|| t.affine(1.0 / world as f64, 0.0))?;
     t.write_from(&scaled)
-}
-
-/// The element types collectives carry; half types travel as they are on NCCL and widened
-/// to f32 on MPI (which has no 16-bit float).
-pub(crate) fn supported(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::I64 | DType::U8)
 }
 
 /// The world of one process: every collective is the identity. What code written for

@@ -7,7 +7,7 @@
 //! bucket of gradients progresses while backward goes on. MPI's errors are returned, not
 //! fatal (`MPI_ERRORS_RETURN`), and become [`Error::Distributed`].
 
-use super::{Communicator, PendingWork, ReduceOp, Work, supported, timeout_from_env};
+use super::{Communicator, PendingWork, ReduceOp, Work, timeout_from_env};
 use crate::storage::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
 use mpi::ffi;
@@ -112,6 +112,11 @@ impl Mpi {
             after: Some(after),
         }))
     }
+}
+
+/// The element types MPI collectives carry here (halves widened to f32 for reductions).
+fn supported(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::I64 | DType::U8)
 }
 
 /// The MPI datatype of a dtype's elements (f16/bf16 travel as f32 for reductions).

@@ -42,12 +42,14 @@ pub use progress::Progress;
 
 use crate::checkpoint::{self, TrainingState};
 use crate::data::BatchIter;
+use crate::distributed::{DistributedDataParallel, ReduceOp};
 use crate::optim::{LrSchedule, Optimizer};
 use crate::param::ParameterStore;
 use crate::{Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// What a step function returns for one mini-batch.
@@ -94,6 +96,11 @@ pub struct Report {
     pub stopped_early: bool,
     /// The files written (checkpoint, metrics CSV, chart), for the caller to print.
     pub written: Vec<PathBuf>,
+    /// Seconds spent in training steps (forward, backward, gradient averaging, optimizer),
+    /// without evaluation and file writing: what throughput is measured on.
+    pub train_seconds: f64,
+    /// Samples trained on by all ranks together in this run.
+    pub samples: usize,
 }
 
 /// A training loop's settings; [`Trainer::fit`] runs it.
@@ -106,6 +113,7 @@ pub struct Trainer {
     schedule: Option<Box<dyn LrSchedule>>,
     notes: BTreeMap<String, String>,
     quiet: bool,
+    ddp: Option<Mutex<DistributedDataParallel>>,
 }
 
 /// The metrics file in the output directory.
@@ -125,6 +133,7 @@ impl Trainer {
             schedule: None,
             notes: BTreeMap::new(),
             quiet: false,
+            ddp: None,
         }
     }
     /// Writes a checkpoint after every epoch, and `metrics.csv` and `curves.svg`, to `dir`.
@@ -158,6 +167,15 @@ impl Trainer {
         self.notes.insert(key.to_string(), value.to_string());
         self
     }
+    /// Trains one model on all ranks of `ddp`'s communicator: `backward` goes through the
+    /// wrapper (gradients averaged across ranks), the epoch's figures are summed over the
+    /// ranks, and only rank 0 prints and writes files. The batches passed to
+    /// [`Trainer::fit`] should be this rank's shard ([`BatchIter::shard`]); every rank must
+    /// have the same number of them, which is checked at each epoch's start.
+    pub fn distributed(mut self, ddp: DistributedDataParallel) -> Self {
+        self.ddp = Some(Mutex::new(ddp));
+        self
+    }
     /// Prints nothing (no progress, no epoch lines).
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
@@ -177,13 +195,16 @@ impl Trainer {
         mut evaluate: impl FnMut() -> Result<Metrics>,
     ) -> Result<Report> {
         let mut report = Report::default();
+        let mut ddp = self.ddp.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()));
+        let main = ddp.as_ref().is_none_or(|d| d.is_main());
+        let quiet = self.quiet || !main;
         let (mut start_epoch, mut global_step) = (0usize, 0u64);
         if self.resume {
             let dir = self.out.as_ref().ok_or_else(|| Error::msg("Trainer::resume needs an out_dir"))?;
             let s = checkpoint::load(dir.join(checkpoint::FILE_NAME), store, opt)?;
             (start_epoch, global_step) = (s.epoch as usize, s.step);
             report.history = read_metrics(&dir.join(METRICS_FILE)).into_iter().take(start_epoch).collect();
-            if !self.quiet {
+            if !quiet {
                 eprintln!("resumed from {} at epoch {start_epoch}, step {global_step}", dir.display());
             }
         }
@@ -193,15 +214,23 @@ impl Trainer {
         let mut best = report.history.iter().map(|r| r.held_out.loss).fold(f64::INFINITY, f64::min);
         let mut since_best = 0usize;
         for epoch in start_epoch..self.epochs {
+            if let Some(d) = &ddp {
+                let what = "number of batches per epoch (shard the batches with BatchIter::shard)";
+                d.comm().check_agree("Trainer::fit", what, &[nb as i64])?;
+            }
             let t0 = Instant::now();
             let (mut sum, mut seen, mut right, mut counted) = (0.0, 0usize, 0usize, false);
             for (b, idx) in (&mut *batches).enumerate() {
                 if let Some(s) = &self.schedule {
                     opt.set_lr(s.lr(global_step as usize));
                 }
+                let t_step = Instant::now();
                 let out = step(&idx)?;
                 opt.zero_grad();
-                out.loss.backward()?;
+                match &mut ddp {
+                    Some(d) => d.backward(&out.loss)?,
+                    None => out.loss.backward()?,
+                }
                 opt.step()?;
                 global_step += 1;
                 let l = out.loss.item()?;
@@ -211,12 +240,23 @@ impl Trainer {
                 if let Some(c) = out.correct {
                     (right, counted) = (right + c, true);
                 }
-                if !self.quiet {
+                report.train_seconds += t_step.elapsed().as_secs_f64();
+                if !quiet {
                     let acc = counted.then(|| right as f64 / seen as f64);
                     progress.update(epoch + 1, b + 1, nb, sum / seen as f64, acc);
                 }
             }
             batches.next_epoch();
+            if let Some(d) = &ddp {
+                // The epoch's figures over all ranks' samples.
+                let comm = d.comm();
+                let t = Tensor::from_vec(vec![sum, seen as f64, right as f64], 3, crate::Device::Cpu)?;
+                let t = t.to_device(comm.device())?;
+                comm.all_reduce(&t, ReduceOp::Sum)?;
+                let v = t.to_vec1::<f64>()?;
+                (sum, seen, right) = (v[0], v[1] as usize, v[2] as usize);
+            }
+            report.samples += seen;
             let held_out = evaluate()?;
             let n = seen.max(1) as f64;
             let rec = EpochRecord {
@@ -227,10 +267,10 @@ impl Trainer {
                 seconds: t0.elapsed().as_secs_f64(),
             };
             report.history.push(rec);
-            if !self.quiet {
+            if !quiet {
                 progress.finish_epoch(&summary(&rec, self.epochs));
             }
-            if let Some(dir) = &self.out {
+            if let Some(dir) = self.out.as_ref().filter(|_| main) {
                 let mut state = TrainingState::new(global_step, epoch as u64 + 1);
                 state.extra.extend(self.notes.clone());
                 report.written = write_outputs(dir, (store, &*opt, &state), &report, (start_epoch, nb))?;
@@ -242,13 +282,13 @@ impl Trainer {
             }
             if self.patience.is_some_and(|p| since_best >= p) && epoch + 1 < self.epochs {
                 report.stopped_early = true;
-                if !self.quiet {
+                if !quiet {
                     eprintln!("stopping early: no held-out improvement for {since_best} epochs");
                 }
                 break;
             }
             if self.stop_after == Some(epoch + 1) {
-                if !self.quiet {
+                if !quiet {
                     eprintln!("stopping after epoch {} (stop_after); continue with resume", epoch + 1);
                 }
                 break;
