@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--device cpu|cuda|cuda:N]
 //!     [--mnist DIR] [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-//!     [--resume] [--stop-after E] [--distributed]
+//!     [--resume] [--stop-after E] [--distributed [--bucket-kb K]]
 //! ```
 //!
 //! The loop is the library's [`tensorforge::train::Trainer`]. It writes to `--out` (default
@@ -31,7 +31,7 @@ use tensorforge::{Device, Error, Result, Tensor, no_grad};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--device cpu|cuda|cuda:N] [--mnist DIR]
                     [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-                    [--resume] [--stop-after E] [--distributed]
+                    [--resume] [--stop-after E] [--distributed [--bucket-kb K]]
        mpirun -np 2 target/release/examples/train_digits --distributed  (built with --features mpi)";
 
 /// The architectures this example can train.
@@ -72,6 +72,8 @@ struct Args {
     stop_after: Option<usize>,
     /// One model on all the ranks of an MPI job; `--batch-size` is per rank.
     distributed: bool,
+    /// Gradient bucket size for `--distributed`, in KiB.
+    bucket_kb: usize,
 }
 
 impl Default for Args {
@@ -89,6 +91,7 @@ impl Default for Args {
             resume: false,
             stop_after: None,
             distributed: false,
+            bucket_kb: tensorforge::distributed::DEFAULT_BUCKET_BYTES >> 10,
         }
     }
 }
@@ -120,6 +123,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--seed" => a.seed = num(&flag, &value()?)?,
             "--resume" => a.resume = true,
             "--distributed" => a.distributed = true,
+            "--bucket-kb" => a.bucket_kb = num(&flag, &value()?)?,
             "--stop-after" => a.stop_after = Some(num(&flag, &value()?)?),
             "--out" => {
                 a.out = PathBuf::from(value()?);
@@ -266,7 +270,7 @@ fn run(args: &Args) -> Result<()> {
         trainer = trainer.stop_after(e);
     }
     if let Some(c) = comm {
-        trainer = trainer.distributed(DistributedDataParallel::new(c, &store)?);
+        trainer = trainer.distributed(DistributedDataParallel::with_bucket_bytes(c, &store, args.bucket_kb << 10)?);
     }
     let start = Instant::now();
     let report = trainer.fit(

@@ -232,3 +232,43 @@ fn a_rank_that_leaves_is_an_error_not_a_hang(comm: &Arc<Mpi>) {
     assert!(e.to_string().contains("no completion after"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(60));
 }
+
+/// Without NCCL or a GPU (this machine, CI), joining an NCCL communicator is an `Err` that
+/// says what is missing, never a panic in the library loader.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_without_a_gpu_or_library_is_an_error() {
+    if Mpi::launched() {
+        return; // the two-rank run above owns MPI in its processes
+    }
+    if tensorforge::backend::cuda::CudaDevice::get(0).is_ok() {
+        return; // a real GPU: `nccl_all_reduce_on_one_gpu` below is the check
+    }
+    let mpi = Arc::new(Mpi::init().unwrap());
+    let e = tensorforge::distributed::Nccl::init(mpi, Device::Cuda(0)).err().expect("an Err without a GPU");
+    let msg = e.to_string();
+    assert!(msg.contains("NCCL library was not found") || msg.contains("CUDA"), "{msg}");
+}
+
+/// One rank on one GPU: NCCL's all-reduce and broadcast of CUDA tensors, and the wrapper.
+#[cfg(feature = "nccl")]
+#[test]
+#[ignore = "needs a CUDA device and NCCL"]
+fn nccl_all_reduce_on_one_gpu() {
+    let mpi = Arc::new(Mpi::init().unwrap());
+    let nccl = Arc::new(tensorforge::distributed::Nccl::init(mpi, Device::Cuda(0)).unwrap());
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let t = Tensor::from_vec(vec![1f32, -2., 3.], 3, Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let t = t.to_device(Device::Cuda(0)).unwrap();
+        nccl.all_reduce(&t, ReduceOp::Average).unwrap();
+        nccl.broadcast(&t, 0).unwrap();
+        assert_eq!(t.to_vec_f64().unwrap(), vec![1., -2., 3.], "{dtype:?}");
+    }
+    nccl.barrier().unwrap();
+    let mut store = ParameterStore::new(Device::Cuda(0));
+    let fc = Linear::from_store(&mut store, "fc", 4, 2).unwrap();
+    let mut ddp = DistributedDataParallel::new(nccl.clone(), &store).unwrap();
+    let x = Tensor::ones((3, 4), DType::F32, Device::Cuda(0)).unwrap();
+    ddp.backward(&fc.forward(&x).unwrap().sum_all().unwrap()).unwrap();
+    assert!(store.parameters().iter().all(|p| p.grad().is_some()));
+}

@@ -23,10 +23,14 @@
 mod ddp;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 pub use ddp::{DEFAULT_BUCKET_BYTES, DistributedDataParallel};
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
+#[cfg(feature = "nccl")]
+pub use nccl::Nccl;
 
 use crate::{Device, Error, Result, Tensor};
 use std::time::Duration;

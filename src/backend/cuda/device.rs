@@ -227,6 +227,11 @@ impl CudaDevice {
         unsafe { self.driver.memset_zero(dst, bytes) }
     }
 
+    /// The device's one stream, its context current on this thread (see `Driver::raw_stream`).
+    #[cfg(feature = "nccl")]
+    pub(crate) fn raw_stream(&self) -> Result<Option<*mut std::ffi::c_void>> {
+        self.driver.raw_stream()
+    }
     pub(crate) fn synchronize_stream(&self) -> Result<()> {
         self.driver.synchronize()
     }

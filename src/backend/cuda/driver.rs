@@ -110,4 +110,11 @@ pub(crate) trait Driver: Send + Sync {
     unsafe fn launch(&self, k: &Kernel, cfg: LaunchCfg, args: &[Arg]) -> Result<()>;
     /// Waits for everything queued.
     fn synchronize(&self) -> Result<()>;
+    /// The `CUstream` everything is queued on, with this device's context made current on
+    /// the calling thread: where NCCL queues its collectives, in order with the kernels.
+    /// `None` where no real stream exists (the emulator).
+    #[cfg(feature = "nccl")]
+    fn raw_stream(&self) -> Result<Option<*mut std::ffi::c_void>> {
+        Ok(None)
+    }
 }

@@ -136,6 +136,11 @@ impl RealDriver {
 }
 
 impl Driver for RealDriver {
+    #[cfg(feature = "nccl")]
+    fn raw_stream(&self) -> Result<Option<*mut std::ffi::c_void>> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("bind_to_thread", e))?;
+        Ok(Some(self.stream.cu_stream().cast()))
+    }
     fn name(&self) -> String {
         self.name.clone()
     }
