@@ -1,11 +1,12 @@
 //! Batched matrix products over strided views, on top of the packed GEMM in `gemm/`.
 
 use super::float::CpuFloat;
-use super::gemm::{GemmElem, MatRef, bf16_gemm_available, gemm_bf16, gemm_uninit};
+use super::gemm::{GemmElem, MatRef, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
 use crate::backend::BackendStorage;
 use crate::{DType, Error, Layout, Result, Shape};
-use half::bf16;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use std::mem::MaybeUninit;
 
 /// The batch part of a `[batch…, rows, cols]` layout, and the matrix strides.
@@ -16,6 +17,17 @@ fn batch_view(l: &Layout) -> (Layout, usize, usize) {
 }
 
 fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    batched_with(a, la, b, lb, gemm_uninit::<T>)
+}
+
+/// One product per batch element through `gemm` (which writes all of its `m × n` output).
+fn batched_with<T: Copy + Sync, U: Send + Sync + 'static>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    gemm: impl Fn(usize, usize, usize, MatRef<T>, MatRef<T>, &mut [MaybeUninit<U>], bool) + Sync,
+) -> Vec<U> {
     let r = la.rank();
     let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
     let (ba, ars, acs) = batch_view(la);
@@ -24,10 +36,10 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     if m * n * batches == 0 {
         return Vec::new();
     }
-    let one = |(i, c): (usize, &mut [MaybeUninit<T>]), parallel: bool| {
+    let one = |(i, c): (usize, &mut [MaybeUninit<U>]), parallel: bool| {
         let ma = MatRef { data: a, offset: ba.offset_of(i), row_stride: ars, col_stride: acs };
         let mb = MatRef { data: b, offset: bb.offset_of(i), row_stride: brs, col_stride: bcs };
-        gemm_uninit(m, n, k, ma, mb, c, parallel);
+        gemm(m, n, k, ma, mb, c, parallel);
     };
     // Enough products to keep every thread busy (or small ones): one thread per product,
     // which avoids splitting thin matrices across threads. Few large products: threads inside
@@ -42,7 +54,20 @@ fn batched<T: GemmElem + Default + Send + Sync>(a: &[T], la: &Layout, b: &[T], l
     })
 }
 
-/// f16/bf16: widen both operands to f32 (contiguous), multiply, narrow the result.
+/// f16: the f32 GEMM on operands widened while packed (`gemm/f16.rs`), then one rounding of
+/// the f32 products to f16.
+fn f16_packed(a: &[f16], la: &Layout, b: &[f16], lb: &Layout) -> Vec<f16> {
+    let wide = batched_with(a, la, b, lb, gemm_f16);
+    super::fill_new(wide.len(), |out| {
+        // SAFETY: f16 has no invalid bit patterns; every element is written below.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f16>] as *mut [f16]) };
+        super::parallel::for_each_chunk(out, 1 << 16, |i, o| {
+            o.convert_from_f32_slice(&wide[i << 16..(i << 16) + o.len()]);
+        });
+    })
+}
+
+/// bf16 without AVX512_BF16: widen both operands to f32 (contiguous), multiply, narrow.
 fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     let wa: Vec<f32> = super::map(a, la, |x: T| x.to_acc());
     let wb: Vec<f32> = super::map(b, lb, |x: T| x.to_acc());
@@ -80,7 +105,7 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
     Ok(match (a, b) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb)),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb)),
-        (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(widened(x, la, y, lb)),
+        (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(f16_packed(x, la, y, lb)),
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) if bf16_gemm_available() => bf16_native(x, la, y, lb)?,
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => CpuStorage::BF16(widened(x, la, y, lb)),
         (x, y) if x.dtype() != y.dtype() => {

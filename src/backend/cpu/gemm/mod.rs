@@ -16,6 +16,7 @@
 //! - `schedule.rs`: blocking and threads: who computes which rectangle, which packed panels
 //!   are kept or shared, the small-product paths;
 //! - `kernels.rs`: the register-blocked micro-kernels per instruction set and element type;
+//! - `bf16.rs`: bf16 products on `vdpbf16ps`; `f16.rs`: f16 operands widened while packed;
 //! - `tests.rs`: everything against a plain triple loop.
 
 use super::parallel::SendPtr;
@@ -23,6 +24,7 @@ use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
 
 mod bf16;
+mod f16;
 mod kernels;
 mod pack;
 mod schedule;
@@ -37,6 +39,7 @@ pub(crate) use pack::{copy_row, prefetch_hint};
 use schedule::*;
 
 pub(crate) use bf16::{available as bf16_gemm_available, gemm_bf16};
+pub(crate) use f16::gemm_f16;
 
 mod sealed {
     /// Restricts [`super::GemmElem`] to types for which the packing buffers'

@@ -329,3 +329,44 @@ fn partition_covers_c_exactly() {
         assert!(seen.iter().all(|&s| s == 1), "m={m} n={n} t={t}");
     }
 }
+
+/// f16 operands of every layout, widened while packed, against the f64 sum of the same
+/// f16 values: ragged panels, several depth blocks, one thread and all.
+#[test]
+fn f16_operands_widened_while_packed() {
+    use half::f16;
+    let mut rng = XorShift(0xf16);
+    let to_f16 = |(d, o, rs, cs): (Vec<f32>, usize, usize, usize)| {
+        (d.iter().map(|&v| f16::from_f32(v)).collect::<Vec<f16>>(), o, rs, cs)
+    };
+    for &(m, n, k) in &[(1, 1, 1), (7, 33, 5), (29, 47, 300), (64, 96, 1100), (130, 70, 37)] {
+        for la in LAYOUTS {
+            for lb in LAYOUTS {
+                for parallel in [false, true] {
+                    let (ad, ao, ars, acs) = to_f16(make::<f32>(&mut rng, m, k, la));
+                    let (bd, bo, brs, bcs) = to_f16(make::<f32>(&mut rng, k, n, lb));
+                    let a = MatRef { data: &ad, offset: ao, row_stride: ars, col_stride: acs };
+                    let b = MatRef { data: &bd, offset: bo, row_stride: brs, col_stride: bcs };
+                    let mut c = vec![MaybeUninit::new(7f32); m * n];
+                    gemm_f16(m, n, k, a, b, &mut c, parallel);
+                    let tol = 4.0 * (k as f64 + 1.0) * f32::EPSILON as f64;
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = (0..k)
+                                .map(|p| {
+                                    a.data[ao + i * ars + p * acs].to_f64() * b.data[bo + p * brs + j * bcs].to_f64()
+                                })
+                                .sum();
+                            // SAFETY: the GEMM wrote every element.
+                            let got = unsafe { c[i * n + j].assume_init() } as f64;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{m}x{n}x{k} {la:?}x{lb:?} par={parallel}: c[{i},{j}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! f16 operands for the f32 GEMM, widened while they are packed: the f32 micro-kernels run
+//! unchanged on panels converted once (F16C, eight or sixteen lanes per instruction), and no
+//! widened copy of either matrix is ever written. x86 has no f16 multiply-add outside
+//! AVX512-FP16, and f16 products summed in f32 are what PyTorch computes too.
+
+use super::*;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Rows widened before a register transpose (`kb × mr` or `kb × nr` of them).
+    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An f16 matrix read by the f32 GEMM (see the module's note).
+pub(crate) struct WidenF16<'a>(pub(crate) MatRef<'a, f16>);
+
+/// Widens `rows` rows of `kb` elements (row `i` at `src[i*lda..]`) into `dst[i*kb + p]`.
+fn widen_rows(src: &[f16], lda: usize, rows: usize, kb: usize, dst: &mut [f32]) {
+    for i in 0..rows {
+        src[i * lda..i * lda + kb].convert_to_f32_slice(&mut dst[i * kb..(i + 1) * kb]);
+    }
+}
+
+/// Element (i, p) of `rows` widened contiguous rows into `dst[p*width + i]`, the register
+/// panel layout: the f32 transpose when the panel is full, a plain loop otherwise.
+fn transpose_into(wide: &[f32], rows: usize, kb: usize, width: usize, dst: &mut [f32]) {
+    if rows == width {
+        // SAFETY: `wide` holds `rows` rows of `kb`, `dst` holds `kb*width` elements.
+        unsafe { f32::pack_rows(wide.as_ptr(), kb, kb, width, dst.as_mut_ptr()) };
+        return;
+    }
+    if rows < width {
+        dst[..kb * width].fill(0.0);
+    }
+    for i in 0..rows {
+        for p in 0..kb {
+            dst[p * width + i] = wide[i * kb + p];
+        }
+    }
+}
+
+impl WidenF16<'_> {
+    /// `width` × `kb` elements (i, p) at `first + i*along + p*across` into
+    /// `dst[p*width + i]` (zeros past `count`): a register panel of A (i = row) or B (i = column).
+    fn panel(&self, first: usize, along: usize, across: usize, count: usize, kb: usize, width: usize, dst: &mut [f32]) {
+        let data = self.0.data;
+        if across == 1 {
+            // The depth runs along memory: widen each of the `count` runs, then transpose.
+            WIDE.with(|w| {
+                let mut w = w.borrow_mut();
+                if w.len() < count * kb {
+                    w.resize(count * kb, 0.0);
+                }
+                widen_rows(&data[first..], along, count, kb, &mut w);
+                transpose_into(&w, count, kb, width, dst);
+            });
+        } else if along == 1 {
+            // The panel's width runs along memory: each depth step is one contiguous run.
+            for p in 0..kb {
+                let row = &mut dst[p * width..(p + 1) * width];
+                data[first + p * across..][..count].convert_to_f32_slice(&mut row[..count]);
+                row[count..].fill(0.0);
+            }
+        } else {
+            for p in 0..kb {
+                for i in 0..width {
+                    dst[p * width + i] = if i < count { data[first + i * along + p * across].to_f32() } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+impl PackA<f32> for WidenF16<'_> {
+    unsafe fn panel<'s>(
+        &'s self,
+        ir: usize,
+        mb: usize,
+        pc: usize,
+        kb: usize,
+        mr: usize,
+        scratch: &'s mut [f32],
+    ) -> &'s [f32] {
+        let a = &self.0;
+        let first = a.offset + ir * a.row_stride + pc * a.col_stride;
+        self.panel(first, a.row_stride, a.col_stride, mb, kb, mr, &mut scratch[..kb * mr]);
+        scratch
+    }
+}
+
+impl PackB<f32> for WidenF16<'_> {
+    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [f32]) {
+        let b = &self.0;
+        for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
+            let j0 = jc + q * nr;
+            let first = b.offset + pc * b.row_stride + j0 * b.col_stride;
+            self.panel(first, b.col_stride, b.row_stride, nr.min(nb - q * nr), kb, nr, panel);
+        }
+    }
+}
+
+/// `C = A·B` in f32 (all of `c`, row-major `m × n`) from f16 operands of any strides,
+/// widened while packed.
+///
+/// # Panics
+/// If `c.len() != m*n` or an operand reaches outside its `data`.
+pub(crate) fn gemm_f16(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<f16>,
+    b: MatRef<f16>,
+    c: &mut [MaybeUninit<f32>],
+    parallel: bool,
+) {
+    assert_eq!(c.len(), m * n, "gemm: c.len() must be m*n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(MaybeUninit::new(0.0));
+        return;
+    }
+    check_operand(&a, m, k, "a");
+    check_operand(&b, k, n, "b");
+    packed(Opts::DEFAULT, m, n, k, &WidenF16(a), &WidenF16(b), c, parallel);
+}
