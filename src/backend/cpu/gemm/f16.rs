@@ -42,9 +42,17 @@ fn transpose_into(wide: &[f32], rows: usize, kb: usize, width: usize, dst: &mut 
 }
 
 impl WidenF16<'_> {
-    /// `width` × `kb` elements (i, p) at `first + i*along + p*across` into
+    /// `width` × `kb` elements (i, p) at `first + i*along + p*across` (strides in elements) into
     /// `dst[p*width + i]` (zeros past `count`): a register panel of A (i = row) or B (i = column).
-    fn panel(&self, first: usize, along: usize, across: usize, count: usize, kb: usize, width: usize, dst: &mut [f32]) {
+    fn panel(
+        &self,
+        first: usize,
+        (along, across): (usize, usize),
+        count: usize,
+        kb: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
         let data = self.0.data;
         if across == 1 {
             // The depth runs along memory: widen each of the `count` runs, then transpose.
@@ -85,7 +93,7 @@ impl PackA<f32> for WidenF16<'_> {
     ) -> &'s [f32] {
         let a = &self.0;
         let first = a.offset + ir * a.row_stride + pc * a.col_stride;
-        self.panel(first, a.row_stride, a.col_stride, mb, kb, mr, &mut scratch[..kb * mr]);
+        self.panel(first, (a.row_stride, a.col_stride), mb, kb, mr, &mut scratch[..kb * mr]);
         scratch
     }
 }
@@ -96,7 +104,7 @@ impl PackB<f32> for WidenF16<'_> {
         for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
             let j0 = jc + q * nr;
             let first = b.offset + pc * b.row_stride + j0 * b.col_stride;
-            self.panel(first, b.col_stride, b.row_stride, nr.min(nb - q * nr), kb, nr, panel);
+            self.panel(first, (b.col_stride, b.row_stride), nr.min(nb - q * nr), kb, nr, panel);
         }
     }
 }
