@@ -59,6 +59,7 @@ fn run_rank() {
     println!("rank {rank}: Mlp f64 max relative difference {diff:.3e}");
     assert!(diff <= 1e-12, "f64: {diff:e}");
     accumulation_with_no_sync(comm.clone());
+    trainer_on_two_ranks(comm.clone());
     a_rank_that_leaves_is_an_error_not_a_hang(&comm);
     println!("{PASSED} {rank}");
 }
@@ -217,6 +218,65 @@ fn accumulation_with_no_sync(comm: Arc<Mpi>) {
     ddp.backward(&w.mul(&scale(10.0)).unwrap().sum_all().unwrap()).unwrap();
     // ((1 + 10) + (2 + 10)) / 2
     assert_eq!(w.grad().unwrap().to_vec1::<f32>().unwrap(), vec![11.5; 3]);
+}
+
+/// The training loop on two ranks: one model (replicas equal), the epoch's loss over both
+/// ranks' samples, files written by rank 0 only, and its checkpoint loads in one process.
+fn trainer_on_two_ranks(comm: Arc<Mpi>) {
+    use tensorforge::train::{Metrics, Step, Trainer};
+    const N: usize = 64;
+    tensorforge::manual_seed(11);
+    let x = Tensor::randn(0.0, 1.0, (N, FEATURES), DType::F32, Device::Cpu).unwrap();
+    let y = x.narrow(1, 0, CLASSES).unwrap().argmax(-1).unwrap();
+    let model = |seed: u64| {
+        tensorforge::manual_seed(seed);
+        let mut store = ParameterStore::new(Device::Cpu);
+        let f = build(Model::Mlp, &mut store).unwrap();
+        let opt = Sgd::new(store.parameters(), SgdConfig { lr: 0.05, momentum: 0.9, ..Default::default() }).unwrap();
+        (store, f, opt)
+    };
+    let rank = comm.rank();
+    let (mut store, f, mut opt) = model(20 + rank as u64);
+    let dir = std::env::temp_dir().join(format!("tensorforge-ddp-trainer-{}-{rank}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ddp = DistributedDataParallel::new(comm.clone(), &store).unwrap();
+    let mut batches = BatchIter::new(N, 8, true, 3).shard(rank, 2);
+    let loss_of = |idx: &[usize]| {
+        let ids = Tensor::from_vec(idx.iter().map(|&i| i as i64).collect(), idx.len(), Device::Cpu)?;
+        CrossEntropyLoss::new().loss(&f(&x.index_select(0, &ids)?)?, &y.index_select(0, &ids)?)
+    };
+    let all: Vec<usize> = (0..N).collect();
+    let report = Trainer::new(2)
+        .out_dir(&dir)
+        .quiet()
+        .distributed(ddp)
+        .fit(
+            &mut store,
+            &mut opt,
+            &mut batches,
+            |idx| Ok(Step { loss: loss_of(idx)?, correct: None }),
+            || Ok(Metrics { loss: tensorforge::no_grad(|| loss_of(&all))?.item()?, accuracy: None }),
+        )
+        .unwrap();
+    assert_eq!(report.samples, 2 * N, "two epochs of all samples over both ranks");
+    // Both ranks report the same figures and hold the same parameters.
+    let mine: Vec<f64> =
+        store.parameters().iter().flat_map(|p| p.to_vec_f64().unwrap()).chain([report.history[1].train_loss]).collect();
+    let t = Tensor::from_vec(mine.clone(), mine.len(), Device::Cpu).unwrap();
+    comm.broadcast(&t, 0).unwrap();
+    assert_eq!(t.to_vec1::<f64>().unwrap(), mine, "rank {rank} differs from rank 0");
+    let ckpt = dir.join(tensorforge::checkpoint::FILE_NAME);
+    if rank == 0 {
+        // One process, another initialization: loading gives the trained model.
+        let (mut fresh, _, mut fresh_opt) = model(99);
+        tensorforge::checkpoint::load(&ckpt, &mut fresh, &mut fresh_opt).unwrap();
+        for (a, b) in fresh.parameters().iter().zip(store.parameters()) {
+            assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    } else {
+        assert!(!dir.exists(), "rank {rank} wrote {}", dir.display());
+    }
 }
 
 /// Rank 1 stops taking part (as after an error of its own); rank 0's collective returns
