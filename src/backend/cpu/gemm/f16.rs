@@ -16,10 +16,56 @@ thread_local! {
 /// An f16 matrix read by the f32 GEMM (see the module's note).
 pub(crate) struct WidenF16<'a>(pub(crate) MatRef<'a, f16>);
 
+/// `dst[i] = src[i]` widened, for runs as short as a register panel's row: sixteen lanes
+/// per `vcvtph2ps` and a masked tail on AVX-512 (a general slice conversion's setup costs
+/// about as much as converting 32 elements), else half's slice conversion.
+#[inline]
+fn widen(dst: &mut [f32], src: &[f16]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn avx512(dst: &mut [f32], src: &[f16]) {
+        use std::arch::x86_64::*;
+        let n = src.len();
+        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        let mut i = 0;
+        // SAFETY: every load and store stays inside the first `n` elements (the tail's
+        // are masked); the features were detected by the caller.
+        unsafe {
+            while i + 16 <= n {
+                _mm512_storeu_ps(d.add(i), _mm512_cvtph_ps(_mm256_loadu_si256(s.add(i).cast())));
+                i += 16;
+            }
+            if i < n {
+                let mask = ((1u32 << (n - i)) - 1) as u16;
+                let h = _mm256_maskz_loadu_epi16(mask, s.add(i).cast());
+                _mm512_mask_storeu_ps(d.add(i), mask, _mm512_cvtph_ps(h));
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512_f16c() {
+        // SAFETY: the features were detected.
+        return unsafe { avx512(dst, src) };
+    }
+    src.convert_to_f32_slice(dst);
+}
+
+/// AVX-512 (F, BW, VL) and F16C, detected once.
+#[cfg(target_arch = "x86_64")]
+fn avx512_f16c() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        usable_isa(Isa::Avx512) == Isa::Avx512
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
 /// Widens `rows` rows of `kb` elements (row `i` at `src[i*lda..]`) into `dst[i*kb + p]`.
 fn widen_rows(src: &[f16], lda: usize, rows: usize, kb: usize, dst: &mut [f32]) {
     for i in 0..rows {
-        src[i * lda..i * lda + kb].convert_to_f32_slice(&mut dst[i * kb..(i + 1) * kb]);
+        widen(&mut dst[i * kb..(i + 1) * kb], &src[i * lda..i * lda + kb]);
     }
 }
 
@@ -68,7 +114,7 @@ impl WidenF16<'_> {
             // The panel's width runs along memory: each depth step is one contiguous run.
             for p in 0..kb {
                 let row = &mut dst[p * width..(p + 1) * width];
-                data[first + p * across..][..count].convert_to_f32_slice(&mut row[..count]);
+                widen(&mut row[..count], &data[first + p * across..][..count]);
                 row[count..].fill(0.0);
             }
         } else {
