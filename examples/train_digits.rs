@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example train_digits -- [--epochs N] [--seed S] [--device cpu|cuda|cuda:N]
 //!     [--mnist DIR] [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-//!     [--resume] [--stop-after E] [--distributed [--bucket-kb K]]
+//!     [--resume] [--stop-after E] [--precision f32|bf16|f16] [--distributed [--bucket-kb K]]
 //! ```
 //!
 //! The loop is the library's [`tensorforge::train::Trainer`]. It writes to `--out` (default
@@ -31,7 +31,7 @@ use tensorforge::{Device, Error, Result, Tensor, no_grad};
 
 const USAGE: &str = "usage: train_digits [--epochs N] [--seed S] [--device cpu|cuda|cuda:N] [--mnist DIR]
                     [--out DIR] [--model mlp|cnn] [--batch-size B] [--lr LR] [--hidden H]
-                    [--resume] [--stop-after E] [--distributed [--bucket-kb K]]
+                    [--resume] [--stop-after E] [--precision f32|bf16|f16] [--distributed [--bucket-kb K]]
        mpirun -np 2 target/release/examples/train_digits --distributed  (built with --features mpi)";
 
 /// The architectures this example can train.
@@ -74,6 +74,8 @@ struct Args {
     distributed: bool,
     /// Gradient bucket size for `--distributed`, in KiB.
     bucket_kb: usize,
+    /// Mixed precision: matmul and conv in bf16 or f16, f32 masters (`tensorforge::amp`).
+    precision: tensorforge::DType,
 }
 
 impl Default for Args {
@@ -92,6 +94,7 @@ impl Default for Args {
             stop_after: None,
             distributed: false,
             bucket_kb: tensorforge::distributed::DEFAULT_BUCKET_BYTES >> 10,
+            precision: tensorforge::DType::F32,
         }
     }
 }
@@ -124,6 +127,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> std::result::Result<Opt
             "--resume" => a.resume = true,
             "--distributed" => a.distributed = true,
             "--bucket-kb" => a.bucket_kb = num(&flag, &value()?)?,
+            "--precision" => a.precision = tensorforge::amp::parse_precision(&value()?).map_err(|e| e.to_string())?,
             "--stop-after" => a.stop_after = Some(num(&flag, &value()?)?),
             "--out" => {
                 a.out = PathBuf::from(value()?);
@@ -265,7 +269,8 @@ fn run(args: &Args) -> Result<()> {
         .out_dir(&args.out)
         .resume(args.resume)
         .schedule(CosineLr::new(args.lr, args.lr * 0.01, total_steps))
-        .note("epochs", args.epochs);
+        .note("epochs", args.epochs)
+        .precision(args.precision);
     if let Some(e) = args.stop_after {
         trainer = trainer.stop_after(e);
     }

@@ -296,25 +296,28 @@ pub(crate) fn backward_hooked(root: &Tensor, ready: &mut dyn FnMut(&Tensor) -> R
     if !root.tracks_grad() {
         return Err(Error::Autograd("backward on a tensor that tracks no gradient".into()));
     }
-    no_grad(|| {
-        let order = topological_order(root);
-        let mut grads = Gradients::default();
-        grads.map.insert(root.id(), root.ones_like()?);
-        for t in order.iter().rev() {
-            let Some(g) = grads.take(t) else { continue };
-            match t.take_node() {
-                Some(node) => node.op.backward(&node.inputs, t, &g, &mut grads)?,
-                None if t.is_variable() => {
-                    t.accumulate_grad(g)?;
-                    ready(t)?;
-                }
-                None => {
-                    return Err(Error::Autograd(
-                        "the graph was already freed by an earlier backward (compute the loss again)".into(),
-                    ));
+    // Backward runs each op in the dtypes its forward chose, whatever autocast says now.
+    crate::amp::with(None, || {
+        no_grad(|| {
+            let order = topological_order(root);
+            let mut grads = Gradients::default();
+            grads.map.insert(root.id(), root.ones_like()?);
+            for t in order.iter().rev() {
+                let Some(g) = grads.take(t) else { continue };
+                match t.take_node() {
+                    Some(node) => node.op.backward(&node.inputs, t, &g, &mut grads)?,
+                    None if t.is_variable() => {
+                        t.accumulate_grad(g)?;
+                        ready(t)?;
+                    }
+                    None => {
+                        return Err(Error::Autograd(
+                            "the graph was already freed by an earlier backward (compute the loss again)".into(),
+                        ));
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })
 }

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;

@@ -215,6 +215,11 @@ impl Tensor {
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        if let Some(low) = crate::amp::lowered(&inputs) {
+            return crate::amp::run_lowered(low, &inputs, |t| t[0].conv2d(&t[1], t.get(2), opt));
+        }
         need_rank("conv2d", self, 4)?;
         need_rank("conv2d weight", weight, 4)?;
         let (n, cin, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);

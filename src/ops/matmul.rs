@@ -75,6 +75,9 @@ impl Tensor {
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        if let Some(low) = crate::amp::lowered(&[self, rhs]) {
+            return crate::amp::run_lowered(low, &[self, rhs], |t| t[0].matmul(&t[1]));
+        }
         same_device("matmul", &[self, rhs])?;
         same_dtype("matmul", self, rhs)?;
         if self.rank() == 0 || rhs.rank() == 0 {

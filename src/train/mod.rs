@@ -45,7 +45,7 @@ use crate::data::BatchIter;
 use crate::distributed::{DistributedDataParallel, ReduceOp};
 use crate::optim::{LrSchedule, Optimizer};
 use crate::param::ParameterStore;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,8 @@ pub struct Report {
     pub train_seconds: f64,
     /// Samples trained on by all ranks together in this run.
     pub samples: usize,
+    /// Steps whose f16 gradients overflowed, so the optimizer skipped them (loss scaling).
+    pub skipped_steps: usize,
 }
 
 /// A training loop's settings; [`Trainer::fit`] runs it.
@@ -114,6 +116,7 @@ pub struct Trainer {
     notes: BTreeMap<String, String>,
     quiet: bool,
     ddp: Option<Mutex<DistributedDataParallel>>,
+    precision: DType,
 }
 
 /// The metrics file in the output directory.
@@ -134,6 +137,7 @@ impl Trainer {
             notes: BTreeMap::new(),
             quiet: false,
             ddp: None,
+            precision: DType::F32,
         }
     }
     /// Writes a checkpoint after every epoch, and `metrics.csv` and `curves.svg`, to `dir`.
@@ -176,6 +180,15 @@ impl Trainer {
         self.ddp = Some(Mutex::new(ddp));
         self
     }
+    /// Mixed precision ([`crate::amp`]): with `DType::BF16` or `DType::F16`, the step and
+    /// evaluation functions run under [`crate::amp::autocast`] (matrix products and
+    /// convolutions in that dtype, the rest and the master weights in f32); f16 adds dynamic
+    /// loss scaling ([`crate::amp::GradScaler`]), whose skipped steps are counted in
+    /// [`Report::skipped_steps`]. `DType::F32` (the default) is plain f32.
+    pub fn precision(mut self, dtype: DType) -> Self {
+        self.precision = dtype;
+        self
+    }
     /// Prints nothing (no progress, no epoch lines).
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
@@ -198,6 +211,9 @@ impl Trainer {
         let mut ddp = self.ddp.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()));
         let main = ddp.as_ref().is_none_or(|d| d.is_main());
         let quiet = self.quiet || !main;
+        let mut scaler = (self.precision == DType::F16).then(crate::amp::GradScaler::new);
+        let mut step = |idx: &[usize]| crate::amp::autocast(self.precision, || step(idx));
+        let mut evaluate = || crate::amp::autocast(self.precision, &mut evaluate);
         let (mut start_epoch, mut global_step) = (0usize, 0u64);
         if self.resume {
             let dir = self.out.as_ref().ok_or_else(|| Error::msg("Trainer::resume needs an out_dir"))?;
@@ -227,11 +243,23 @@ impl Trainer {
                 let t_step = Instant::now();
                 let out = step(&idx)?;
                 opt.zero_grad();
+                let loss = match &scaler {
+                    Some(s) => s.scale(&out.loss)?,
+                    None => out.loss.clone(),
+                };
                 match &mut ddp {
-                    Some(d) => d.backward(&out.loss)?,
-                    None => out.loss.backward()?,
+                    Some(d) => d.backward(&loss)?,
+                    None => loss.backward()?,
                 }
-                opt.step()?;
+                match &mut scaler {
+                    Some(s) => {
+                        if !s.step(opt)? {
+                            report.skipped_steps += 1;
+                        }
+                        s.update();
+                    }
+                    None => opt.step()?,
+                }
                 global_step += 1;
                 let l = out.loss.item()?;
                 report.step_losses.push(l);
