@@ -16,21 +16,21 @@ thread_local! {
 /// An f16 matrix read by the f32 GEMM (see the module's note).
 pub(crate) struct WidenF16<'a>(pub(crate) MatRef<'a, f16>);
 
-/// `dst[i] = src[i]` widened, for runs as short as a register panel's row: sixteen lanes
-/// per `vcvtph2ps` and a masked tail on AVX-512 (a general slice conversion's setup costs
-/// about as much as converting 32 elements), else half's slice conversion.
-#[inline]
-fn widen(dst: &mut [f32], src: &[f16]) {
+/// `dst[i] = src[i]` widened. With `AVX` (only inside a function compiled for AVX-512 and
+/// F16C, where this inlines): sixteen lanes per `vcvtph2ps` and a masked tail, since a
+/// general slice conversion per register-panel row costs about as much in setup as the
+/// conversion itself; else half's slice conversion.
+#[inline(always)]
+fn widen<const AVX: bool>(dst: &mut [f32], src: &[f16]) {
     assert_eq!(dst.len(), src.len());
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    unsafe fn avx512(dst: &mut [f32], src: &[f16]) {
+    if AVX {
         use std::arch::x86_64::*;
         let n = src.len();
         let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
         let mut i = 0;
-        // SAFETY: every load and store stays inside the first `n` elements (the tail's
-        // are masked); the features were detected by the caller.
+        // SAFETY: every load and store stays inside the first `n` elements (the tail's are
+        // masked); `AVX` is set only where the features were detected.
         unsafe {
             while i + 16 <= n {
                 _mm512_storeu_ps(d.add(i), _mm512_cvtph_ps(_mm256_loadu_si256(s.add(i).cast())));
@@ -42,11 +42,7 @@ fn widen(dst: &mut [f32], src: &[f16]) {
                 _mm512_mask_storeu_ps(d.add(i), mask, _mm512_cvtph_ps(h));
             }
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx512_f16c() {
-        // SAFETY: the features were detected.
-        return unsafe { avx512(dst, src) };
+        return;
     }
     src.convert_to_f32_slice(dst);
 }
@@ -63,9 +59,10 @@ fn avx512_f16c() -> bool {
 }
 
 /// Widens `rows` rows of `kb` elements (row `i` at `src[i*lda..]`) into `dst[i*kb + p]`.
-fn widen_rows(src: &[f16], lda: usize, rows: usize, kb: usize, dst: &mut [f32]) {
+#[inline(always)]
+fn widen_rows<const AVX: bool>(src: &[f16], lda: usize, rows: usize, kb: usize, dst: &mut [f32]) {
     for i in 0..rows {
-        widen(&mut dst[i * kb..(i + 1) * kb], &src[i * lda..i * lda + kb]);
+        widen::<AVX>(&mut dst[i * kb..(i + 1) * kb], &src[i * lda..i * lda + kb]);
     }
 }
 
@@ -88,9 +85,33 @@ fn transpose_into(wide: &[f32], rows: usize, kb: usize, width: usize, dst: &mut 
 }
 
 impl WidenF16<'_> {
+    /// [`WidenF16::panel_with`], compiled for AVX-512 and F16C where the CPU has them.
+    fn panel(&self, first: usize, strides: (usize, usize), count: usize, kb: usize, width: usize, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+        unsafe fn avx512(
+            w: &WidenF16,
+            first: usize,
+            strides: (usize, usize),
+            count: usize,
+            kb: usize,
+            width: usize,
+            dst: &mut [f32],
+        ) {
+            w.panel_with::<true>(first, strides, count, kb, width, dst)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512_f16c() {
+            // SAFETY: the features were detected.
+            return unsafe { avx512(self, first, strides, count, kb, width, dst) };
+        }
+        self.panel_with::<false>(first, strides, count, kb, width, dst)
+    }
+
     /// `width` × `kb` elements (i, p) at `first + i*along + p*across` (strides in elements) into
     /// `dst[p*width + i]` (zeros past `count`): a register panel of A (i = row) or B (i = column).
-    fn panel(
+    #[inline(always)]
+    fn panel_with<const AVX: bool>(
         &self,
         first: usize,
         (along, across): (usize, usize),
@@ -107,14 +128,14 @@ impl WidenF16<'_> {
                 if w.len() < count * kb {
                     w.resize(count * kb, 0.0);
                 }
-                widen_rows(&data[first..], along, count, kb, &mut w);
+                widen_rows::<AVX>(&data[first..], along, count, kb, &mut w);
                 transpose_into(&w, count, kb, width, dst);
             });
         } else if along == 1 {
             // The panel's width runs along memory: each depth step is one contiguous run.
             for p in 0..kb {
                 let row = &mut dst[p * width..(p + 1) * width];
-                widen(&mut row[..count], &data[first + p * across..][..count]);
+                widen::<AVX>(&mut row[..count], &data[first + p * across..][..count]);
                 row[count..].fill(0.0);
             }
         } else {
