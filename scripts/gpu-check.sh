@@ -4,7 +4,7 @@
 #   scripts/gpu-check.sh build          (build machine: needs Rust; no GPU)
 #       Builds release test binaries (cuda_parity, cuda_allocator, cuda_matmul_tiled, cuda_tensor,
 #       cuda_ctc, custom_op, custom_general, accurate_sums, amp, out_of_memory, nvrtc_compile,
-#       cuda_unavailable), the cuda_kernels bench and the examples train_digits, ctc_toy,
+#       cuda_unavailable; nccl, built with --features nccl), the cuda_kernels bench and the examples train_digits, ctc_toy,
 #       char_lstm and custom_rmsnorm with --features cuda, strips them and copies them with the
 #       comparison script into gpu-bundle/ and packs gpu-bundle.tar.gz (both git-ignored), checking the archive is
 #       under the device tool's 64 MiB.
@@ -26,8 +26,8 @@ build() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
     local json
     json="$(mktemp)"
-    cargo test --release --features cuda --no-run --message-format=json \
-        --test cuda_parity --test cuda_allocator --test cuda_matmul_tiled --test cuda_tensor --test cuda_ctc --test custom_op --test custom_general --test accurate_sums --test amp --test out_of_memory --test nvrtc_compile --test cuda_unavailable >"$json"
+    cargo test --release --features cuda,nccl --no-run --message-format=json \
+        --test nccl --test cuda_parity --test cuda_allocator --test cuda_matmul_tiled --test cuda_tensor --test cuda_ctc --test custom_op --test custom_general --test accurate_sums --test amp --test out_of_memory --test nvrtc_compile --test cuda_unavailable >"$json"
     cargo bench --features cuda --no-run --message-format=json --bench cuda_kernels >>"$json"
     cargo build --release --features cuda --message-format=json \
         --example train_digits --example ctc_toy --example char_lstm --example custom_rmsnorm >>"$json"
@@ -37,7 +37,7 @@ build() {
     python3 - "$json" "$bundle/bin" <<'PY'
 import json, shutil, sys, os
 src, dst = sys.argv[1], sys.argv[2]
-wanted = {"cuda_parity", "cuda_allocator", "cuda_matmul_tiled", "cuda_tensor", "cuda_ctc", "custom_op", "custom_general", "accurate_sums", "amp", "out_of_memory", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
+wanted = {"nccl", "cuda_parity", "cuda_allocator", "cuda_matmul_tiled", "cuda_tensor", "cuda_ctc", "custom_op", "custom_general", "accurate_sums", "amp", "out_of_memory", "nvrtc_compile", "cuda_unavailable", "cuda_kernels",
           "train_digits", "ctc_toy", "char_lstm", "custom_rmsnorm"}
 found = set()
 for line in open(src):
@@ -114,7 +114,21 @@ run() {
         python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' || true
         echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     } >"$out/env.txt" 2>&1
-    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_matmul_tiled cuda_tensor cuda_ctc custom_op custom_general accurate_sums amp out_of_memory; do
+    # cudarc loads NCCL as libnccl.so, a name pip's nvidia-nccl package does not ship: link it.
+    local nccl_so
+    nccl_so="$(python3 - 2>/dev/null <<'PY' || true
+import glob, site
+hits = [f for p in site.getsitepackages() for f in sorted(glob.glob(p + "/nvidia/nccl/lib/libnccl.so*"))]
+print(hits[0] if hits else "")
+PY
+)"
+    if [ -n "$nccl_so" ]; then
+        mkdir -p "${TMPDIR:-/tmp}/tf-nccl"
+        ln -sf "$nccl_so" "${TMPDIR:-/tmp}/tf-nccl/libnccl.so"
+        export LD_LIBRARY_PATH="${TMPDIR:-/tmp}/tf-nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    echo "NCCL: ${nccl_so:-not found}" >>"$out/env.txt"
+    for t in cuda_unavailable nvrtc_compile cuda_parity cuda_allocator cuda_matmul_tiled cuda_tensor cuda_ctc custom_op custom_general accurate_sums amp out_of_memory nccl; do
         echo "== $t" | tee -a "$out/tests.log"
         # cuda_parity runs on the GPU; nvrtc_compile compiles every kernel for two targets on
         # the CPU (over 60 s on one thread of the H200 machine).

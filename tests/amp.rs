@@ -142,7 +142,8 @@ fn autocast_on_cuda_matches_the_cpu() {
         let gpu = amp::autocast(low, || x.to_device(dev).unwrap().matmul(&wc)).unwrap();
         assert_eq!(gpu.dtype(), DType::F32);
         assert!(rel(&gpu.to_device(Device::Cpu).unwrap(), &cpu) < 1e-2, "{low:?}");
-        (w.zero_grad(), wc.zero_grad());
+        w.zero_grad();
+        wc.zero_grad();
         cpu.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         gpu.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let (g, gc) = (w.grad().unwrap(), wc.grad().unwrap().to_device(Device::Cpu).unwrap());

@@ -1,12 +1,13 @@
 //! [`Nccl`]: the communicator for CUDA tensors, one rank per GPU, over NVIDIA's NCCL
-//! (loaded at run time through cudarc), bootstrapped by MPI.
+//! (loaded at run time through cudarc), bootstrapped by a CPU communicator: [`super::Mpi`]
+//! across processes, or [`super::Local`] for one rank.
 //!
 //! The collectives are queued on the device's one stream, in order with the kernels, so a
 //! reduction is complete for every later op on that device without a host wait, and the
 //! returned [`Work`] is already done. A host wait happens at the next copy to the host or
 //! [`Communicator::barrier`].
 
-use super::{Communicator, Mpi, ReduceOp, Work};
+use super::{Communicator, ReduceOp, Work};
 use crate::backend::cuda::CudaDevice;
 use crate::storage::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -31,9 +32,10 @@ libnccl.so), or link libnccl.so to libnccl.so.2 (pip's nvidia-nccl-cu13 ships on
 on LD_LIBRARY_PATH";
 
 /// One rank per GPU: all-reduce and broadcast of CUDA tensors through NCCL. Rank, world
-/// size and the NCCL unique id come from the MPI job (`mpirun -np <GPUs> program`).
+/// size and the NCCL unique id come from a CPU communicator (the MPI job of
+/// `mpirun -np <GPUs> program`).
 pub struct Nccl {
-    mpi: Arc<Mpi>,
+    bootstrap: Arc<dyn Communicator>,
     device: Arc<CudaDevice>,
     ordinal: usize,
     comm: sys::ncclComm_t,
@@ -48,10 +50,15 @@ unsafe impl Send for Nccl {}
 unsafe impl Sync for Nccl {}
 
 impl Nccl {
-    /// Joins the NCCL communicator of all the MPI job's ranks, this one on `device`
+    /// Joins the NCCL communicator of all the ranks of `bootstrap` (a CPU communicator:
+    /// [`super::Mpi`], or [`super::Local`] for one rank), this one on `device`
     /// (`Device::Cuda(n)`; usually `n` = the rank's index on its node). Every rank must call
     /// it. `Err` on every rank when any of them lacks NCCL or a real CUDA device.
-    pub fn init(mpi: Arc<Mpi>, device: Device) -> Result<Nccl> {
+    pub fn init(bootstrap: Arc<dyn Communicator>, device: Device) -> Result<Nccl> {
+        if bootstrap.device() != Device::Cpu {
+            return Err(err("init", "the bootstrap communicator must move CPU tensors (Mpi or Local)"));
+        }
+        let boot = &bootstrap;
         let Device::Cuda(ordinal) = device else {
             return Err(err("init", format!("NCCL moves CUDA tensors; {device:?} is not a CUDA device")));
         };
@@ -68,19 +75,19 @@ impl Nccl {
             }
         })();
         let failed = Tensor::from_vec(vec![i64::from(local.is_err())], 1, Device::Cpu)?;
-        mpi.all_reduce(&failed, ReduceOp::Max)?;
+        boot.all_reduce(&failed, ReduceOp::Max)?;
         let (dev, stream) = local?;
         if failed.to_vec1::<i64>()?[0] != 0 {
             return Err(err("init", "another rank has no NCCL or no usable CUDA device (see its error)"));
         }
         // Rank 0's unique id reaches the others by an MPI broadcast of its 128 bytes.
-        let id = if mpi.rank() == 0 {
+        let id = if boot.rank() == 0 {
             result::get_uniqueid().map_err(|e| nccl_err("init", e))?
         } else {
             sys::ncclUniqueId { internal: [0; 128] }
         };
         let bytes = Tensor::from_vec(id.internal.map(|c| c as u8).to_vec(), 128, Device::Cpu)?;
-        mpi.broadcast(&bytes, 0)?;
+        boot.broadcast(&bytes, 0)?;
         let mut internal = [0 as std::ffi::c_char; 128];
         for (d, s) in internal.iter_mut().zip(bytes.to_vec::<u8>()?) {
             *d = s as std::ffi::c_char;
@@ -88,9 +95,9 @@ impl Nccl {
         let id = sys::ncclUniqueId { internal };
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` receives the new communicator; every rank passes the same id.
-        unsafe { result::comm_init_rank(&mut comm, mpi.world_size() as i32, id, mpi.rank() as i32) }
+        unsafe { result::comm_init_rank(&mut comm, boot.world_size() as i32, id, boot.rank() as i32) }
             .map_err(|e| nccl_err("init", e))?;
-        Ok(Nccl { mpi, device: dev, ordinal, comm, stream, lock: Mutex::new(()) })
+        Ok(Nccl { bootstrap, device: dev, ordinal, comm, stream, lock: Mutex::new(()) })
     }
 
     fn cuda_ptr(&self, op: &'static str, t: &Tensor) -> Result<*mut c_void> {
@@ -124,10 +131,10 @@ fn datatype(dtype: DType) -> sys::ncclDataType_t {
 
 impl Communicator for Nccl {
     fn rank(&self) -> usize {
-        self.mpi.rank()
+        self.bootstrap.rank()
     }
     fn world_size(&self) -> usize {
-        self.mpi.world_size()
+        self.bootstrap.world_size()
     }
     fn device(&self) -> Device {
         Device::Cuda(self.ordinal)
@@ -171,9 +178,10 @@ impl Communicator for Nccl {
         Ok(Work::done())
     }
 
-    /// Waits for this GPU's queued work, then for every rank (over MPI, with its deadline).
+    /// Waits for this GPU's queued work, then for every rank (over the bootstrap
+    /// communicator, with its deadline).
     fn barrier(&self) -> Result<()> {
         self.device.synchronize_stream()?;
-        self.mpi.barrier()
+        self.bootstrap.barrier()
     }
 }
