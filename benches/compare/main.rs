@@ -12,7 +12,9 @@
 //! checksums of all sides agree (the half-precision ones to their rounding).
 
 use std::time::Instant;
-use tensorforge::nn::{CrossEntropyLoss, Linear, Loss, Module, ReLU, Sequential};
+use tensorforge::nn::{
+    Conv2d, CrossEntropyLoss, Embedding, Flatten, LSTM, Linear, Loss, MaxPool2d, Module, ReLU, RnnOptions, Sequential,
+};
 use tensorforge::optim::{Optimizer, Sgd, SgdConfig};
 use tensorforge::param::ParameterStore;
 use tensorforge::{Device, Error, Result, Tensor};
@@ -64,6 +66,80 @@ fn mlp_step() -> Result<Run> {
         opt.step()?;
         Ok(loss)
     }))
+}
+
+/// One SGD step (lr 0.01) of `forward` on cross-entropy against `y`; returns the loss before
+/// the update.
+fn sgd_step(store: &ParameterStore, forward: impl Fn() -> Result<Tensor> + 'static, y: Tensor) -> Result<Run> {
+    let mut opt = Sgd::new(store.parameters(), SgdConfig { lr: 0.01, ..Default::default() })?;
+    let loss_fn = CrossEntropyLoss::new();
+    Ok(Box::new(move || {
+        let loss = loss_fn.loss(&forward()?, &y)?;
+        opt.zero_grad();
+        loss.backward()?;
+        opt.step()?;
+        Ok(loss)
+    }))
+}
+
+/// `det` values scaled by PyTorch's default init bound `1/√fan_in`, inserted into `store`
+/// under `name` so the layer built next picks them up.
+fn put(store: &mut ParameterStore, name: &str, shape: &[usize], seed: u64, fan_in: usize) -> Result<()> {
+    store.insert(name, det(shape, seed)?.mul_scalar(1.0 / (fan_in as f64).sqrt())?)?;
+    Ok(())
+}
+
+/// train_digits' CNN on a batch of 32 8×8 images: conv 1→16 and 16→32 (3×3, padding 1, ReLU),
+/// 2×2 max pooling, linear 512→10; one SGD step.
+fn cnn_step() -> Result<Run> {
+    let mut store = ParameterStore::new(Device::Cpu);
+    let same = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
+    put(&mut store, "conv1.weight", &[16, 1, 3, 3], 40, 9)?;
+    put(&mut store, "conv1.bias", &[16], 41, 9)?;
+    put(&mut store, "conv2.weight", &[32, 16, 3, 3], 42, 144)?;
+    put(&mut store, "conv2.bias", &[32], 43, 144)?;
+    put(&mut store, "fc.weight", &[10, 512], 44, 512)?;
+    put(&mut store, "fc.bias", &[10], 45, 512)?;
+    let model = Sequential::new()
+        .add(Conv2d::from_store(&mut store, "conv1", 1, 16, (3, 3), same)?)
+        .add(ReLU)
+        .add(Conv2d::from_store(&mut store, "conv2", 16, 32, (3, 3), same)?)
+        .add(ReLU)
+        .add(MaxPool2d::new((2, 2)))
+        .add(Flatten)
+        .add(Linear::from_store(&mut store, "fc", 512, 10)?);
+    let x = det(&[32, 1, 8, 8], 46)?;
+    let y = Tensor::from_vec((0..32).map(|i| i % 10).collect::<Vec<i64>>(), 32, Device::Cpu)?;
+    sgd_step(&store, move || model.forward(&x), y)
+}
+
+/// char_lstm's model on a batch of 32 sequences of 48 tokens: embedding 64→32, LSTM 32→64
+/// (batch first), linear 64→64 on every step; one SGD step on next-token cross-entropy.
+fn lstm_step() -> Result<Run> {
+    let (vocab, emb, hidden, (n, t)) = (64, 32, 64, (32, 48));
+    let mut store = ParameterStore::new(Device::Cpu);
+    store.insert("emb.weight", det(&[vocab, emb], 50)?)?;
+    put(&mut store, "lstm.weight_ih_l0", &[4 * hidden, emb], 51, hidden)?;
+    put(&mut store, "lstm.weight_hh_l0", &[4 * hidden, hidden], 52, hidden)?;
+    put(&mut store, "lstm.bias_ih_l0", &[4 * hidden], 53, hidden)?;
+    put(&mut store, "lstm.bias_hh_l0", &[4 * hidden], 54, hidden)?;
+    put(&mut store, "fc.weight", &[vocab, hidden], 55, hidden)?;
+    put(&mut store, "fc.bias", &[vocab], 56, hidden)?;
+    let embedding = Embedding::from_store(&mut store, "emb", vocab, emb)?;
+    let opts = RnnOptions { batch_first: true, ..Default::default() };
+    let lstm = LSTM::from_store(&mut store, "lstm", emb, hidden, opts)?;
+    let fc = Linear::from_store(&mut store, "fc", hidden, vocab)?;
+    let token = |i: usize, s: usize| ((i * 7 + s * 3 + (i * s) % 5) % vocab) as i64;
+    let ids: Vec<i64> = (0..n).flat_map(|i| (0..t).map(move |s| token(i, s))).collect();
+    let next: Vec<i64> = (0..n).flat_map(|i| (0..t).map(move |s| token(i, s + 1))).collect();
+    let x = Tensor::from_vec(ids, (n, t), Device::Cpu)?;
+    let y = Tensor::from_vec(next, n * t, Device::Cpu)?;
+    let forward = move || {
+        let h = embedding.forward(&x)?.reshape((n, t, emb))?;
+        let (out, _) = lstm.forward_with_state(&h, None)?;
+        fc.forward(&out.reshape((n * t, hidden))?)
+    };
+    sgd_step(&store, forward, y)
 }
 
 /// Independent accumulators in [`fma_loop`]: more than FMA latency × FMA pipes on the cores
@@ -177,6 +253,8 @@ fn case(name: &str) -> Result<Run> {
             Box::new(move || a.softmax(-1))
         }
         "mlp_step" => mlp_step()?,
+        "cnn_step" => cnn_step()?,
+        "lstm_step" => lstm_step()?,
         _ => return Err(Error::msg(format!("unknown case {name}"))),
     })
 }
@@ -184,7 +262,7 @@ fn case(name: &str) -> Result<Run> {
 /// Prints what `peers.py --check` prints for the same case.
 fn check(name: &str) -> Result<()> {
     let mut run = case(name)?;
-    if name == "mlp_step" {
+    if name.ends_with("_step") {
         let losses = (0..5).map(|_| Ok(format!("{:.6}", run()?.item()?))).collect::<Result<Vec<_>>>()?;
         println!("losses={}", losses.join(","));
         return Ok(());

@@ -101,6 +101,8 @@ def torch_case(name, threads):
     if name == "conv2d_n32c64k64":
         x, w = t((32, 64, 32, 32), 0), t((64, 64, 3, 3), 1)
         return lambda: F.conv2d(x, w, padding=1)
+    if name in ("cnn_step", "lstm_step"):
+        return torch_step(name)
     if name == "mlp_step":
         params, x, y = mlp_init()
         layers = []
@@ -123,6 +125,55 @@ def torch_case(name, threads):
 
         return step
     raise SystemExit(f"torch: no case {name}")
+
+
+def torch_step(name):
+    """cnn_step / lstm_step exactly as main.rs builds them: the same values (det, scaled by
+    1/sqrt(fan_in)), shapes, batch and SGD step."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    def put(param, shape, seed, fan_in):
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(det(shape, seed) * np.float32(1 / np.sqrt(fan_in))))
+
+    if name == "cnn_step":
+        c1, c2 = torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.Conv2d(16, 32, 3, padding=1)
+        fc = torch.nn.Linear(512, 10)
+        for p, shape, seed, fan in ((c1.weight, (16, 1, 3, 3), 40, 9), (c1.bias, (16,), 41, 9),
+                                    (c2.weight, (32, 16, 3, 3), 42, 144), (c2.bias, (32,), 43, 144),
+                                    (fc.weight, (10, 512), 44, 512), (fc.bias, (10,), 45, 512)):
+            put(p, shape, seed, fan)
+        model = torch.nn.Sequential(c1, torch.nn.ReLU(), c2, torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                    torch.nn.Flatten(), fc)
+        x = torch.from_numpy(det((32, 1, 8, 8), 46))
+        y = torch.arange(32) % 10
+        forward = lambda: model(x)
+    else:
+        vocab, emb, hidden, n, t = 64, 32, 64, 32, 48
+        e, lstm, fc = torch.nn.Embedding(vocab, emb), torch.nn.LSTM(emb, hidden, batch_first=True), torch.nn.Linear(hidden, vocab)
+        with torch.no_grad():
+            e.weight.copy_(torch.from_numpy(det((vocab, emb), 50)))
+        for p, shape, seed in ((lstm.weight_ih_l0, (4 * hidden, emb), 51), (lstm.weight_hh_l0, (4 * hidden, hidden), 52),
+                               (lstm.bias_ih_l0, (4 * hidden,), 53), (lstm.bias_hh_l0, (4 * hidden,), 54),
+                               (fc.weight, (vocab, hidden), 55), (fc.bias, (vocab,), 56)):
+            put(p, shape, seed, hidden)
+        model = torch.nn.ModuleList([e, lstm, fc])
+        token = lambda i, s: (i * 7 + s * 3 + (i * s) % 5) % vocab
+        x = torch.tensor([[token(i, s) for s in range(t)] for i in range(n)])
+        y = torch.tensor([token(i, s + 1) for i in range(n) for s in range(t)])
+        forward = lambda: fc(lstm(e(x))[0].reshape(n * t, hidden))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(forward(), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
 
 
 def jax_case(name):
@@ -210,7 +261,7 @@ def main():
         peer, name = sys.argv[2:4]
         set_threads(1)
         run = make(peer, name, 1)
-        if name == "mlp_step":
+        if name.endswith("_step"):
             print("losses=" + ",".join(f"{float(run()):.6f}" for _ in range(5)))
         else:
             import numpy as np

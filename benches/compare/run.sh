@@ -36,9 +36,9 @@ bin=$(cargo bench -q --no-default-features --bench compare --no-run --message-fo
 # The numpy side runs with OpenBLAS's own core detection (interleave.py does the same).
 peer() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
 # numpy has no convolution or autograd.
-peers_of() { case $1 in bf16gemm* | f16gemm*) echo torch ;; conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
+peers_of() { case $1 in bf16gemm* | f16gemm* | cnn_step | lstm_step) echo torch ;; conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
 
-all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bf16gemm1024:2 bf16gemm2048:2 f16gemm1024:2 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2"
+all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bf16gemm1024:2 bf16gemm2048:2 f16gemm1024:2 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2 cnn_step:2 lstm_step:2"
 if [ "$mode" = --check ]; then
   # sgemm2048 checks nothing that sgemm1024 does not, just slower.
   for name in $(printf '%s\n' $all | cut -d: -f1 | grep -v 'gemm2048$' | awk '!seen[$0]++'); do
