@@ -4,6 +4,8 @@
 
 A peer `engine=<path>` is another build of the engine's compare binary: an A/B of two builds of
 the engine under the same paired rounds (`speedup` = the other build's time / this one's).
+The peer `ours_f32` is the engine's f32 product of the same size (`sgemm<n>` for
+`f16_matmul<n>`): what a half-precision product gains over our own f32.
 The peer `peak` is the case's flops as register-only FMAs on the same threads (main.rs's
 `peak:<case>`): instead of a RESULT line it adds one line with each side's fraction of it,
 
@@ -70,8 +72,13 @@ def main():
     peer_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     sides = [Side("ours", pin + [engine, "--serve", case, str(threads)], dict(os.environ, RAYON_NUM_THREADS=str(threads)))]
     for p in peers:
-        if p.startswith("engine=") or p == "peak":
-            binary, what = (engine, f"peak:{case}") if p == "peak" else (p[len("engine=") :], case)
+        if p.startswith("engine=") or p in ("peak", "ours_f32"):
+            if p == "peak":
+                binary, what = engine, f"peak:{case}"
+            elif p == "ours_f32":
+                binary, what = engine, "sgemm" + case[len(case.rstrip("0123456789")) :]
+            else:
+                binary, what = p[len("engine=") :], case
             argv = pin + [binary, "--serve", what, str(threads)]
             sides.append(Side(p, argv, dict(os.environ, RAYON_NUM_THREADS=str(threads))))
             continue

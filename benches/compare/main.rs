@@ -8,7 +8,7 @@
 //! The case `peak:sgemm<n>` is the FMA ceiling for `sgemm<n>`: its 2·n³ flops as register-only
 //! FMAs on every thread of the pool (`interleave.py`'s peer `peak`).
 //! Cases mirror `benches/compare/peers.py` exactly: same shapes, f32 (bf16/f16 for the
-//! `bf16gemm`/`f16gemm` cases), fresh outputs, and the same input values (`det`), so the
+//! `bf16_matmul`/`f16_matmul`/`bf16_vs_f32_matmul` cases), fresh outputs, and the same input values (`det`), so the
 //! checksums of all sides agree (the half-precision ones to their rounding).
 
 use std::time::Instant;
@@ -227,7 +227,12 @@ fn case(name: &str) -> Result<Run> {
         return Ok(Box::new(move || a.matmul(&b)));
     }
     // The same values rounded to bf16 (or f16) on every side; the output stays in that dtype.
-    for (prefix, dt) in [("bf16gemm", tensorforge::DType::BF16), ("f16gemm", tensorforge::DType::F16)] {
+    let halves = [
+        ("bf16_matmul", tensorforge::DType::BF16),
+        ("f16_matmul", tensorforge::DType::F16),
+        ("bf16_vs_f32_matmul", tensorforge::DType::BF16),
+    ];
+    for (prefix, dt) in halves {
         if let Some(n) = name.strip_prefix(prefix) {
             let n: usize = n.parse().map_err(|_| Error::msg(format!("bad case {name}")))?;
             let (a, b) = (det(&[n, n], 0)?.to_dtype(dt)?, det(&[n, n], 1)?.to_dtype(dt)?);
@@ -267,7 +272,8 @@ fn check(name: &str) -> Result<()> {
         println!("losses={}", losses.join(","));
         return Ok(());
     }
-    let v = run()?.flatten_all()?.to_vec1::<f32>()?;
+    // Half-precision outputs are summed as their f32 values, as peers.py does.
+    let v = run()?.flatten_all()?.to_dtype(tensorforge::DType::F32)?.to_vec1::<f32>()?;
     let sum: f64 = v.iter().map(|&x| x as f64).sum();
     let abs: f64 = v.iter().map(|&x| x.abs() as f64).sum();
     let sq: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();

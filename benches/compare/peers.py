@@ -84,7 +84,7 @@ def torch_case(name, threads):
         n = int(name[5:])
         a, b = t((n, n), 0), t((n, n), 1)
         return lambda: a @ b
-    for prefix, dt in (("bf16gemm", torch.bfloat16), ("f16gemm", torch.float16)):
+    for prefix, dt in (("bf16_matmul", torch.bfloat16), ("f16_matmul", torch.float16)):
         if name.startswith(prefix):
             n = int(name[len(prefix):])
             a, b = t((n, n), 0).to(dt), t((n, n), 1).to(dt)
@@ -266,7 +266,9 @@ def main():
         else:
             import numpy as np
 
-            v = np.asarray(run(), dtype=np.float64)
+            out = run()
+            # torch's half-precision tensors convert to numpy through f32.
+            v = np.asarray(out.float() if hasattr(out, "float") else out, dtype=np.float64)
             print(f"sum={v.sum():.6e} abs={np.abs(v).sum():.6e} sq={(v * v).sum():.6e}")
         return
     serve = sys.argv[1] == "--serve"

@@ -3,7 +3,7 @@
 # interleaved in rounds, and prints one line per case and peer:
 #   RESULT case=<name> threads=<n> ours_ms=.. peer=<name> peer_ms=.. speedup=<peer/ours> paired=.. won=../..
 # Usage: benches/compare/run.sh [--quick | --check]   (TF_COMPARE_CASES="<case>:<threads> …" picks cases)
-#   --quick  a subset (conv2d and mlp_step included) with fewer rounds: ~3 min on 2 cores + the build
+#   --quick  a subset (conv2d, the mlp/cnn/lstm steps and bf16_matmul1024 included) with fewer rounds
 #   --check  no timing: prints each side's output checksum (mlp_step: its first 5 losses),
 #            which must agree across sides, since all of them compute on the same input values
 # Installs the peers from PyPI into $TF_BENCH_VENV (default .venv-bench) when missing.
@@ -36,14 +36,17 @@ bin=$(cargo bench -q --no-default-features --bench compare --no-run --message-fo
 # The numpy side runs with OpenBLAS's own core detection (interleave.py does the same).
 peer() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$py" benches/compare/peers.py "$@"; }
 # numpy has no convolution or autograd.
-peers_of() { case $1 in bf16gemm* | f16gemm* | cnn_step | lstm_step) echo torch ;; conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
+peers_of() { case $1 in f16_matmul*) echo torch ours_f32 ;; bf16_vs_f32_matmul*) echo ours_f32 ;; bf16_matmul* | cnn_step | lstm_step) echo torch ;; conv2d_* | mlp_step) echo torch jax ;; *) echo numpy torch jax ;; esac; }
 
-all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bf16gemm1024:2 bf16gemm2048:2 f16gemm1024:2 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2 cnn_step:2 lstm_step:2"
+all="sgemm128:2 sgemm256:2 sgemm512:2 sgemm1024:2 sgemm2048:2 sgemm1024:1 bf16_matmul1024:2 bf16_matmul2048:2 f16_matmul1024:2 bf16_vs_f32_matmul1024:2 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 conv2d_n32c64k64:1 mlp_step:2 cnn_step:2 lstm_step:2"
 if [ "$mode" = --check ]; then
   # sgemm2048 checks nothing that sgemm1024 does not, just slower.
-  for name in $(printf '%s\n' $all | cut -d: -f1 | grep -v 'gemm2048$' | awk '!seen[$0]++'); do
+  # The half-precision products against our own f32 (peer ours_f32) are timing rows only.
+  for name in $(printf '%s\n' $all | cut -d: -f1 | grep -v 'matmul2048$\|gemm2048$\|_vs_f32_' | awk '!seen[$0]++'); do
     echo "$name ours: $("$bin" --check "$name")"
-    for p in $(peers_of "$name"); do echo "$name $p: $(peer --check "$p" "$name")"; done
+    for p in $(peers_of "$name"); do
+      [ "$p" = ours_f32 ] || echo "$name $p: $(peer --check "$p" "$name")"
+    done
   done
   exit 0
 fi
@@ -53,12 +56,12 @@ peer --versions | sed 's/^/peer: /'
 # Each side stays one warm process per case (interleave.py), so rounds cost no imports: many
 # short rounds, alternating sides, give every side the same moments of this drifting machine.
 reps=5; rounds=12; cases=$all
-[ "$mode" = --quick ] && { reps=3; rounds=8; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2"; }
-# TF_COMPARE_CASES="bf16gemm1024:2 sgemm1024:2" runs only those cases.
+[ "$mode" = --quick ] && { reps=3; rounds=8; cases="sgemm256:2 sgemm1024:2 sgemm1024:1 bmm64x128:2 add16M:2 softmax4096x1024:2 conv2d_n32c64k64:2 mlp_step:2 cnn_step:2 lstm_step:2 bf16_matmul1024:2"; }
+# TF_COMPARE_CASES="bf16_matmul1024:2 sgemm1024:2" runs only those cases.
 cases=${TF_COMPARE_CASES:-$cases}
 for c in $cases; do
   name=${c%%:*}; th=${c##*:}
-  r=$reps; case $name in *gemm2048) r=2 ;; esac
+  r=$reps; case $name in *gemm2048 | *matmul2048) r=2 ;; esac
   # Large GEMM rows also time their flops as register-only FMAs (`peak`): each side's share
   # of it. Below 512 the FMA loop's start on every thread (~10 µs) outweighs the work.
   extra=; case $name in sgemm512 | sgemm1024 | sgemm2048) extra=peak ;; esac
