@@ -160,10 +160,16 @@ impl CellWeights {
     }
 
     /// `x·W_ihᵀ + b_ih` for `x` of shape `[…, I]`.
-    fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
+    fn input_projection(&self, x: &Tensor, kind: CellKind) -> Result<Tensor> {
         let y = x.matmul(&self.w_ih.t()?)?;
-        match &self.b_ih {
-            Some(b) => y.add(b),
+        // RNN and LSTM add both biases to one sum, so b_hh joins here: once per sequence
+        // instead of once per step. GRU's b_hn sits inside r ⊙ (W_hn·h + b_hn): it stays.
+        let b = match (&self.b_ih, &self.b_hh) {
+            (Some(bi), Some(bh)) if !matches!(kind, CellKind::Gru) => Some(bi.add(bh)?),
+            (bi, _) => bi.clone(),
+        };
+        match b {
+            Some(b) => y.add(&b),
             None => Ok(y),
         }
     }
@@ -171,7 +177,10 @@ impl CellWeights {
     /// One step from the projected input `xp` `[N, G·H]` and the state `h` (and `c`).
     fn step(&self, kind: CellKind, xp: &Tensor, h: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
         let mut hh = h.matmul(&self.w_hh.t()?)?;
-        if let Some(b) = &self.b_hh {
+        // For RNN and LSTM, `xp` holds b_hh already (see `input_projection`).
+        if let Some(b) = &self.b_hh
+            && matches!(kind, CellKind::Gru)
+        {
             hh = hh.add(b)?;
         }
         let hs = h.dims()[1];
@@ -187,10 +196,13 @@ impl CellWeights {
             CellKind::Lstm => {
                 let c = c.ok_or_else(|| Error::msg("LSTM step without a cell state"))?;
                 let gates = xp.add(&hh)?;
-                let i = gates.narrow(1, 0, hs)?.sigmoid()?;
-                let f = gates.narrow(1, hs, hs)?.sigmoid()?;
+                // One sigmoid over all four gates (g's share is unused) costs less than three
+                // on slices: a small step is dominated by the number of ops, not their size.
+                let sig = gates.sigmoid()?;
+                let i = sig.narrow(1, 0, hs)?;
+                let f = sig.narrow(1, hs, hs)?;
                 let g = gates.narrow(1, 2 * hs, hs)?.tanh()?;
-                let o = gates.narrow(1, 3 * hs, hs)?.sigmoid()?;
+                let o = sig.narrow(1, 3 * hs, hs)?;
                 let c = f.mul(c)?.add(&i.mul(&g)?)?;
                 let h = o.mul(&c.tanh()?)?;
                 Ok((h, Some(c)))
@@ -349,7 +361,7 @@ impl Stack {
             for dir in 0..d {
                 let idx = l * d + dir;
                 let cell = &self.cells[idx];
-                let xp = cell.input_projection(&flat)?.reshape((t_len, n, self.kind.gates() * hs))?;
+                let xp = cell.input_projection(&flat, self.kind)?.reshape((t_len, n, self.kind.gates() * hs))?;
                 let mut h = match h0 {
                     Some(s) => s.narrow(0, idx, 1)?.squeeze(0)?,
                     None => zeros_state(&layer_in, n, hs)?,
@@ -590,7 +602,7 @@ impl Cell {
         };
         let h = state(h)?;
         let c = if self.kind == CellKind::Lstm { Some(state(c)?) } else { None };
-        let xp = self.w.input_projection(&x)?;
+        let xp = self.w.input_projection(&x, self.kind)?;
         let (h, c) = self.w.step(self.kind, &xp, &h, c.as_ref())?;
         let squeeze = |t: Tensor| if unbatched { t.squeeze(0) } else { Ok(t) };
         Ok((squeeze(h)?, c.map(squeeze).transpose()?))
