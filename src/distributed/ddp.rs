@@ -54,8 +54,8 @@ struct Bucket {
 pub struct DistributedDataParallel {
     comm: Arc<dyn Communicator>,
     params: Vec<Tensor>,
-    /// Bucket and member index of each parameter, by tensor id.
-    slot: HashMap<TensorId, (usize, usize)>,
+    /// The bucket of each parameter, by tensor id.
+    slot: HashMap<TensorId, usize>,
     buckets: Vec<Bucket>,
     sync: bool,
 }
@@ -125,7 +125,7 @@ impl DistributedDataParallel {
                 bytes = 0;
             }
             let off = members.last().map_or(0, |&(j, off): &(usize, usize)| off + params[j].elem_count());
-            slot.insert(p.id(), (buckets.len(), members.len()));
+            slot.insert(p.id(), buckets.len());
             members.push((i, off));
             bytes += size;
             dtype = Some(p.dtype());
@@ -180,7 +180,7 @@ impl DistributedDataParallel {
         let mut next = 0usize;
         let (comm, params, slot, buckets) = (&*self.comm, &self.params, &self.slot, &mut self.buckets);
         let result = loss.backward_with_hook(&mut |v| {
-            if let Some(&(b, _)) = slot.get(&v.id()) {
+            if let Some(&b) = slot.get(&v.id()) {
                 buckets[b].ready += 1;
                 while next < buckets.len() && buckets[next].ready == buckets[next].members.len() {
                     launch(comm, params, &mut buckets[next])?;

@@ -163,6 +163,18 @@ fn count(op: &'static str, n: usize) -> Result<c_int> {
     c_int::try_from(n).map_err(|_| err(op, format!("{n} elements exceed MPI's count limit ({})", c_int::MAX)))
 }
 
+/// After a sum: divides by the world size for `Average` (floats only).
+fn average_in_place(t: &Tensor, op: ReduceOp, world: usize) -> Result<()> {
+    if op != ReduceOp::Average || world == 1 {
+        return Ok(());
+    }
+    if !t.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op: "all_reduce(Average)", dtype: t.dtype() });
+    }
+    let scaled = crate::no_grad(|| t.affine(1.0 / world as f64, 0.0))?;
+    t.write_from(&scaled)
+}
+
 /// What to do with the output once MPI is done with it.
 enum After {
     Nothing,
@@ -196,9 +208,9 @@ impl MpiWork {
     fn finish(&mut self) -> Result<()> {
         match self.after.take() {
             None | Some(After::Nothing) => Ok(()),
-            Some(After::Scale(t, world)) => super::average_in_place(&t, ReduceOp::Average, world),
+            Some(After::Scale(t, world)) => average_in_place(&t, ReduceOp::Average, world),
             Some(After::Narrow { wide, out, op, world }) => {
-                super::average_in_place(&wide, op, world)?;
+                average_in_place(&wide, op, world)?;
                 out.write_from(&wide)
             }
         }

@@ -58,7 +58,6 @@ impl Nccl {
         if bootstrap.device() != Device::Cpu {
             return Err(err("init", "the bootstrap communicator must move CPU tensors (Mpi or Local)"));
         }
-        let boot = &bootstrap;
         let Device::Cuda(ordinal) = device else {
             return Err(err("init", format!("NCCL moves CUDA tensors; {device:?} is not a CUDA device")));
         };
@@ -75,19 +74,19 @@ impl Nccl {
             }
         })();
         let failed = Tensor::from_vec(vec![i64::from(local.is_err())], 1, Device::Cpu)?;
-        boot.all_reduce(&failed, ReduceOp::Max)?;
+        bootstrap.all_reduce(&failed, ReduceOp::Max)?;
         let (dev, stream) = local?;
         if failed.to_vec1::<i64>()?[0] != 0 {
             return Err(err("init", "another rank has no NCCL or no usable CUDA device (see its error)"));
         }
         // Rank 0's unique id reaches the others by an MPI broadcast of its 128 bytes.
-        let id = if boot.rank() == 0 {
+        let id = if bootstrap.rank() == 0 {
             result::get_uniqueid().map_err(|e| nccl_err("init", e))?
         } else {
             sys::ncclUniqueId { internal: [0; 128] }
         };
         let bytes = Tensor::from_vec(id.internal.map(|c| c as u8).to_vec(), 128, Device::Cpu)?;
-        boot.broadcast(&bytes, 0)?;
+        bootstrap.broadcast(&bytes, 0)?;
         let mut internal = [0 as std::ffi::c_char; 128];
         for (d, s) in internal.iter_mut().zip(bytes.to_vec::<u8>()?) {
             *d = s as std::ffi::c_char;
@@ -95,7 +94,7 @@ impl Nccl {
         let id = sys::ncclUniqueId { internal };
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` receives the new communicator; every rank passes the same id.
-        unsafe { result::comm_init_rank(&mut comm, boot.world_size() as i32, id, boot.rank() as i32) }
+        unsafe { result::comm_init_rank(&mut comm, bootstrap.world_size() as i32, id, bootstrap.rank() as i32) }
             .map_err(|e| nccl_err("init", e))?;
         Ok(Nccl { bootstrap, device: dev, ordinal, comm, stream, lock: Mutex::new(()) })
     }

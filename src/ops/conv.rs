@@ -215,9 +215,12 @@ impl Tensor {
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
-        let mut inputs = vec![self, weight];
-        inputs.extend(bias);
-        if let Some(low) = crate::amp::lowered(&inputs) {
+        // Autocast off (the usual case) costs one thread-local read, no allocation.
+        if let Some(low) = crate::amp::lowered(&[self, weight])
+            && bias.is_none_or(|b| b.dtype() == DType::F32)
+        {
+            let mut inputs = vec![self, weight];
+            inputs.extend(bias);
             return crate::amp::run_lowered(low, &inputs, |t| t[0].conv2d(&t[1], t.get(2), opt));
         }
         need_rank("conv2d", self, 4)?;
