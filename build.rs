@@ -27,7 +27,7 @@ mod emu {
     use std::path::{Path, PathBuf};
 
     const FAMILIES: &[&str] =
-        &["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc"];
+        &["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc", "rnn"];
 
     /// Names of the `extern "C"` functions defined in `file` (the family's own `.cu`, after the
     /// preprocessor, so macro-instantiated kernels count): those are its kernels.

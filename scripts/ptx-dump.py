@@ -11,7 +11,7 @@ inline PTX behind helpers leaves NVRTC's output byte-identical:
 """
 import argparse, ctypes, glob, os, subprocess, sys
 
-FAMILIES = ["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc"]
+FAMILIES = ["fill", "cast", "unary", "binary", "reduce", "softmax", "matmul", "index", "optim", "conv", "ctc", "rnn"]
 
 
 def read(path, rev):

@@ -210,6 +210,49 @@ impl Storage {
         }
     }
 
+    /// One LSTM step's elementwise part (see [`BackendStorage::lstm_cell`]).
+    pub fn lstm_cell(&self, l: &Layout, hg: &Storage, hl: &Layout, c: &Storage, cl: &Layout) -> Result<[Storage; 3]> {
+        match (self, hg, c) {
+            (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)) => {
+                Ok(cpu_guard("lstm_cell", || a.lstm_cell(l, b, hl, c, cl))?.map(Storage::Cpu))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)) => {
+                Ok(a.lstm_cell(l, b, hl, c, cl)?.map(Storage::Cuda))
+            }
+            #[allow(unreachable_patterns)]
+            (a, b, c) => {
+                let other = if b.device() != a.device() { b } else { c };
+                Err(mismatch("lstm_cell", a.device(), other.device()))
+            }
+        }
+    }
+    /// The adjoint of [`Storage::lstm_cell`] (see [`BackendStorage::lstm_cell_backward`]).
+    pub fn lstm_cell_backward(&self, l: &Layout, rest: [(&Storage, &Layout); 5]) -> Result<[Storage; 2]> {
+        const OP: &str = "lstm_cell_backward";
+        if let Some((other, _)) = rest.iter().find(|(t, _)| t.device() != self.device()) {
+            return Err(mismatch(OP, self.device(), other.device()));
+        }
+        match self {
+            Storage::Cpu(a) => {
+                let rest = rest.map(|(t, tl)| match t {
+                    Storage::Cpu(t) => (t, tl),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!("devices checked above"),
+                });
+                Ok(cpu_guard(OP, || a.lstm_cell_backward(l, rest))?.map(Storage::Cpu))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(a) => {
+                let rest = rest.map(|(t, tl)| match t {
+                    Storage::Cuda(t) => (t, tl),
+                    _ => unreachable!("devices checked above"),
+                });
+                Ok(a.lstm_cell_backward(l, rest)?.map(Storage::Cuda))
+            }
+        }
+    }
+
     /// Copies the elements viewed by `l` into the elements of `dst` viewed by `dl` (see
     /// [`BackendStorage::copy_strided`]).
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {

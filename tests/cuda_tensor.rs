@@ -127,3 +127,51 @@ fn pytorch_options_match_the_cpu_on_the_device() -> Result<()> {
     }
     Ok(())
 }
+
+/// The fused LSTM layer (kernels/rnn.cu: cell forward and backward) against the CPU's, outputs
+/// and every gradient, two layers in both directions, f32 and f64.
+#[test]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
+fn fused_lstm_matches_the_cpu() -> Result<()> {
+    use tensorforge::nn::{LSTM, RnnOptions};
+    let opts = RnnOptions { num_layers: 2, bidirectional: true, ..Default::default() };
+    let (t_len, n, i, h) = (5, 3, 4, 6);
+    let sizes = [(i, h), (2 * h, h)];
+    let mut params = Vec::new();
+    for (inp, _) in sizes {
+        for _ in 0..2 {
+            params.push(Tensor::randn(0.0, 0.4, (4 * h, inp), DType::F64, Device::Cpu)?);
+            params.push(Tensor::randn(0.0, 0.4, (4 * h, h), DType::F64, Device::Cpu)?);
+            params.push(Tensor::randn(0.0, 0.4, 4 * h, DType::F64, Device::Cpu)?);
+            params.push(Tensor::randn(0.0, 0.4, 4 * h, DType::F64, Device::Cpu)?);
+        }
+    }
+    let x = Tensor::randn(0.0, 1.0, (t_len, n, i), DType::F64, Device::Cpu)?;
+    let h0 = Tensor::randn(0.0, 0.5, (4, n, h), DType::F64, Device::Cpu)?;
+    let proj = Tensor::randn(0.0, 1.0, (t_len, n, 2 * h), DType::F64, Device::Cpu)?;
+    for (dtype, tol) in [(DType::F32, 2e-5), (DType::F64, 1e-12)] {
+        let run = |dev: Device| -> Result<Vec<Vec<f64>>> {
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(dev).unwrap().requires_grad();
+            let ps: Vec<Tensor> = params.iter().map(on).collect();
+            let (x, h0, c0) = (on(&x), on(&h0), on(&h0.mul_scalar(-0.5)?));
+            let (y, (hn, cn)) = LSTM::from_tensors(opts, &ps)?.forward_with_state(&x, Some((&h0, &c0)))?;
+            let loss =
+                y.mul(&proj.to_dtype(dtype)?.to_device(dev)?)?.sum_all()?.add(&hn.sub(&cn)?.sqr()?.sum_all()?)?;
+            loss.backward()?;
+            let mut out = vec![y.to_vec_f64()?, hn.to_vec_f64()?, cn.to_vec_f64()?];
+            for t in [&x, &h0, &c0].into_iter().chain(&ps) {
+                let g = t.grad().expect("a gradient");
+                assert_eq!(g.device(), dev);
+                out.push(g.to_vec_f64()?);
+            }
+            Ok(out)
+        };
+        let (cpu, gpu) = (run(Device::Cpu)?, run(gpu())?);
+        for (k, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
+            for (a, b) in a.iter().zip(b) {
+                assert!((a - b).abs() <= tol * (1.0 + a.abs()), "{dtype:?} tensor {k}: cpu {a} vs cuda {b}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -129,6 +129,85 @@ fn lstm_layer_equals_unrolled_cell() -> Result<()> {
     Ok(())
 }
 
+/// The LSTM layer runs as one fused op (f32/f64); `LSTMCell` is composed from tensor ops.
+/// Both directions, a loss on every output and on the final states: the fused backward must
+/// give the unrolled cell's gradients for the input, both weights, both biases and h0/c0.
+fn fused_lstm_gradients_equal_unrolled_cell(dtype: DType, tol: f64) -> Result<()> {
+    let (t_len, n, i, h) = (6, 3, 4, 5);
+    let (fw, bw) = (cell_params(4, i, h, 70), cell_params(4, i, h, 80));
+    let leaf = |t: &Tensor| t.to_dtype(dtype).unwrap().requires_grad();
+    let run = |fused: bool| -> Result<Vec<Vec<f64>>> {
+        let ps: Vec<Tensor> = fw.iter().chain(&bw).map(leaf).collect();
+        let x = leaf(&r(&[t_len, n, i], 90));
+        let (h0, c0) = (leaf(&r(&[2, n, h], 91)), leaf(&r(&[2, n, h], 92)));
+        let proj = r(&[t_len, n, 2 * h], 93).to_dtype(dtype)?;
+        let (y, hn, cn) = if fused {
+            let lstm = LSTM::from_tensors(RnnOptions { bidirectional: true, ..Default::default() }, &ps)?;
+            let (y, (hn, cn)) = lstm.forward_with_state(&x, Some((&h0, &c0)))?;
+            (y, hn, cn)
+        } else {
+            let mut ys = Vec::new();
+            let (mut hs, mut cs) = (Vec::new(), Vec::new());
+            for (d, p) in ps.chunks(4).enumerate() {
+                let cell = LSTMCell::from_tensors(p[0].clone(), p[1].clone(), Some(p[2].clone()), Some(p[3].clone()))?;
+                let (mut hh, mut cc) = (h0.narrow(0, d, 1)?.squeeze(0)?, c0.narrow(0, d, 1)?.squeeze(0)?);
+                let mut out = vec![None; t_len];
+                for k in 0..t_len {
+                    let t = if d == 1 { t_len - 1 - k } else { k };
+                    (hh, cc) = cell.forward_with_state(&x.narrow(0, t, 1)?.squeeze(0)?, Some((&hh, &cc)))?;
+                    out[t] = Some(hh.clone());
+                }
+                let out: Vec<Tensor> = out.into_iter().map(|o| o.unwrap()).collect();
+                ys.push(Tensor::stack(&out.iter().collect::<Vec<_>>(), 0)?);
+                hs.push(hh);
+                cs.push(cc);
+            }
+            let y = Tensor::cat(&[&ys[0], &ys[1]], 2)?;
+            (y, Tensor::stack(&[&hs[0], &hs[1]], 0)?, Tensor::stack(&[&cs[0], &cs[1]], 0)?)
+        };
+        let loss = y.mul(&proj)?.sum_all()?.add(&hn.sqr()?.sum_all()?)?.add(&cn.mul_scalar(0.5)?.sum_all()?)?;
+        loss.backward()?;
+        let mut out = vec![y.to_vec_f64()?, hn.to_vec_f64()?, cn.to_vec_f64()?];
+        for t in [&x, &h0, &c0].into_iter().chain(&ps) {
+            out.push(t.grad().expect("a gradient").to_vec_f64()?);
+        }
+        Ok(out)
+    };
+    let (fused, unrolled) = (run(true)?, run(false)?);
+    for (k, (a, b)) in fused.iter().zip(&unrolled).enumerate() {
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{dtype:?} tensor {k} element {j}: fused {x} vs unrolled {y}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_lstm_gradients_equal_unrolled_cell_f64() -> Result<()> {
+    fused_lstm_gradients_equal_unrolled_cell(DType::F64, 1e-12)
+}
+
+#[test]
+fn fused_lstm_gradients_equal_unrolled_cell_f32() -> Result<()> {
+    fused_lstm_gradients_equal_unrolled_cell(DType::F32, 2e-5)
+}
+
+/// The half types take the composed path: same outputs as f32 within bf16's rounding.
+#[test]
+fn lstm_in_bf16_runs_composed() -> Result<()> {
+    let p = cell_params(4, 3, 4, 4);
+    let x = r(&[5, 2, 3], 40);
+    let lstm = LSTM::from_tensors(RnnOptions::default(), &p)?;
+    let y = lstm.forward(&x)?;
+    let pb: Vec<Tensor> = p.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let yb = LSTM::from_tensors(RnnOptions::default(), &pb)?.forward(&x.to_dtype(DType::BF16)?)?;
+    close(&yb.to_dtype(DType::F64)?, &y, 0.05);
+    Ok(())
+}
+
 #[test]
 fn bidirectional_reverse_half_is_the_reversed_sequence() -> Result<()> {
     let (fw, bw) = (cell_params(3, 3, 2, 5), cell_params(3, 3, 2, 9));

@@ -256,6 +256,24 @@ pub trait BackendStorage: Sized + Send + Sync {
         target_lengths: &[usize],
         blank: usize,
     ) -> Result<(Self, Self)>;
+    /// One LSTM step's elementwise part, in PyTorch's gate order (i, f, g, o): `self` and `hg`
+    /// are the input and hidden projections `[N, 4H]` (biases included), `c` the cell `[N, H]`.
+    /// Returns `[h', c', acts]`: `c' = σ(f)·c + σ(i)·tanh(g)`, `h' = σ(o)·tanh(c')`, and `acts`
+    /// `[N, 4H]` holding σ(i), σ(f), tanh(g), σ(o) for the backward. Any layouts (contiguous
+    /// ones are read in place); f32 and f64.
+    fn lstm_cell(
+        &self,
+        layout: &Layout,
+        hg: &Self,
+        hg_layout: &Layout,
+        c: &Self,
+        c_layout: &Layout,
+    ) -> Result<[Self; 3]>;
+    /// The adjoint of [`BackendStorage::lstm_cell`]: `self` is its `acts`, `rest` holds `c`, `c'`,
+    /// and the gradients reaching `h'` (two parts, summed: the recurrent one and the output's)
+    /// and `c'`, each `[N, H]`. Returns `[d_gates, d_c]`: the gradient of the
+    /// pre-activation gates `[N, 4H]` and of `c`.
+    fn lstm_cell_backward(&self, layout: &Layout, rest: [(&Self, &Layout); 5]) -> Result<[Self; 2]>;
     /// One fused optimizer update, in place over contiguous buffers of one length:
     /// `self` (the parameters), `grad`, and the state buffers the rule needs
     /// (see [`OptimRule::state_count`]).

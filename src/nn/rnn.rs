@@ -6,9 +6,10 @@
 //! for the backward direction; gates stacked i, f, g, o for the LSTM and r, z, n for the GRU;
 //! initialization uniform in `±1/√H`), so weights exported from PyTorch load by name.
 //!
-//! Everything is composed from tensor ops, so autograd needs nothing recurrent-specific:
-//! one matmul projects the whole input sequence (`x·W_ihᵀ + b_ih`), then each step does one
-//! `h·W_hhᵀ` matmul and the elementwise gates. A layer built from a [`ParameterStore`] shares
+//! One matmul projects the whole input sequence (`x·W_ihᵀ + b_ih`), then each step does one
+//! `h·W_hhᵀ` matmul and the elementwise gates. For the LSTM in f32/f64 the steps run as one
+//! op with a fused cell kernel (`ops::rnn`); the other cells and dtypes are composed from tensor
+//! ops, so autograd needs nothing recurrent-specific for them. A layer built from a [`ParameterStore`] shares
 //! its weights by name with every other layer built from the same names.
 //!
 //! ```
@@ -371,6 +372,16 @@ impl Stack {
                     (true, Some(s)) => Some(s.narrow(0, idx, 1)?.squeeze(0)?),
                     (true, None) => Some(zeros_state(&layer_in, n, hs)?),
                 };
+                if let Some(c0) = &c
+                    && crate::ops::rnn::lstm_layer_supports(xp.dtype())
+                {
+                    // The fused layer: one GEMM and one cell kernel per step, forward and back.
+                    let (y, h_t, c_t) = crate::ops::rnn::lstm_layer(&xp, &cell.w_hh, &h, c0, dir == 1)?;
+                    outs.push(y);
+                    h_n.push(h_t);
+                    c_n.push(c_t);
+                    continue;
+                }
                 let mut hs_t: Vec<Option<Tensor>> = vec![None; t_len];
                 for k in 0..t_len {
                     let t = if dir == 1 { t_len - 1 - k } else { k };

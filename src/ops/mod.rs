@@ -8,6 +8,7 @@ mod indexing;
 mod matmul;
 mod operators;
 mod reduce;
+pub(crate) mod rnn;
 mod unary;
 mod view;
 

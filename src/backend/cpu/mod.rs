@@ -14,6 +14,7 @@ mod parallel;
 pub mod pool;
 pub mod random;
 mod reduce;
+mod rnn;
 pub mod simd;
 
 use crate::backend::{
@@ -151,6 +152,18 @@ pub(crate) fn splitting_bar(on_pool: usize) -> Option<usize> {
 /// Whether a kernel over `work` elements splits across the rayon pool (see [`splitting_bar`]).
 pub(crate) fn worth_splitting(work: usize) -> bool {
     splitting_bar(PAR_THRESHOLD).is_some_and(|bar| work >= bar)
+}
+
+/// Runs `f` on a thread of the rayon pool (the caller waits), unless it already is on one or
+/// the pool has one thread. A loop of many small kernels called from there splits them at
+/// [`splitting_bar`]'s lower on-pool bar: the other threads are awake and near, not asleep.
+/// Thread-local settings (`no_grad`, autocast) do not travel: `f` sets what it needs.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
 
 /// Runs CPU work that allocates, turning an allocation failure inside it (which unwinds
@@ -454,6 +467,12 @@ impl BackendStorage for CpuStorage {
         blank: usize,
     ) -> Result<(Self, Self)> {
         ctc::ctc_loss(self, layout, targets, targets_layout, input_lengths, target_lengths, blank)
+    }
+    fn lstm_cell(&self, l: &Layout, hg: &Self, hl: &Layout, c: &Self, cl: &Layout) -> Result<[Self; 3]> {
+        rnn::lstm_cell(self, l, hg, hl, c, cl)
+    }
+    fn lstm_cell_backward(&self, l: &Layout, rest: [(&Self, &Layout); 5]) -> Result<[Self; 2]> {
+        rnn::lstm_cell_backward(self, l, rest)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)

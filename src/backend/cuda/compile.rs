@@ -22,6 +22,7 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
     ("optim", include_str!("../../../kernels/optim.cu")),
     ("conv", include_str!("../../../kernels/conv.cu")),
     ("ctc", include_str!("../../../kernels/ctc.cu")),
+    ("rnn", include_str!("../../../kernels/rnn.cu")),
 ];
 
 /// The source NVRTC sees: cudarc's NVRTC wrapper takes no in-memory headers, so the shared

@@ -22,6 +22,7 @@ mod optim;
 #[cfg_attr(feature = "cuda-emu", allow(dead_code))]
 mod real;
 mod reduce;
+mod rnn;
 
 pub use compile::{cache_dir, compile_all_kernels, kernel_entry_names, nvrtc_version};
 pub use device::CudaDevice;
@@ -243,6 +244,12 @@ impl BackendStorage for CudaStorage {
         blank: usize,
     ) -> Result<(Self, Self)> {
         ctc::ctc_loss(self, layout, targets, targets_layout, input_lengths, target_lengths, blank)
+    }
+    fn lstm_cell(&self, l: &Layout, hg: &Self, hl: &Layout, c: &Self, cl: &Layout) -> Result<[Self; 3]> {
+        rnn::lstm_cell(self, l, hg, hl, c, cl)
+    }
+    fn lstm_cell_backward(&self, l: &Layout, rest: [(&Self, &Layout); 5]) -> Result<[Self; 2]> {
+        rnn::lstm_cell_backward(self, l, rest)
     }
     fn optim_step(&mut self, grad: &Self, state: &mut [&mut Self], rule: &OptimRule) -> Result<()> {
         optim::optim_step(self, grad, state, rule)

@@ -1,0 +1,282 @@
+//! The LSTM cell's elementwise part, forward and backward (kernels/rnn.cu is the device
+//! side): one pass over the four gates of a row instead of the dozen ops a composed cell
+//! runs, each with its own output buffer and tape entry.
+
+use super::float::Float;
+use super::parallel::{SendPtr, for_each_task};
+use super::{CpuStorage, contiguous, pool, simd, worth_splitting};
+use crate::{DType, Error, Layout, Result};
+
+/// Rows per task when a step is large enough to split.
+const ROWS_PER_TASK: usize = 16;
+/// The work of one unit, in the elementwise kernels' measure (elements moved), per
+/// transcendental function: the forward has five per unit, the backward one.
+const TRANSCENDENTAL: usize = 8;
+
+#[inline(always)]
+fn sigmoid<F: Float>(x: F) -> F {
+    // Branch-free (so the row loops vectorize): e^(−x) overflows to +∞ for x < −88 in f32,
+    // and 1/(1 + ∞) is the right limit, 0.
+    F::ONE / (F::ONE + (-x).exp())
+}
+
+fn dims(op: &'static str, gates: &Layout, cells: &[&Layout]) -> Result<(usize, usize)> {
+    let bad = |msg: String| Error::BadShape { op, msg };
+    let g = gates.dims();
+    if g.len() != 2 || !g[1].is_multiple_of(4) {
+        return Err(bad(format!("gates must be [N, 4H], got {g:?}")));
+    }
+    let (n, h) = (g[0], g[1] / 4);
+    for c in cells {
+        if c.dims() != [n, h] {
+            return Err(bad(format!("cells and their gradients must be [{n}, {h}], got {:?}", c.dims())));
+        }
+    }
+    Ok((n, h))
+}
+
+/// A kernel over rows `r0..r1` of a step. Its `rows` is `#[inline(always)]`, so it is
+/// compiled into each instruction-set wrapper below and its loops vectorize there (a closure
+/// handed to a `#[target_feature]` function may stay an outlined call compiled without the
+/// features: `mul_add` then becomes a libm call).
+trait Rows: Sync {
+    fn rows(&self, r0: usize, r1: usize);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn rows_avx512<K: Rows>(k: &K, r0: usize, r1: usize) {
+    k.rows(r0, r1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<K: Rows>(k: &K, r0: usize, r1: usize) {
+    k.rows(r0, r1)
+}
+
+/// Runs `k` over `n` rows, vectorized for the detected instruction set, split across threads
+/// when the step is large.
+fn run<K: Rows>(k: &K, n: usize, work: usize) {
+    let block = |r0: usize, r1: usize| match simd::isa() {
+        // SAFETY: `isa()` returned this level only after detecting the wrapper's features.
+        #[cfg(target_arch = "x86_64")]
+        simd::Isa::Avx512 => unsafe { rows_avx512(k, r0, r1) },
+        #[cfg(target_arch = "x86_64")]
+        simd::Isa::Avx2Fma => unsafe { rows_avx2(k, r0, r1) },
+        _ => k.rows(r0, r1),
+    };
+    if worth_splitting(work) && n > ROWS_PER_TASK {
+        for_each_task(n.div_ceil(ROWS_PER_TASK), |t| block(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
+    } else {
+        block(0, n);
+    }
+}
+
+/// `K` uninitialized output buffers of `n` rows of the given widths, and their bases for the
+/// tasks.
+fn outputs<F: Float, const K: usize>(n: usize, widths: [usize; K]) -> ([Vec<F>; K], [SendPtr<F>; K]) {
+    let mut outs: [Vec<F>; K] = widths.map(|w| pool::alloc(n * w));
+    let ptrs = outs.each_mut().map(|o| SendPtr(o.as_mut_ptr()));
+    (outs, ptrs)
+}
+
+/// Row `r` of an output of width `w`.
+///
+/// # Safety
+/// `p` has room for row `r`, and no other task touches that row.
+#[inline(always)]
+unsafe fn row_of<'a, F>(p: SendPtr<F>, r: usize, w: usize) -> &'a mut [F] {
+    // SAFETY: forwarded from the caller.
+    unsafe { std::slice::from_raw_parts_mut(p.get().add(r * w), w) }
+}
+
+struct Forward<'a, F> {
+    xg: &'a [F],
+    hg: &'a [F],
+    c: &'a [F],
+    h: usize,
+    /// h', c' (`[N, H]`) and acts (`[N, 4H]`).
+    out: [SendPtr<F>; 3],
+}
+
+impl<F: Float> Rows for Forward<'_, F> {
+    #[inline(always)]
+    fn rows(&self, r0: usize, r1: usize) {
+        let (h, g4) = (self.h, 4 * self.h);
+        for r in r0..r1 {
+            let (xg, hg, c) = (gates(&self.xg[r * g4..], h), gates(&self.hg[r * g4..], h), &self.c[r * h..][..h]);
+            // SAFETY: the buffers hold `n` rows; tasks get disjoint rows.
+            let (ho, co, acts) =
+                unsafe { (row_of(self.out[0], r, h), row_of(self.out[1], r, h), row_of(self.out[2], r, g4)) };
+            let [ai, af, ag, ao] = gates_mut(acts, h);
+            forward_row(xg, hg, c, [ho, co, ai, af, ag, ao]);
+        }
+    }
+}
+
+/// One row of the forward. Every slice arrives as its own argument: `&mut` arguments are known
+/// not to alias anything, so the loop vectorizes without run-time overlap checks (LLVM gives up
+/// past a few pairs of them, and a row has 54).
+#[inline(always)]
+fn forward_row<F: Float>(xg: [&[F]; 4], hg: [&[F]; 4], c: &[F], out: [&mut [F]; 6]) {
+    // Every slice cut to one length `h`: the indexing below then needs no bounds checks,
+    // which would keep the loop scalar.
+    let h = c.len();
+    let (xg, hg) = (xg.map(|s| &s[..h]), hg.map(|s| &s[..h]));
+    let [ho, co, ai, af, ag, ao] = out.map(|s| &mut s[..h]);
+    for j in 0..h {
+        let i = sigmoid(xg[0][j] + hg[0][j]);
+        let f = sigmoid(xg[1][j] + hg[1][j]);
+        let g = (xg[2][j] + hg[2][j]).tanh();
+        let o = sigmoid(xg[3][j] + hg[3][j]);
+        let cn = f * c[j] + i * g;
+        co[j] = cn;
+        ho[j] = o * cn.tanh();
+        (ai[j], af[j], ag[j], ao[j]) = (i, f, g, o);
+    }
+}
+
+/// [`gates`] for an output row.
+#[inline(always)]
+fn gates_mut<F>(row: &mut [F], h: usize) -> [&mut [F]; 4] {
+    let (a, rest) = row[..4 * h].split_at_mut(h);
+    let (b, rest) = rest.split_at_mut(h);
+    let (c, d) = rest.split_at_mut(h);
+    [a, b, c, d]
+}
+
+/// The four `h`-wide gate blocks at the start of `row`, as slices of exactly `h` elements
+/// (so the loops over `j < h` carry no bounds checks and vectorize).
+#[inline(always)]
+fn gates<F>(row: &[F], h: usize) -> [&[F]; 4] {
+    let row = &row[..4 * h];
+    [&row[..h], &row[h..2 * h], &row[2 * h..3 * h], &row[3 * h..4 * h]]
+}
+
+fn forward<F: Float>(xg: &[F], hg: &[F], c: &[F], n: usize, h: usize) -> [Vec<F>; 3] {
+    let (mut outs, out) = outputs(n, [h, h, 4 * h]);
+    run(&Forward { xg, hg, c, h, out }, n, TRANSCENDENTAL * 6 * n * h);
+    for (o, w) in outs.iter_mut().zip([h, h, 4 * h]) {
+        // SAFETY: `run` wrote every row of every output.
+        unsafe { o.set_len(n * w) };
+    }
+    outs
+}
+
+struct Backward<'a, F> {
+    /// acts, c, c', dh, dy, dc.
+    ins: [&'a [F]; 6],
+    h: usize,
+    /// d_gates (`[N, 4H]`) and d_c (`[N, H]`).
+    out: [SendPtr<F>; 2],
+}
+
+impl<F: Float> Rows for Backward<'_, F> {
+    #[inline(always)]
+    fn rows(&self, r0: usize, r1: usize) {
+        let (h, g4) = (self.h, 4 * self.h);
+        for r in r0..r1 {
+            let a = gates(&self.ins[0][r * g4..], h);
+            let [c, cn, dh, dy, dc] = std::array::from_fn(|k| &self.ins[k + 1][r * h..][..h]);
+            // SAFETY: as in `Forward`.
+            let (dg, dcp) = unsafe { (row_of(self.out[0], r, g4), row_of(self.out[1], r, h)) };
+            let [di, df, dgg, d_o] = gates_mut(dg, h);
+            backward_row(a, [c, cn, dh, dy, dc], [dcp, di, df, dgg, d_o]);
+        }
+    }
+}
+
+/// One row of the backward (separate arguments for the reason given at [`forward_row`]).
+#[inline(always)]
+fn backward_row<F: Float>(a: [&[F]; 4], ins: [&[F]; 5], out: [&mut [F]; 5]) {
+    let h = ins[0].len();
+    let a = a.map(|s| &s[..h]);
+    let [c, cn, dh, dy, dc] = ins.map(|s| &s[..h]);
+    let [dcp, di, df, dgg, d_o] = out.map(|s| &mut s[..h]);
+    for j in 0..h {
+        let (i, f, g, o) = (a[0][j], a[1][j], a[2][j], a[3][j]);
+        let tc = cn[j].tanh();
+        let dht = dh[j] + dy[j];
+        let dct = dc[j] + dht * o * (F::ONE - tc * tc);
+        dcp[j] = dct * f;
+        di[j] = dct * g * i * (F::ONE - i);
+        df[j] = dct * c[j] * f * (F::ONE - f);
+        dgg[j] = dct * i * (F::ONE - g * g);
+        d_o[j] = dht * tc * o * (F::ONE - o);
+    }
+}
+
+fn backward<F: Float>(ins: [&[F]; 6], n: usize, h: usize) -> [Vec<F>; 2] {
+    let (mut outs, out) = outputs(n, [4 * h, h]);
+    run(&Backward { ins, h, out }, n, TRANSCENDENTAL * 2 * n * h);
+    for (o, w) in outs.iter_mut().zip([4 * h, h]) {
+        // SAFETY: `run` wrote every row of both outputs.
+        unsafe { o.set_len(n * w) };
+    }
+    outs
+}
+
+fn unsupported(op: &'static str, dtype: DType) -> Error {
+    Error::UnsupportedDType { op, dtype }
+}
+
+pub(super) fn lstm_cell(
+    s: &CpuStorage,
+    l: &Layout,
+    hg: &CpuStorage,
+    hl: &Layout,
+    c: &CpuStorage,
+    cl: &Layout,
+) -> Result<[CpuStorage; 3]> {
+    const OP: &str = "lstm_cell";
+    let (n, h) = dims(OP, l, &[cl])?;
+    if hl.dims() != l.dims() {
+        return Err(Error::ShapeMismatch { op: OP, lhs: l.shape().clone(), rhs: hl.shape().clone() });
+    }
+    macro_rules! go {
+        ($var:ident) => {{
+            let (CpuStorage::$var(hg), CpuStorage::$var(c)) = (hg, c) else {
+                return Err(Error::DTypeMismatch { op: OP, lhs: s.dtype(), rhs: hg.dtype() });
+            };
+            let CpuStorage::$var(x) = s else { unreachable!() };
+            let [h2, c2, a] = forward(&contiguous(x, l), &contiguous(hg, hl), &contiguous(c, cl), n, h);
+            Ok([CpuStorage::$var(h2), CpuStorage::$var(c2), CpuStorage::$var(a)])
+        }};
+    }
+    match s {
+        CpuStorage::F32(_) => go!(F32),
+        CpuStorage::F64(_) => go!(F64),
+        other => Err(unsupported(OP, other.dtype())),
+    }
+}
+
+pub(super) fn lstm_cell_backward(
+    s: &CpuStorage,
+    l: &Layout,
+    rest: [(&CpuStorage, &Layout); 5],
+) -> Result<[CpuStorage; 2]> {
+    const OP: &str = "lstm_cell_backward";
+    let (n, h) = dims(OP, l, &rest.map(|(_, l)| l))?;
+    macro_rules! go {
+        ($var:ident) => {{
+            let CpuStorage::$var(a) = s else { unreachable!() };
+            let mut views = Vec::with_capacity(5);
+            for (t, tl) in rest {
+                let CpuStorage::$var(v) = t else {
+                    return Err(Error::DTypeMismatch { op: OP, lhs: s.dtype(), rhs: t.dtype() });
+                };
+                views.push(contiguous(v, tl));
+            }
+            let a = contiguous(a, l);
+            let ins = [&a[..], &views[0], &views[1], &views[2], &views[3], &views[4]];
+            let [dg, dc] = backward(ins, n, h);
+            Ok([CpuStorage::$var(dg), CpuStorage::$var(dc)])
+        }};
+    }
+    match s {
+        CpuStorage::F32(_) => go!(F32),
+        CpuStorage::F64(_) => go!(F64),
+        other => Err(unsupported(OP, other.dtype())),
+    }
+}

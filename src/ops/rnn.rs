@@ -1,0 +1,192 @@
+//! A whole LSTM layer pass (one direction) as one op: per step one `h·W_hhᵀ` GEMM and one
+//! fused cell kernel (`lstm_cell`); the backward walks the steps in reverse with the cell's
+//! adjoint kernel and one `d_gates·W_hh` GEMM per step, then forms `dW_hh` as a single GEMM
+//! over all steps. Composed from per-step tensor ops, the same layer records about fifteen
+//! tape nodes per step, each with its own buffers and dispatch.
+
+use super::same_device;
+use crate::autograd::{Gradients, MultiOperation, apply_multi, no_grad};
+use crate::{DType, Device, Error, Result, Tensor};
+use std::sync::Mutex;
+
+/// What the forward keeps for the backward, in step order (`k`, not time).
+struct Saved {
+    /// The state before step `k` and, last, after the final step: `T + 1` of each.
+    h: Vec<Tensor>,
+    c: Vec<Tensor>,
+    /// σ(i), σ(f), tanh(g), σ(o) of step `k`, `[N, 4H]`.
+    acts: Vec<Tensor>,
+}
+
+/// Inputs `xg [T, N, 4H]` (the input projection with both biases), `w_hh [4H, H]`, `h0`,
+/// `c0 [N, H]`; outputs `y [T, N, H]` (in time order), `h_T`, `c_T`.
+struct LstmLayer {
+    reverse: bool,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl LstmLayer {
+    /// The time index of step `k` of `t_len`.
+    fn time(&self, k: usize, t_len: usize) -> usize {
+        if self.reverse { t_len - 1 - k } else { k }
+    }
+}
+
+fn cell(xg: &Tensor, hg: &Tensor, c: &Tensor) -> Result<[Tensor; 3]> {
+    let (n, h) = (c.dims()[0], c.dims()[1]);
+    let outs = xg.storage().lstm_cell(xg.layout(), &hg.storage(), hg.layout(), &c.storage(), c.layout())?;
+    let [a, b, acts] = outs;
+    Ok([
+        Tensor::from_contiguous(a, (n, h)),
+        Tensor::from_contiguous(b, (n, h)),
+        Tensor::from_contiguous(acts, (n, 4 * h)),
+    ])
+}
+
+fn cell_backward(acts: &Tensor, rest: [&Tensor; 5]) -> Result<[Tensor; 2]> {
+    let (n, h4) = (acts.dims()[0], acts.dims()[1]);
+    let guards = rest.map(|t| t.storage());
+    let [dg, dc] =
+        acts.storage().lstm_cell_backward(acts.layout(), std::array::from_fn(|i| (&*guards[i], rest[i].layout())))?;
+    Ok([Tensor::from_contiguous(dg, (n, h4)), Tensor::from_contiguous(dc, (n, h4 / 4))])
+}
+
+/// Runs a step loop on a thread of the CPU pool for CPU tensors (see `backend::cpu::on_pool`:
+/// each step's small GEMM and cell kernel then split across the cores), with recording off
+/// and the caller's autocast setting.
+fn step_loop<R: Send>(device: Device, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    if device != Device::Cpu {
+        return f();
+    }
+    let cast = crate::amp::autocast_dtype();
+    crate::backend::cpu::on_pool(move || {
+        no_grad(|| match cast {
+            Some(d) => crate::amp::autocast(d, f),
+            None => f(),
+        })
+    })
+}
+
+impl MultiOperation for LstmLayer {
+    fn name(&self) -> &str {
+        "lstm"
+    }
+
+    fn forward(&self, x: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let (xg, w_hh) = (x[0], x[1]);
+        let t_len = xg.dims()[0];
+        // W_hhᵀ copied once per sequence: the GEMM then reads it in place at every step instead
+        // of packing the transposed view again.
+        let wt = w_hh.t()?.contiguous()?;
+        let saved = step_loop(xg.device(), || {
+            let (mut h, mut c) = (x[2].clone(), x[3].clone());
+            let mut saved = Saved { h: vec![h.clone()], c: vec![c.clone()], acts: Vec::with_capacity(t_len) };
+            for k in 0..t_len {
+                let xg_t = xg.narrow(0, self.time(k, t_len), 1)?.squeeze(0)?;
+                let [h2, c2, acts] = cell(&xg_t, &h.matmul(&wt)?, &c)?;
+                (h, c) = (h2, c2);
+                saved.h.push(h.clone());
+                saved.c.push(c.clone());
+                saved.acts.push(acts);
+            }
+            Ok(saved)
+        })?;
+        let (h, c) = (saved.h[t_len].clone(), saved.c[t_len].clone());
+        let mut ys: Vec<&Tensor> = saved.h[1..].iter().collect();
+        if self.reverse {
+            ys.reverse();
+        }
+        let y = Tensor::stack(&ys, 0)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        Ok(vec![y, h, c])
+    }
+
+    fn backward(&self, x: &[Tensor], _: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
+        // Kept (not taken), so a graph can be walked backward more than once.
+        let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = guard.as_ref().ok_or_else(|| Error::Autograd("lstm: backward before forward".into()))?;
+        let (xg, w_hh, h0, c0) = (&x[0], &x[1], &x[2], &x[3]);
+        let t_len = xg.dims()[0];
+        let zeros = Tensor::zeros(h0.shape().clone(), h0.dtype(), h0.device())?;
+        let (dh, dc, dgates) = step_loop(xg.device(), || {
+            let mut dh = g[1].clone().unwrap_or_else(|| zeros.clone());
+            let mut dc = g[2].clone().unwrap_or_else(|| zeros.clone());
+            // d_gates in time order (the order of xg's rows).
+            let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
+            for k in (0..t_len).rev() {
+                let t = self.time(k, t_len);
+                let dy = match &g[0] {
+                    Some(gy) => gy.narrow(0, t, 1)?.squeeze(0)?,
+                    None => zeros.clone(),
+                };
+                let [dg, dcp] = cell_backward(&saved.acts[k], [&saved.c[k], &saved.c[k + 1], &dh, &dy, &dc])?;
+                dh = dg.matmul(w_hh)?;
+                dc = dcp;
+                dgates[t] = Some(dg);
+            }
+            Ok((dh, dc, dgates))
+        })?;
+        let dgates: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("every step ran")).collect();
+        let dxg = Tensor::stack(&dgates.iter().collect::<Vec<_>>(), 0)?;
+        if w_hh.tracks_grad() {
+            // dW_hh = Σ_t d_gates_tᵀ · h_(t−1), as one [4H, T·N] × [T·N, H] product; the state
+            // before the step at time t is saved.h[k] for that step's k.
+            let mut hprev: Vec<&Tensor> = saved.h[..t_len].iter().collect();
+            if self.reverse {
+                hprev.reverse();
+            }
+            let (n, h4) = (xg.dims()[1], xg.dims()[2]);
+            let hp = Tensor::stack(&hprev, 0)?.reshape((t_len * n, h4 / 4))?;
+            grads.accumulate(w_hh, dxg.reshape((t_len * n, h4))?.t()?.matmul(&hp)?)?;
+        }
+        if xg.tracks_grad() {
+            grads.accumulate(xg, dxg)?;
+        }
+        if h0.tracks_grad() {
+            grads.accumulate(h0, dh)?;
+        }
+        if c0.tracks_grad() {
+            grads.accumulate(c0, dc)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether [`lstm_layer`] runs on tensors of this dtype (the fused kernels are f32 and f64;
+/// the half types take the composed path).
+pub(crate) fn lstm_layer_supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// One direction of an LSTM layer over a sequence: `xg [T, N, 4H]` is `x·W_ihᵀ + b_ih + b_hh`,
+/// `w_hh [4H, H]`, `h0`/`c0` `[N, H]`; returns `(y [T, N, H], h_T, c_T)`, with `reverse`
+/// running from the last step to the first (`y` stays in time order).
+pub(crate) fn lstm_layer(
+    xg: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    reverse: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "lstm";
+    same_device(OP, &[xg, w_hh, h0, c0])?;
+    let bad = |msg: String| Error::BadShape { op: OP, msg };
+    let (xd, wd) = (xg.dims(), w_hh.dims());
+    if xd.len() != 3 || wd.len() != 2 || xd[2] != wd[0] || wd[0] != 4 * wd[1] || xd[0] == 0 {
+        return Err(bad(format!("needs xg [T > 0, N, 4H] and w_hh [4H, H], got {xd:?} and {wd:?}")));
+    }
+    let (n, h) = (xd[1], wd[1]);
+    for s in [h0, c0] {
+        if s.dims() != [n, h] {
+            return Err(bad(format!("states must be [{n}, {h}], got {:?}", s.dims())));
+        }
+    }
+    for t in [w_hh, h0, c0] {
+        super::same_dtype(OP, xg, t)?;
+    }
+    let op = LstmLayer { reverse, saved: Mutex::new(None) };
+    let [y, h, c]: [Tensor; 3] = apply_multi(op, &[&xg.contiguous()?, w_hh, &h0.contiguous()?, &c0.contiguous()?])?
+        .try_into()
+        .map_err(|_| Error::Autograd("lstm: expected three outputs".into()))?;
+    Ok((y, h, c))
+}
