@@ -175,29 +175,23 @@ pub fn index_add(
     if sl.dims() != expect.as_slice() {
         return Err(Error::ShapeMismatch { op: "index_add", lhs: Shape::from(expect), rhs: sl.shape().clone() });
     }
-    let out_l = Layout::contiguous(l.shape().clone());
-    let base = base_layout(&out_l, sl.shape(), axis);
-    let st = out_l.strides()[axis];
-    let inner = inner_count(sl.shape(), axis);
-    #[allow(clippy::too_many_arguments)]
-    fn go<T: AddElem>(
-        v: &[T],
-        l: &Layout,
-        src: &[T],
-        sl: &Layout,
-        base: &Layout,
-        st: usize,
-        inner: usize,
-        ids: &[usize],
-    ) -> Vec<T> {
+    let (d, inner) = (l.dims()[axis], inner_count(sl.shape(), axis));
+    // Both sides contiguous: src row (o, i) of `inner` elements adds onto output row (o, ids[i])
+    // as one slice (an embedding's backward adds whole rows), in src order, so repeated ids
+    // accumulate in a fixed order.
+    fn go<T: AddElem>(v: &[T], l: &Layout, src: &[T], sl: &Layout, d: usize, inner: usize, ids: &[usize]) -> Vec<T> {
         let mut out = map(v, l, |x| x);
-        let src = map(src, sl, |x| x);
+        let src = super::contiguous(src, sl);
         let n = ids.len();
-        for (p, &x) in src.iter().enumerate() {
-            let o = base.offset_of(p) + ids[(p / inner) % n] * st;
-            out[o] = out[o].add(x);
+        // An empty inner size means an empty src: no chunks.
+        for (r, row) in src.chunks_exact(inner.max(1)).enumerate() {
+            let (o, i) = (r / n, r % n);
+            let dst = (o * d + ids[i]) * inner;
+            for (a, &b) in out[dst..dst + inner].iter_mut().zip(row) {
+                *a = a.add(b);
+            }
         }
         out
     }
-    Ok(dispatch_same!(s, src, "index_add", |v, w| go(v, l, w, sl, &base, st, inner, &ids)))
+    Ok(dispatch_same!(s, src, "index_add", |v, w| go(v, l, w, sl, d, inner, &ids)))
 }
