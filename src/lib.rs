@@ -13,6 +13,10 @@
 //! assert_eq!(x.grad().unwrap().to_vec1::<f32>()?, vec![2., -4., 6.]);
 //! # Ok::<(), tensorforge::Error>(())
 //! ```
+//!
+//! Bad input (shapes, dtypes, devices, sizes that overflow, memory that is not there) is an
+//! [`Error`], never a panic; files the engine saves survive a kill at any moment. The
+//! repository's `docs/RELIABILITY.md` lists each guarantee with the test that checks it.
 
 #![warn(missing_docs)]
 

@@ -27,8 +27,11 @@ impl Shape {
     }
     /// The product of sizes that enter from users (a layer's fan-in, gate count × hidden
     /// size, layers × directions), or an `Err` naming `op` when it overflows. Shapes
-    /// themselves go through [`Shape::checked_size`].
+    /// themselves go through [`Shape::checked_size`]. A 0 factor makes 0, whatever the others.
     pub fn checked_product(op: &'static str, factors: &[usize]) -> Result<usize> {
+        if factors.contains(&0) {
+            return Ok(0);
+        }
         factors
             .iter()
             .try_fold(1usize, |a, &f| a.checked_mul(f))
@@ -50,17 +53,23 @@ impl Shape {
         let bytes = n.checked_mul(dtype.size_in_bytes()).filter(|&b| b <= isize::MAX as usize).ok_or_else(too_big)?;
         Ok((n, bytes))
     }
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar; 0 when any dimension is 0, however large the
+    /// others). Every shape an op builds went through [`Shape::checked_size`] or
+    /// [`Shape::checked_product`], so the product fits; an unchecked one saturates.
     pub fn elem_count(&self) -> usize {
-        self.0.iter().product()
+        if self.0.contains(&0) {
+            return 0;
+        }
+        self.0.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
     }
-    /// Row-major strides of a contiguous tensor of this shape.
+    /// Row-major strides of a contiguous tensor of this shape. The strides of an empty
+    /// shape are never followed, so where `(2, usize::MAX, 0)` would overflow they saturate.
     pub fn stride_contiguous(&self) -> Vec<usize> {
         let mut s = vec![0; self.0.len()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (i, d) in self.0.iter().enumerate().rev() {
             s[i] = acc;
-            acc *= d;
+            acc = acc.saturating_mul(*d);
         }
         s
     }
@@ -85,6 +94,8 @@ impl Shape {
                 }
             };
         }
+        // Two addressable shapes can broadcast to one that is not: (2^40, 1) with (1, 2^40).
+        Shape::checked_product(op, &out)?;
         Ok(Shape(out))
     }
 }
@@ -274,7 +285,7 @@ impl Layout {
             if d != 1 && s != acc {
                 return false;
             }
-            acc *= d;
+            acc = acc.saturating_mul(d);
         }
         true
     }
@@ -336,7 +347,11 @@ impl Layout {
             l.offset += start * self.strides[axis];
         }
         l.shape.0[axis] = len;
-        l.strides[axis] *= step;
+        // With one element the stride is never followed, and a step past the axis (allowed,
+        // as in Python) would overflow it.
+        if len > 1 {
+            l.strides[axis] *= step;
+        }
         l
     }
     /// A view with a new shape over the same elements, when the strides allow it without a

@@ -201,3 +201,71 @@ fn huge_optimizer_step_counts_are_right_or_errors() {
     let e = run(u64::MAX).unwrap_err().to_string();
     assert!(e.contains("step count overflows"), "{e}");
 }
+
+/// Sizes an op computes from its inputs (a broadcast, a matmul's output, a concatenation, a
+/// convolution's columns) are checked like sizes from users: the inputs are cheap broadcast
+/// views, the output would not be addressable.
+#[test]
+fn computed_sizes_that_overflow_are_errors() {
+    let big = |shape: (usize, usize)| Tensor::ones((1, 1), DType::F32, CPU)?.broadcast_as(shape);
+    all_err(vec![
+        ("add (2^40, 1) + (1, 2^40)", Box::new(move || big((1 << 40, 1))?.add(&big((1, 1 << 40))?).map(drop))),
+        ("mul (2^32, 1) * (1, 2^32)", Box::new(move || big((1 << 32, 1))?.mul(&big((1, 1 << 32))?).map(drop))),
+        ("matmul (2^40, 1) @ (1, 2^40)", Box::new(move || big((1 << 40, 1))?.matmul(&big((1, 1 << 40))?).map(drop))),
+        (
+            "cat past usize::MAX",
+            Box::new(move || {
+                let x = big((BIG, 1))?;
+                Tensor::cat(&[&x, &x], 0).map(drop)
+            }),
+        ),
+        (
+            "conv2d columns past usize::MAX",
+            Box::new(|| {
+                let x = Tensor::ones((1, 1, 1, 1), DType::F32, CPU)?.broadcast_as((1, 1, 1 << 30, 1 << 30))?;
+                let w = Tensor::ones((1 << 20, 1, 1, 1), DType::F32, CPU)?.broadcast_as((1 << 20, 1, 1, 1))?;
+                x.conv2d(&w, None, Conv2dOptions::default()).map(drop)
+            }),
+        ),
+        ("eye 2^24 (256 TiB)", Box::new(|| Tensor::eye(1 << 24, DType::F32, CPU).map(drop))),
+        ("eye 2^33", Box::new(|| Tensor::eye(1 << 33, DType::F32, CPU).map(drop))),
+        ("arange 2^40", Box::new(|| Tensor::arange_end(1 << 40, CPU).map(drop))),
+        ("arange f64 2^58", Box::new(|| Tensor::arange(0.0, 2f64.powi(58), 1.0, DType::F32, CPU).map(drop))),
+    ]);
+}
+
+/// A 0 next to huge dimensions is an empty tensor, as in PyTorch: no overflow in its element
+/// count or strides, and ops on it give empty results.
+#[test]
+fn empty_shapes_with_huge_dimensions_work() {
+    let z = Tensor::zeros((2, usize::MAX, 0), DType::F32, CPU).unwrap();
+    assert_eq!(z.elem_count(), 0);
+    assert!(z.is_contiguous());
+    assert_eq!(z.sum(1).unwrap().dims(), &[2, 0]);
+    assert_eq!(z.t().unwrap().contiguous().unwrap().dims(), &[2, 0, usize::MAX]);
+    assert_eq!(z.exp().unwrap().elem_count(), 0);
+    let e = Tensor::zeros((0, BIG), DType::F32, CPU).unwrap();
+    assert_eq!(e.matmul(&Tensor::zeros((BIG, 0), DType::F32, CPU).unwrap()).unwrap().dims(), &[0, 0]);
+    // A step past the axis (Python allows it) takes one element and no stride overflow.
+    let x = Tensor::from_vec(vec![1f32, 2., 3.], 3, CPU).unwrap();
+    assert_eq!(x.slice(0, 1, 3, usize::MAX).unwrap().to_vec1::<f32>().unwrap(), vec![2.]);
+    assert_eq!(Tensor::eye(3, DType::F64, CPU).unwrap().to_vec_f64().unwrap(), [1., 0., 0., 0., 1., 0., 0., 0., 1.]);
+}
+
+/// A random stream restored near the top of its counter wraps around (as the CUDA kernel's
+/// u64 does) instead of overflowing, and a step schedule decayed past `i32::MAX` times is 0.
+#[test]
+fn counters_at_their_limits_wrap_or_saturate() {
+    use tensorforge::Generator;
+    use tensorforge::optim::{LrSchedule, StepLr};
+    let g = Generator::new(9);
+    g.set_state((9, u64::MAX - 1));
+    let top = Tensor::rand_with(&g, 0.0, 1.0, 16, DType::F64, CPU).unwrap().to_vec1::<f64>().unwrap();
+    let bottom = Tensor::rand_with(&Generator::new(9), 0.0, 1.0, 8, DType::F64, CPU).unwrap();
+    // Counters u64::MAX − 1, u64::MAX, 0, 1: the last eight draws are the fresh stream's first.
+    assert_eq!(&top[8..], &bottom.to_vec1::<f64>().unwrap()[..]);
+    assert_eq!(g.state(), (9, 2));
+    let decay = StepLr::new(1.0, 1, 0.5);
+    assert_eq!(decay.lr(1 << 33), 0.0);
+    assert_eq!(decay.lr(3), 0.125);
+}

@@ -311,6 +311,20 @@ impl Window2d {
         ))
     }
 
+    /// The output size of this window over `x` `[N, C, H, W]`, checked so that its columns
+    /// `[N, C·kh·kw, OH·OW]` have an addressable element count: the one check every window op
+    /// (convolution, pooling, im2col) makes before it computes a size.
+    pub fn columns(&self, op: &'static str, x: &Shape) -> Result<(usize, usize)> {
+        let &[n, c, h, w] = x.dims() else {
+            return Err(Error::BadShape { op, msg: format!("needs [N, C, H, W], got {x:?}") });
+        };
+        let Some((oh, ow)) = self.output_size(h, w) else {
+            return Err(Error::BadShape { op, msg: format!("window {self:?} does not fit {x:?}") });
+        };
+        Shape::checked_product(op, &[n, c, self.kernel.0, self.kernel.1, oh, ow])?;
+        Ok((oh, ow))
+    }
+
     /// The sizes of a `conv2d` of `x` `[N, C, H, W]` by `weight` `[Cout, C, kh, kw]` over this
     /// window, `[N, C, H, W, Cout, OH, OW]`, or the shape error both backends report.
     pub fn conv2d_dims(&self, x: &Layout, weight: &Layout) -> Result<[usize; 7]> {
@@ -324,9 +338,8 @@ impl Window2d {
         if wc != c || (kh, kw) != self.kernel {
             return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.shape().clone(), rhs: weight.shape().clone() });
         }
-        let Some((oh, ow)) = self.output_size(h, wd) else {
-            return Err(Error::BadShape { op: "conv2d", msg: format!("window {self:?} does not fit {:?}", x.shape()) });
-        };
+        let (oh, ow) = self.columns("conv2d", x.shape())?;
+        Shape::checked_product("conv2d", &[n, cout, oh, ow])?;
         Ok([n, c, h, wd, cout, oh, ow])
     }
 }

@@ -106,6 +106,10 @@ pub(crate) fn checked_size(ctx: &str, dims: &[usize], elem: Elem) -> Result<(usi
     if dims.len() > MAX_DIMS {
         return Err(err(ctx, format!("rank {} exceeds the engine's maximum of {MAX_DIMS} dims", dims.len())));
     }
+    // As for `Shape::checked_size`: a 0 anywhere is an empty tensor, whatever the others.
+    if dims.contains(&0) {
+        return Ok((0, 0));
+    }
     let n = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -176,19 +180,19 @@ pub(crate) fn tensor_from_bytes(ctx: &str, bytes: &[u8], elem: Elem, dims: &[usi
 /// The tensor's elements in row-major order as little-endian bytes (copied to the host
 /// when on another device).
 pub(crate) fn tensor_to_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(v.len() * N);
+    fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Result<Vec<u8>> {
+        let mut out = crate::backend::cpu::pool::try_with_capacity("tensor bytes", v.len() * N)?;
         for &x in v {
             out.extend_from_slice(&f(x));
         }
-        out
+        Ok(out)
     }
     Ok(match t.to_cpu_storage()? {
-        CpuStorage::F32(v) => le(&v, f32::to_le_bytes),
-        CpuStorage::F64(v) => le(&v, f64::to_le_bytes),
-        CpuStorage::F16(v) => le(&v, |x: f16| x.to_bits().to_le_bytes()),
-        CpuStorage::BF16(v) => le(&v, |x: bf16| x.to_bits().to_le_bytes()),
-        CpuStorage::I64(v) => le(&v, i64::to_le_bytes),
+        CpuStorage::F32(v) => le(&v, f32::to_le_bytes)?,
+        CpuStorage::F64(v) => le(&v, f64::to_le_bytes)?,
+        CpuStorage::F16(v) => le(&v, |x: f16| x.to_bits().to_le_bytes())?,
+        CpuStorage::BF16(v) => le(&v, |x: bf16| x.to_bits().to_le_bytes())?,
+        CpuStorage::I64(v) => le(&v, i64::to_le_bytes)?,
         CpuStorage::U8(v) => v,
     })
 }

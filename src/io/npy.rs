@@ -79,7 +79,7 @@ pub fn to_npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let pad = (ALIGN - (prefix + header.len() + 1) % ALIGN) % ALIGN;
     header.extend(std::iter::repeat_n(' ', pad));
     header.push('\n');
-    let mut out = Vec::with_capacity(prefix + header.len() + data.len());
+    let mut out = crate::backend::cpu::pool::try_with_capacity("npy", prefix + header.len() + data.len())?;
     out.extend_from_slice(MAGIC);
     if v1 {
         out.extend_from_slice(&[1, 0]);

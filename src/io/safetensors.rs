@@ -103,7 +103,9 @@ pub fn to_safetensors_bytes(
     if let Some(m) = metadata.filter(|m| !m.is_empty()) {
         entries.push(format!("{}:{}", json::quote(METADATA_KEY), json::string_map(m)));
     }
-    let mut data = Vec::new();
+    let total = sorted.iter().try_fold(0usize, |a, (_, t)| a.checked_add(t.elem_count() * t.dtype().size_in_bytes()));
+    let total = total.ok_or_else(|| err(ctx, "the tensors' bytes add up past usize::MAX".to_string()))?;
+    let mut data = crate::backend::cpu::pool::try_with_capacity("safetensors", total)?;
     for (name, t) in sorted {
         if *name == METADATA_KEY {
             return Err(err(ctx, format!("{METADATA_KEY:?} is reserved and cannot name a tensor")));
@@ -128,7 +130,7 @@ pub fn to_safetensors_bytes(
     }
     let mut header = format!("{{{}}}", entries.join(","));
     header.extend(std::iter::repeat_n(' ', (8 - header.len() % 8) % 8));
-    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    let mut out = crate::backend::cpu::pool::try_with_capacity("safetensors", 8 + header.len() + data.len())?;
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&data);

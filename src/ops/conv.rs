@@ -186,12 +186,7 @@ impl Tensor {
     /// `pad_value` (0 for convolution, −∞ for max pooling).
     pub fn im2col(&self, window: Window2d, pad_value: f64) -> Result<Tensor> {
         need_rank("im2col", self, 4)?;
-        if window.output_size(self.dims()[2], self.dims()[3]).is_none() {
-            return Err(Error::BadShape {
-                op: "im2col",
-                msg: format!("window {window:?} does not fit {:?}", self.shape()),
-            });
-        }
+        window.columns("im2col", self.shape())?;
         apply(Im2Col { window, pad_value }, &[self])
     }
 
@@ -225,19 +220,15 @@ impl Tensor {
         }
         need_rank("conv2d", self, 4)?;
         need_rank("conv2d weight", weight, 4)?;
-        let (n, cin, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        let (n, cin) = (self.dims()[0], self.dims()[1]);
         let (cout, cin_g, kh, kw) = (weight.dims()[0], weight.dims()[1], weight.dims()[2], weight.dims()[3]);
         let g = opt.groups;
         if g == 0 || cin % g != 0 || cout % g != 0 || cin / g != cin_g {
             return Err(Error::ShapeMismatch { op: "conv2d", lhs: self.shape().clone(), rhs: weight.shape().clone() });
         }
         let window = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
-        let Some((oh, ow)) = window.output_size(h, w) else {
-            return Err(Error::BadShape {
-                op: "conv2d",
-                msg: format!("window {window:?} does not fit {:?}", self.shape()),
-            });
-        };
+        let (oh, ow) = window.columns("conv2d", self.shape())?;
+        crate::Shape::checked_product("conv2d", &[n, cout, oh, ow])?;
         let y = if g == 1 {
             apply(Conv2d { window }, &[self, weight])?
         } else {
@@ -377,9 +368,7 @@ impl Tensor {
         if ph > window.kernel.0 / 2 || pw > window.kernel.1 / 2 {
             return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
         }
-        let Some((mut oh, mut ow)) = window.output_size(h, w) else {
-            return Err(Error::BadShape { op, msg: format!("window {window:?} does not fit {:?}", self.shape()) });
-        };
+        let (mut oh, mut ow) = window.columns(op, self.shape())?;
         let mut x = self.reshape((n * c, 1, h, w))?;
         if ceil_mode {
             let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {

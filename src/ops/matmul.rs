@@ -17,6 +17,7 @@ fn shapes(a: &Tensor, b: &Tensor) -> Result<(Shape, Shape)> {
     let batch = Shape::from(&a.dims()[..ra - 2]).broadcast(&Shape::from(&b.dims()[..rb - 2]), "matmul")?;
     let mut out = batch.dims().to_vec();
     out.extend([m, n]);
+    Shape::checked_product("matmul", &out)?;
     Ok((batch, Shape::from(out)))
 }
 

@@ -108,7 +108,10 @@ impl Operation for Cat {
             if !ok {
                 return Err(Error::ShapeMismatch { op: "cat", lhs: first.shape().clone(), rhs: x.shape().clone() });
             }
-            dims[axis] += x.dims()[axis];
+            dims[axis] = dims[axis].checked_add(x.dims()[axis]).ok_or_else(|| Error::BadShape {
+                op: "cat",
+                msg: format!("the sizes along axis {axis} add up past usize::MAX"),
+            })?;
         }
         let shape = Shape::from(dims);
         let out = Tensor::from_contiguous(Storage::full(&shape, first.dtype(), 0.0, dev)?, shape);

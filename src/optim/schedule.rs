@@ -45,7 +45,9 @@ impl StepLr {
 
 impl LrSchedule for StepLr {
     fn lr(&self, step: usize) -> f64 {
-        self.base * self.gamma.powi((step / self.step_size.max(1)) as i32)
+        // powf: a decay count past i32::MAX (a corrupt or very long run) must not wrap to a
+        // negative exponent.
+        self.base * self.gamma.powf((step / self.step_size.max(1)) as f64)
     }
 }
 

@@ -74,7 +74,8 @@ impl Tensor {
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
     pub fn arange_end(end: usize, device: Device) -> Result<Tensor> {
-        Shape::from(end).checked_size("arange", DType::I64)?;
+        let (_, bytes) = Shape::from(end).checked_size("arange", DType::I64)?;
+        crate::backend::cpu::pool::ensure_fits("arange", bytes)?;
         Tensor::from_vec((0..end as i64).collect::<Vec<i64>>(), end, device)
     }
     /// `start, start+step, …` below `end` (numpy's arange).
@@ -90,17 +91,17 @@ impl Tensor {
             });
         }
         let n = count as usize;
+        crate::backend::cpu::pool::ensure_fits("arange", n * 8)?;
         let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         Tensor::from_vec(v, n, Device::Cpu)?.to_dtype(dtype)?.to_device(device)
     }
     /// The `n×n` identity.
     pub fn eye(n: usize, dtype: DType, device: Device) -> Result<Tensor> {
         Shape::from((n, n)).checked_size("eye", dtype)?;
-        let mut v = vec![0.0; n * n];
-        for i in 0..n {
-            v[i * n + i] = 1.0;
-        }
-        Tensor::from_vec(v, (n, n), Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+        // Built on the device by comparing row and column indices: no n² host buffer, and
+        // every allocation on the way is fallible.
+        let i = Tensor::arange_end(n, device)?;
+        i.unsqueeze(1)?.compare(&i.unsqueeze(0)?, crate::backend::CmpOp::Eq)?.to_dtype(dtype)
     }
     /// Uniform values in `[lo, hi)` from the global seeded stream ([`crate::manual_seed`]).
     pub fn rand(lo: f64, hi: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {

@@ -332,7 +332,10 @@ impl Tensor {
             return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype(), rhs: T::DTYPE });
         }
         let s = self.to_cpu_storage()?;
-        Ok(T::cpu_slice(&s).expect("dtype checked").to_vec())
+        let src = T::cpu_slice(&s).expect("dtype checked");
+        let mut v = crate::backend::cpu::pool::try_with_capacity("to_vec", src.len())?;
+        v.extend_from_slice(src);
+        Ok(v)
     }
     /// The elements of a rank-1 tensor.
     pub fn to_vec1<T: WithDType>(&self) -> Result<Vec<T>> {

@@ -260,7 +260,9 @@ impl Trainer {
                     }
                     None => opt.step()?,
                 }
-                global_step += 1;
+                global_step = global_step.checked_add(1).ok_or_else(|| {
+                    crate::Error::msg("Trainer: the step count overflows u64 (a corrupt checkpoint?)")
+                })?;
                 let l = out.loss.item()?;
                 report.step_losses.push(l);
                 sum += l * idx.len() as f64;

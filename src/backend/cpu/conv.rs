@@ -4,22 +4,21 @@ use super::float::{CpuFloat, Float};
 use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a, prefetch_hint};
 use super::{CpuStorage, contiguous, map, with_float_vec};
 use crate::backend::Window2d;
-use crate::{Error, Layout, Result, WithDType};
+use crate::{Error, Layout, Result, Shape, WithDType};
 use std::mem::MaybeUninit;
 
-/// The window's output size over `layout = [N, C, H, W]`, or a shape error.
-fn out_size(op: &'static str, layout: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<(usize, usize)> {
-    w.output_size(h, wd).ok_or_else(|| Error::BadShape {
-        op,
-        msg: format!("window {w:?} does not fit an input of {:?}", layout.shape()),
-    })
+/// The window's output size over an image `[N, C, H, W]`, or a shape error when it does
+/// not fit or the image or its columns have more elements than memory can address.
+fn out_size(op: &'static str, w: &Window2d, image: [usize; 4]) -> Result<(usize, usize)> {
+    Shape::checked_product(op, &image)?;
+    w.columns(op, &Shape::from(image.to_vec()))
 }
 
 pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuStorage> {
     let &[n, c, h, wd] = l.dims() else {
         return Err(Error::BadShape { op: "im2col", msg: format!("needs [N, C, H, W], got {:?}", l.shape()) });
     };
-    let (oh, ow) = out_size("im2col", l, w, h, wd)?;
+    let (oh, ow) = out_size("im2col", w, [n, c, h, wd])?;
     fn go<T: WithDType>(v: &[T], l: &Layout, w: &Window2d, dims: [usize; 6], pad: T) -> Vec<T> {
         let [n, c, h, wd, oh, ow] = dims;
         let (kh, kw) = w.kernel;
@@ -58,17 +57,24 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuS
 
 pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<CpuStorage> {
     let (kh, kw) = w.kernel;
-    let (oh, ow) = out_size("col2im", l, w, h, wd)?;
     let &[n, ckk, cols] = l.dims() else {
         return Err(Error::BadShape { op: "col2im", msg: format!("needs [N, C·kh·kw, L], got {:?}", l.shape()) });
     };
-    if kh * kw == 0 || ckk % (kh * kw) != 0 || cols != oh * ow {
+    let kk = kh.checked_mul(kw).unwrap_or(0);
+    if kk == 0 || ckk % kk != 0 {
         return Err(Error::BadShape {
             op: "col2im",
             msg: format!("columns {:?} do not match window {w:?} over {h}×{wd}", l.shape()),
         });
     }
-    let c = ckk / (kh * kw);
+    let (oh, ow) = out_size("col2im", w, [n, ckk / kk, h, wd])?;
+    if Some(cols) != oh.checked_mul(ow) {
+        return Err(Error::BadShape {
+            op: "col2im",
+            msg: format!("columns {:?} do not match window {w:?} over {h}×{wd}", l.shape()),
+        });
+    }
+    let c = ckk / kk;
     fn go<T: CpuFloat>(v: &[T], l: &Layout, w: &Window2d, dims: [usize; 6]) -> Vec<T> {
         let [n, c, h, wd, oh, ow] = dims;
         let (kh, kw) = w.kernel;

@@ -107,6 +107,19 @@ pub fn ensure_fits(op: &'static str, bytes: usize) -> crate::Result<()> {
     probe.try_reserve_exact(bytes).map_err(|_| crate::Error::OutOfMemory { op, device: crate::Device::Cpu, bytes })
 }
 
+/// An empty `Vec<T>` with room for exactly `n` elements, or the out-of-memory `Err` for `op`
+/// naming the bytes asked for: for host copies made outside the kernels (reading a tensor
+/// back, serializing a file), where a `Result` is at hand.
+pub fn try_with_capacity<T>(op: &'static str, n: usize) -> crate::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| crate::Error::OutOfMemory {
+        op,
+        device: crate::Device::Cpu,
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
+    })?;
+    Ok(v)
+}
+
 /// A `Vec<T>` of `n` copies of `v`, from the cache when it can.
 pub fn filled<T: Clone + Send + 'static>(n: usize, v: T) -> Vec<T> {
     let mut out = alloc(n);

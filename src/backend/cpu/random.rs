@@ -41,13 +41,15 @@ pub fn u32_to_unit(x: u32) -> f64 {
 /// Uniform element `i` of the stream `(seed, offset)` in [0, 1).
 #[inline]
 pub fn uniform_at(seed: u64, offset: u64, i: u64) -> f64 {
-    u32_to_unit(philox4x32_10(seed, offset + i / 4)[(i % 4) as usize])
+    // The counter wraps as the CUDA kernel's u64 does: a state near u64::MAX (restored from a
+    // checkpoint) keeps drawing on both devices alike.
+    u32_to_unit(philox4x32_10(seed, offset.wrapping_add(i / 4))[(i % 4) as usize])
 }
 
 /// Standard normal element `i` of the stream `(seed, offset)` (Box–Muller).
 #[inline]
 pub fn normal_at(seed: u64, offset: u64, i: u64) -> f64 {
-    let w = philox4x32_10(seed, offset + i / 2);
+    let w = philox4x32_10(seed, offset.wrapping_add(i / 2));
     let j = 2 * (i % 2) as usize;
     // u1 in (0, 1] so the log is finite.
     let u1 = (w[j] as f64 + 1.0) * (1.0 / 4_294_967_296.0);
