@@ -9,13 +9,13 @@
 //!
 //! Ends with the line `gradcheck passed`. The tutorial behind it is `docs/NEW_OP.md`.
 
-use std::time::Instant;
 use tensorforge::custom::{CpuKernel, CustomOp, Float};
 use tensorforge::data::BatchIter;
 use tensorforge::gradcheck::{gradcheck, parity};
 use tensorforge::nn::{CrossEntropyLoss, Linear, Loss, Module};
-use tensorforge::optim::{Adam, AdamConfig, Optimizer};
+use tensorforge::optim::{Adam, AdamConfig};
 use tensorforge::param::ParameterStore;
+use tensorforge::train::{Metrics, Step, Trainer};
 use tensorforge::{DType, Device, Error, Result, Tensor, no_grad};
 
 /// The op's one constant: larger `b` makes the corner at 0 smoother.
@@ -117,32 +117,31 @@ fn train(op: &CustomOp) -> Result<()> {
     let model = |x: &Tensor| fc2.forward(&op.apply(&[&fc1.forward(x)?])?);
     let mut opt = Adam::new(store.parameters(), AdamConfig { lr: 1e-2, ..Default::default() })?;
     let mut batches = BatchIter::new(train.len(), 64, true, 0);
-    let start = Instant::now();
-    for epoch in 1..=15 {
-        let mut total = 0.0;
-        for idx in &mut batches {
-            let (x, y) = train.gather(&idx);
-            let (x, y) = (
-                Tensor::from_vec(x, (idx.len(), train.dim), Device::Cpu)?,
-                Tensor::from_vec(y, idx.len(), Device::Cpu)?,
-            );
-            let loss = CrossEntropyLoss::new().loss(&model(&x)?, &y)?;
-            opt.zero_grad();
-            loss.backward()?;
-            opt.step()?;
-            total += loss.item()? * idx.len() as f64;
-        }
-        batches.next_epoch();
-        println!("epoch {epoch}: train loss {:.4}", total / train.len() as f64);
-    }
-    let (x, y) = test.gather(&(0..test.len()).collect::<Vec<_>>());
-    let x = Tensor::from_vec(x, (test.len(), test.dim), Device::Cpu)?;
-    let pred = no_grad(|| model(&x))?.argmax(-1)?.to_vec1::<i64>()?;
-    let right = pred.iter().zip(&y).filter(|(p, t)| p == t).count();
-    println!(
-        "test accuracy with squareplus activations: {:.4} (trained in {:.2}s)",
-        right as f64 / test.len() as f64,
-        start.elapsed().as_secs_f64()
-    );
+    let tensors = |set: &tensorforge::data::Dataset, idx: &[usize]| -> Result<(Tensor, Tensor, Vec<i64>)> {
+        let (x, y) = set.gather(idx);
+        let x = Tensor::from_vec(x, (idx.len(), set.dim), Device::Cpu)?;
+        Ok((x, Tensor::from_vec(y.clone(), idx.len(), Device::Cpu)?, y))
+    };
+    let all: Vec<usize> = (0..test.len()).collect();
+    // The library's loop: progress and a line per epoch on stderr, held-out metrics each epoch.
+    let report = Trainer::new(15).fit(
+        &mut store,
+        &mut opt,
+        &mut batches,
+        |idx| {
+            let (x, y, _) = tensors(&train, idx)?;
+            Ok(Step { loss: CrossEntropyLoss::new().loss(&model(&x)?, &y)?, correct: None })
+        },
+        || {
+            let (x, y, labels) = tensors(&test, &all)?;
+            let logits = no_grad(|| model(&x))?;
+            let pred = logits.argmax(-1)?.to_vec1::<i64>()?;
+            let right = pred.iter().zip(&labels).filter(|(p, t)| p == t).count();
+            let loss = no_grad(|| CrossEntropyLoss::new().loss(&logits, &y))?.item()?;
+            Ok(Metrics { loss, accuracy: Some(right as f64 / test.len() as f64) })
+        },
+    )?;
+    let acc = report.history.last().and_then(|r| r.held_out.accuracy).unwrap_or(0.0);
+    println!("test accuracy with squareplus activations: {acc:.4} (trained in {:.2}s)", report.train_seconds);
     Ok(())
 }

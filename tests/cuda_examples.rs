@@ -48,7 +48,7 @@ fn train_digits_cnn_on_cuda() {
 #[test]
 #[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn ctc_toy_on_cuda() {
-    let out = run_example("ctc_toy", &["--device", "cuda", "--steps", "8"]);
+    let out = run_example("ctc_toy", &["--device", "cuda", "--steps", "8", "--out", &out_dir("ctc")]);
     let acc = value_after(&out, "greedy decode accuracy:");
     assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
 }
@@ -56,7 +56,10 @@ fn ctc_toy_on_cuda() {
 #[test]
 #[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
 fn char_lstm_on_cuda() {
-    let out = run_example("char_lstm", &["--device", "cuda", "--seconds", "1", "--sample-len", "16"]);
+    let out = run_example(
+        "char_lstm",
+        &["--device", "cuda", "--seconds", "1", "--sample-len", "16", "--out", &out_dir("char-lstm")],
+    );
     let (before, after) =
         (value_after(&out, "initial held-out bits per char:"), value_after(&out, "final held-out bits per char:"));
     assert!(before.is_finite() && after.is_finite() && after <= before + 0.05, "bits per char {before} -> {after}");

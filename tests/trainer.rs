@@ -100,3 +100,23 @@ fn early_stopping_stops_on_a_plateau() -> Result<()> {
     assert_eq!(report.step_losses.len(), 14);
     Ok(())
 }
+
+/// `max_steps` stops mid-epoch and records the partial epoch; a resumed run that already
+/// reached the limit takes no step; `max_seconds(0)` takes exactly one; bad limits are `Err`.
+#[test]
+fn step_and_time_limits_stop_mid_epoch() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tf-trainer-limits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 96 samples in batches of 16: 6 steps an epoch, so 10 steps end 4 into epoch 2.
+    let (r, _) = run(Trainer::new(6).out_dir(&dir).max_steps(10))?;
+    assert!(r.stopped_at_limit && !r.stopped_early);
+    assert_eq!((r.step_losses.len(), r.history.len(), r.samples), (10, 2, 160));
+    let (again, _) = run(Trainer::new(6).out_dir(&dir).resume(true).max_steps(10))?;
+    assert!(again.stopped_at_limit && again.step_losses.is_empty());
+    assert_eq!(again.history.len(), 2);
+    let (once, _) = run(Trainer::new(6).max_seconds(0.0))?;
+    assert_eq!((once.step_losses.len(), once.history.len()), (1, 1));
+    assert!(run(Trainer::new(6).max_seconds(f64::NAN)).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

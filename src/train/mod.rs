@@ -94,6 +94,9 @@ pub struct Report {
     pub step_losses: Vec<f64>,
     /// Whether early stopping ended the run before its last epoch.
     pub stopped_early: bool,
+    /// Whether [`Trainer::max_steps`] or [`Trainer::max_seconds`] ended the run (mid-epoch:
+    /// that epoch's record covers the steps it took).
+    pub stopped_at_limit: bool,
     /// The files written (checkpoint, metrics CSV, chart), for the caller to print.
     pub written: Vec<PathBuf>,
     /// Seconds spent in training steps (forward, backward, gradient averaging, optimizer),
@@ -112,6 +115,8 @@ pub struct Trainer {
     resume: bool,
     patience: Option<usize>,
     stop_after: Option<usize>,
+    max_steps: Option<u64>,
+    max_seconds: Option<f64>,
     schedule: Option<Box<dyn LrSchedule>>,
     notes: BTreeMap<String, String>,
     quiet: bool,
@@ -133,6 +138,8 @@ impl Trainer {
             resume: false,
             patience: None,
             stop_after: None,
+            max_steps: None,
+            max_seconds: None,
             schedule: None,
             notes: BTreeMap::new(),
             quiet: false,
@@ -159,6 +166,21 @@ impl Trainer {
     /// Stops after this epoch as if interrupted (the checkpoint stays resumable).
     pub fn stop_after(mut self, epoch: usize) -> Self {
         self.stop_after = Some(epoch);
+        self
+    }
+    /// Stops once the run has taken `steps` optimizer steps in all (a resumed run counts the
+    /// steps before it), mid-epoch if need be: that epoch is evaluated, recorded and
+    /// checkpointed as done. For runs measured in steps rather than passes over the data (a
+    /// language model sampling windows); [`Trainer::new`]'s epochs still bound the run.
+    pub fn max_steps(mut self, steps: u64) -> Self {
+        self.max_steps = Some(steps);
+        self
+    }
+    /// Stops after `seconds` of wall time in this run, as [`Trainer::max_steps`] does. The
+    /// result then depends on the machine's speed; not with [`Trainer::distributed`], where
+    /// ranks must stop at the same step (`fit` returns `Err`).
+    pub fn max_seconds(mut self, seconds: f64) -> Self {
+        self.max_seconds = Some(seconds);
         self
     }
     /// Sets the learning rate from `schedule` (a function of the global step) before each step.
@@ -208,6 +230,13 @@ impl Trainer {
         mut evaluate: impl FnMut() -> Result<Metrics>,
     ) -> Result<Report> {
         let mut report = Report::default();
+        if self.ddp.is_some() && self.max_seconds.is_some() {
+            return Err(Error::msg("Trainer: max_seconds with distributed would stop ranks at different steps"));
+        }
+        if self.max_seconds.is_some_and(|s| s.is_nan() || s < 0.0) {
+            return Err(Error::msg("Trainer: max_seconds must be a number ≥ 0"));
+        }
+        let started = Instant::now();
         let mut ddp = self.ddp.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()));
         let main = ddp.as_ref().is_none_or(|d| d.is_main());
         let quiet = self.quiet || !main;
@@ -230,6 +259,11 @@ impl Trainer {
         let mut best = report.history.iter().map(|r| r.held_out.loss).fold(f64::INFINITY, f64::min);
         let mut since_best = 0usize;
         for epoch in start_epoch..self.epochs {
+            if self.max_steps.is_some_and(|m| global_step >= m) {
+                // A resumed run that had already reached its step limit.
+                report.stopped_at_limit = true;
+                break;
+            }
             if let Some(d) = &ddp {
                 let what = "number of batches per epoch (shard the batches with BatchIter::shard)";
                 d.comm().check_agree("Trainer::fit", what, &[nb as i64])?;
@@ -275,6 +309,14 @@ impl Trainer {
                     let acc = counted.then(|| right as f64 / seen as f64);
                     progress.update(epoch + 1, b + 1, nb, sum / seen as f64, acc);
                 }
+                let last = b + 1 == nb && epoch + 1 == self.epochs;
+                if !last
+                    && (self.max_steps.is_some_and(|m| global_step >= m)
+                        || self.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m))
+                {
+                    report.stopped_at_limit = true;
+                    break;
+                }
             }
             batches.next_epoch();
             if let Some(d) = &ddp {
@@ -314,6 +356,12 @@ impl Trainer {
                 report.stopped_early = true;
                 if !quiet {
                     eprintln!("stopping early: no held-out improvement for {since_best} epochs");
+                }
+                break;
+            }
+            if report.stopped_at_limit {
+                if !quiet {
+                    eprintln!("stopping at step {global_step} (max_steps / max_seconds)");
                 }
                 break;
             }
