@@ -91,3 +91,44 @@ COL2IM(float, f32)
 COL2IM(double, f64)
 COL2IM(tf_f16, f16)
 COL2IM(tf_bf16, bf16)
+
+// Max pooling's argument (BackendStorage::max_pool2d_indices): one thread per output pixel,
+// scanning the taps of its window that lie inside the image; the flat index y*W + x of the
+// first maximum, a NaN taking the place as in PyTorch (`val > max || isnan(val)`).
+template <typename T>
+__device__ void max_pool2d_indices_impl(const T* x, const TfLayout& xl, tf_i64* out, const TfWindow& g) {
+    typedef typename Tr<T>::acc A;
+    const tf_u64 total = g.n * g.c * g.oh * g.ow;
+    const long long h = (long long)g.h, w = (long long)g.w;
+    TF_FOR(i, total) {
+        const tf_u64 ox = i % g.ow, oy = (i / g.ow) % g.oh, nc = i / (g.ow * g.oh);
+        const long long y0 = (long long)(oy * g.sh) - (long long)g.ph;
+        const long long x0 = (long long)(ox * g.sw) - (long long)g.pw;
+        long long best_i = -1;
+        A best = (A)0;
+        for (tf_u64 k = 0; k < g.kh; ++k) {
+            const long long y = y0 + (long long)(k * g.dh);
+            if (y < 0 || y >= h) continue;
+            for (tf_u64 j = 0; j < g.kw; ++j) {
+                const long long xx = x0 + (long long)(j * g.dw);
+                if (xx < 0 || xx >= w) continue;
+                const tf_u64 e = nc * g.h * g.w + (tf_u64)(y * w + xx);
+                const A v = Tr<T>::to(x[xl.contiguous ? xl.offset + e : tf_offset(xl, e)]);
+                if (best_i < 0 || v > best || v != v) {
+                    best = v;
+                    best_i = y * w + xx;
+                }
+            }
+        }
+        out[i] = best_i < 0 ? 0 : (tf_i64)best_i;
+    }
+}
+
+#define MAX_POOL_INDICES(T, N)                                                                      \
+    extern "C" __global__ void max_pool2d_indices_##N(const T* x, TfLayout xl, tf_i64* out, TfWindow g) { \
+        max_pool2d_indices_impl<T>(x, xl, out, g);                                                  \
+    }
+MAX_POOL_INDICES(float, f32)
+MAX_POOL_INDICES(double, f64)
+MAX_POOL_INDICES(tf_f16, f16)
+MAX_POOL_INDICES(tf_bf16, bf16)

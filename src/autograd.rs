@@ -57,7 +57,7 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `op` on `inputs` and, when recording and some input tracks gradients, records it.
 pub fn apply(op: impl Operation, inputs: &[&Tensor]) -> Result<Tensor> {
-    let out = no_grad(|| op.forward(inputs))?;
+    let out = crate::profile::timed(op.name(), "forward", || no_grad(|| op.forward(inputs)))?;
     if is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
         let node = Node { op: Box::new(op), inputs: inputs.iter().map(|t| (*t).clone()).collect() };
         return Ok(out.with_node(node));
@@ -90,7 +90,7 @@ pub trait MultiOperation: Send + Sync + 'static {
 /// output's own node only hands its gradient to the hub, and reverse topological order
 /// reaches the hub after every output, so the op's backward runs once with all of them.
 pub fn apply_multi(op: impl MultiOperation, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-    let outs = no_grad(|| op.forward(inputs))?;
+    let outs = crate::profile::timed(op.name(), "forward", || no_grad(|| op.forward(inputs)))?;
     if !(is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad())) {
         return Ok(outs);
     }
@@ -305,7 +305,9 @@ pub(crate) fn backward_hooked(root: &Tensor, ready: &mut dyn FnMut(&Tensor) -> R
             for t in order.iter().rev() {
                 let Some(g) = grads.take(t) else { continue };
                 match t.take_node() {
-                    Some(node) => node.op.backward(&node.inputs, t, &g, &mut grads)?,
+                    Some(node) => crate::profile::timed(node.op.name(), "backward", || {
+                        node.op.backward(&node.inputs, t, &g, &mut grads)
+                    })?,
                     None if t.is_variable() => {
                         t.accumulate_grad(g)?;
                         ready(t)?;

@@ -36,6 +36,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod param;
+pub mod profile;
 pub mod shape;
 pub mod storage;
 mod tensor;

@@ -178,6 +178,11 @@ impl Storage {
     pub fn im2col(&self, l: &Layout, w: &Window2d, pad: f64) -> Result<Storage> {
         Ok(on_one!(self, "im2col", |s| s.im2col(l, w, pad)))
     }
+    /// Max pooling's window maxima as flat plane indices (see
+    /// [`BackendStorage::max_pool2d_indices`]).
+    pub fn max_pool2d_indices(&self, l: &Layout, w: &Window2d, out: (usize, usize)) -> Result<Storage> {
+        Ok(on_one!(self, "max_pool2d", |s| s.max_pool2d_indices(l, w, out)))
+    }
     /// Folds columns back into an `h × wd` image, the adjoint of [`Storage::im2col`] (see
     /// [`BackendStorage::col2im`]).
     pub fn col2im(&self, l: &Layout, w: &Window2d, h: usize, wd: usize) -> Result<Storage> {

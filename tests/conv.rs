@@ -303,3 +303,22 @@ fn a_small_cnn_learns_the_digits() -> Result<()> {
     assert!(acc >= 0.9, "test accuracy {acc}");
     Ok(())
 }
+
+/// Max pooling follows PyTorch's rules: a tie sends the whole gradient to the window's first
+/// maximum (ReLU's zeros make ties common), a NaN is the maximum (the last NaN, as PyTorch's
+/// `val > max || isnan(val)` scan), and a window of -inf picks its first position.
+#[test]
+fn max_pool_ties_nan_and_infinities_as_pytorch() -> Result<()> {
+    let x = Tensor::zeros((1, 1, 2, 4), DType::F64, Device::Cpu)?.requires_grad();
+    x.max_pool2d((2, 2), (2, 2), (0, 0))?.sum_all()?.backward()?;
+    assert_eq!(x.grad().unwrap().to_vec_f64()?, vec![1., 0., 1., 0., 0., 0., 0., 0.]);
+    let x = Tensor::from_vec(vec![1f32, f32::NAN, f32::NAN, 0.], (1, 1, 2, 2), Device::Cpu)?;
+    let (v, i) = x.max_pool2d_with_indices((2, 2), (2, 2), (0, 0), false)?;
+    assert!(v.to_vec_f64()?[0].is_nan());
+    assert_eq!(i.to_vec::<i64>()?, vec![2]);
+    let x = Tensor::full(f64::NEG_INFINITY, (1, 1, 2, 2), DType::F32, Device::Cpu)?;
+    let (v, i) = x.max_pool2d_with_indices((2, 2), (1, 1), (1, 1), false)?;
+    assert_eq!(v.to_vec_f64()?, vec![f64::NEG_INFINITY; 9]);
+    assert_eq!(i.to_vec::<i64>()?, vec![0, 0, 1, 0, 0, 1, 2, 2, 3]);
+    Ok(())
+}

@@ -175,3 +175,36 @@ fn fused_lstm_matches_the_cpu() -> Result<()> {
     }
     Ok(())
 }
+
+/// Max pooling's argument kernel in every float dtype: ties (first maximum), NaN (takes the
+/// place, the last one, as PyTorch), a window of -inf, padding, ceil_mode and a transposed
+/// (strided) input; indices equal the CPU's exactly, values and gradients too.
+#[test]
+#[cfg_attr(not(feature = "cuda-emu"), ignore = "needs a CUDA device")]
+fn max_pool_indices_match_the_cpu_in_every_float_dtype() -> Result<()> {
+    let dev = gpu();
+    let mut v: Vec<f64> = (0..2 * 3 * 5 * 6).map(|i| ((i * 7) % 11) as f64 - 5.0).collect();
+    v[3] = f64::NAN;
+    v[40] = f64::NAN;
+    v[41] = f64::NAN;
+    for x in &mut v[60..66] {
+        *x = f64::NEG_INFINITY;
+    }
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let run = |d: Device| -> Result<(Vec<i64>, Vec<f64>, Vec<f64>)> {
+            let x = Tensor::from_vec(v.clone(), (2, 3, 6, 5), Device::Cpu)?.to_dtype(dtype)?.to_device(d)?;
+            let x = x.transpose(2, 3)?.requires_grad(); // [2, 3, 5, 6], strided
+            let (p, i) = x.max_pool2d_with_indices((3, 2), (2, 2), (1, 1), true)?;
+            let (q, _) = x.max_pool2d_with_indices((2, 2), (1, 2), (0, 0), false)?;
+            p.sum_all()?.add(&q.sum_all()?)?.backward()?;
+            let g = x.grad().expect("a gradient").to_vec_f64()?;
+            Ok((i.to_vec::<i64>()?, p.to_vec_f64()?, g))
+        };
+        let ((ic, pc, gc), (ig, pg, gg)) = (run(Device::Cpu)?, run(dev)?);
+        assert_eq!(ic, ig, "{dtype:?} indices");
+        for (a, b) in pc.iter().zip(&pg).chain(gc.iter().zip(&gg)) {
+            assert!(a == b || (a.is_nan() && b.is_nan()), "{dtype:?}: cpu {a} vs cuda {b}");
+        }
+    }
+    Ok(())
+}

@@ -70,15 +70,22 @@ fn mlp_step() -> Result<Run> {
 
 /// One SGD step (lr 0.01) of `forward` on cross-entropy against `y`; returns the loss before
 /// the update.
-fn sgd_step(store: &ParameterStore, forward: impl Fn() -> Result<Tensor> + 'static, y: Tensor) -> Result<Run> {
+fn sgd_step(
+    store: &ParameterStore,
+    forward: impl Fn() -> Result<Tensor> + Send + Sync + 'static,
+    y: Tensor,
+) -> Result<Run> {
     let mut opt = Sgd::new(store.parameters(), SgdConfig { lr: 0.01, ..Default::default() })?;
     let loss_fn = CrossEntropyLoss::new();
+    // The step as `train::Trainer` runs it on the CPU: on a worker of the kernels' pool.
     Ok(Box::new(move || {
-        let loss = loss_fn.loss(&forward()?, &y)?;
-        opt.zero_grad();
-        loss.backward()?;
-        opt.step()?;
-        Ok(loss)
+        tensorforge::backend::cpu::on_pool(|| {
+            let loss = loss_fn.loss(&forward()?, &y)?;
+            opt.zero_grad();
+            loss.backward()?;
+            opt.step()?;
+            Ok(loss)
+        })
     }))
 }
 
@@ -319,7 +326,10 @@ fn time_case(name: &str, reps: Option<&String>) -> Result<()> {
         run()?;
     }
     if let Some(reps) = reps {
+        tensorforge::profile::reset();
         println!("ours_ms={:.4}", median_ms(&mut run, reps.parse().unwrap_or(10))?);
+        // With TENSORFORGE_PROFILE=1: where the timed calls' time went, per op.
+        eprint!("{}", tensorforge::profile::report());
         return Ok(());
     }
     // interleave.py keeps this process, warm, for a whole case and asks for a round at a

@@ -239,6 +239,12 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `[Cout, C, kh, kw]` over `window`, giving `[N, Cout, OH, OW]`: the product of the weight
     /// with `im2col`'s columns, which a backend need not write out.
     fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self>;
+    /// Max pooling's argument: for each output pixel `(oy, ox)` of `[N, C, H, W]` (output size
+    /// `out`, which may come from `ceil_mode`), the flat index `y·W + x` within its plane of
+    /// its window's first maximum, as i64 `[N, C, OH, OW]`. Positions outside the image (the
+    /// padding) are skipped; a NaN counts as the maximum; a window of `-inf` picks its first
+    /// position inside the image (PyTorch's rules).
+    fn max_pool2d_indices(&self, layout: &Layout, window: &Window2d, out: (usize, usize)) -> Result<Self>;
     /// The adjoint of `im2col`: folds columns `[N, C·kh·kw, OH·OW]` back into `[N, C, H, W]`,
     /// summing where windows overlap and dropping the padding.
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self>;

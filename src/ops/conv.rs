@@ -351,10 +351,30 @@ impl Tensor {
         }
     }
 
-    /// Windows of each channel plane as `[N·C, kh·kw, OH·OW]` plus the output shape. With
-    /// `ceil_mode` (PyTorch's) the output size rounds up, keeping a last window that starts
-    /// inside the input or its left padding; the bottom and right are padded with `pad_value`
-    /// so the symmetric im2col covers it.
+    /// A pooling window's output size over `[N, C, H, W]`, checked; with `ceil_mode` it rounds
+    /// up, keeping a last window that starts inside the input or its left padding (PyTorch).
+    fn pool_size(&self, op: &'static str, window: Window2d, ceil_mode: bool) -> Result<(usize, usize)> {
+        need_rank(op, self, 4)?;
+        let (h, w) = (self.dims()[2], self.dims()[3]);
+        let (ph, pw) = window.padding;
+        if ph > window.kernel.0 / 2 || pw > window.kernel.1 / 2 {
+            return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
+        }
+        let (oh, ow) = window.columns(op, self.shape())?;
+        if !ceil_mode {
+            return Ok((oh, ow));
+        }
+        let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {
+            let more = !(n + 2 * p - k).is_multiple_of(s);
+            if more && o * s < n + p { o + 1 } else { o }
+        };
+        let (k, s) = (window.kernel, window.stride);
+        Ok((extra(oh, h, k.0, s.0, ph), extra(ow, w, k.1, s.1, pw)))
+    }
+
+    /// The columns of a pooling window over every plane (`[N·C, kh·kw, OH·OW]`) and the
+    /// output shape; with `ceil_mode` the input is extended with `pad_value` to cover the
+    /// extra windows.
     fn pool_columns(
         &self,
         op: &'static str,
@@ -362,21 +382,12 @@ impl Tensor {
         pad_value: f64,
         ceil_mode: bool,
     ) -> Result<(Tensor, [usize; 4])> {
-        need_rank(op, self, 4)?;
+        let (oh, ow) = self.pool_size(op, window, ceil_mode)?;
         let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
         let (ph, pw) = window.padding;
-        if ph > window.kernel.0 / 2 || pw > window.kernel.1 / 2 {
-            return Err(Error::BadShape { op, msg: "padding must be at most half the kernel".into() });
-        }
-        let (mut oh, mut ow) = window.columns(op, self.shape())?;
         let mut x = self.reshape((n * c, 1, h, w))?;
         if ceil_mode {
-            let extra = |o: usize, n: usize, k: usize, s: usize, p: usize| {
-                let more = !(n + 2 * p - k).is_multiple_of(s);
-                if more && o * s < n + p { o + 1 } else { o }
-            };
             let (k, s) = (window.kernel, window.stride);
-            (oh, ow) = (extra(oh, h, k.0, s.0, ph), extra(ow, w, k.1, s.1, pw));
             let (eh, ew) =
                 (((oh - 1) * s.0 + k.0).saturating_sub(h + 2 * ph), ((ow - 1) * s.1 + k.1).saturating_sub(w + 2 * pw));
             if eh > 0 {
@@ -398,9 +409,7 @@ impl Tensor {
         stride: (usize, usize),
         padding: (usize, usize),
     ) -> Result<Tensor> {
-        let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
-        let (cols, out) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY, false)?;
-        cols.max([1])?.reshape(out.to_vec())
+        Ok(self.max_pool2d_with_indices(kernel, stride, padding, false)?.0)
     }
 
     /// PyTorch's `max_pool2d(kernel, stride, padding, ceil_mode=…, return_indices=True)`: the
@@ -425,20 +434,16 @@ impl Tensor {
         ceil_mode: bool,
     ) -> Result<(Tensor, Tensor)> {
         let window = Window2d { kernel, stride, padding, dilation: (1, 1) };
-        let (cols, [n, c, oh, ow]) = self.pool_columns("max_pool2d", window, f64::NEG_INFINITY, ceil_mode)?;
-        let ((ph, pw), w) = (padding, self.dims()[3]);
-        let (values, k) = cols.max_dim(1, false)?;
-        // Window offset k → input position: y = oy·s − p + k / kw, x = ox·s − p + k % kw.
-        let dev = self.device();
-        let kw = kernel.1 as i64;
-        let ki = k.div(&Tensor::full(kw as f64, (), DType::I64, dev)?)?;
-        let kj = k.sub(&ki.affine(kw as f64, 0.0)?)?;
-        let oy: Vec<i64> = (0..oh * ow).map(|l| (l / ow * stride.0) as i64 - ph as i64).collect();
-        let ox: Vec<i64> = (0..oh * ow).map(|l| (l % ow * stride.1) as i64 - pw as i64).collect();
-        let oy = Tensor::from_vec(oy, oh * ow, Device::Cpu)?.to_device(dev)?;
-        let ox = Tensor::from_vec(ox, oh * ow, Device::Cpu)?.to_device(dev)?;
-        let idx = ki.add(&oy)?.affine(w as f64, 0.0)?.add(&kj.add(&ox)?)?;
-        Ok((values.reshape((n, c, oh, ow))?, idx.reshape((n, c, oh, ow))?))
+        let (oh, ow) = self.pool_size("max_pool2d", window, ceil_mode)?;
+        let (n, c, h, w) = (self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]);
+        // The window maxima's positions from one kernel, the values gathered at them: the
+        // gradient goes back through the gather (a scatter-add onto the first maxima).
+        let idx = Tensor::from_contiguous(
+            self.storage().max_pool2d_indices(self.layout(), &window, (oh, ow))?,
+            (n, c, oh, ow),
+        );
+        let values = self.reshape((n * c, h * w))?.gather(1, &idx.reshape((n * c, oh * ow))?)?;
+        Ok((values.reshape((n, c, oh, ow))?, idx))
     }
 
     /// PyTorch's `max_pool1d(kernel, stride, padding, ceil_mode=…, return_indices=True)` over

@@ -24,8 +24,9 @@ use crate::backend::OptimRule;
 use crate::storage::Storage;
 use crate::{Error, Result, Tensor, no_grad};
 
-/// Updates parameters from their accumulated gradients.
-pub trait Optimizer {
+/// Updates parameters from their accumulated gradients. `Send`, so that a training loop can
+/// run its steps on a worker thread ([`crate::train::Trainer`] does on the CPU).
+pub trait Optimizer: Send {
     /// Applies one update to every parameter that has a gradient (others are skipped).
     fn step(&mut self) -> Result<()>;
     /// Clears the gradients of all parameters.

@@ -226,7 +226,7 @@ impl Trainer {
         store: &mut ParameterStore,
         opt: &mut dyn Optimizer,
         batches: &mut BatchIter,
-        mut step: impl FnMut(&[usize]) -> Result<Step>,
+        mut step: impl FnMut(&[usize]) -> Result<Step> + Send,
         mut evaluate: impl FnMut() -> Result<Metrics>,
     ) -> Result<Report> {
         let mut report = Report::default();
@@ -241,7 +241,9 @@ impl Trainer {
         let main = ddp.as_ref().is_none_or(|d| d.is_main());
         let quiet = self.quiet || !main;
         let mut scaler = (self.precision == DType::F16).then(crate::amp::GradScaler::new);
-        let mut step = |idx: &[usize]| crate::amp::autocast(self.precision, || step(idx));
+        let on_cpu = store.device() == crate::Device::Cpu;
+        let precision = self.precision;
+        let mut step = |idx: &[usize]| crate::amp::autocast(precision, || step(idx));
         let mut evaluate = || crate::amp::autocast(self.precision, &mut evaluate);
         let (mut start_epoch, mut global_step) = (0usize, 0u64);
         if self.resume {
@@ -275,25 +277,42 @@ impl Trainer {
                     opt.set_lr(s.lr(global_step as usize));
                 }
                 let t_step = Instant::now();
-                let out = step(&idx)?;
-                opt.zero_grad();
-                let loss = match &scaler {
-                    Some(s) => s.scale(&out.loss)?,
-                    None => out.loss.clone(),
-                };
-                match &mut ddp {
-                    Some(d) => d.backward(&loss)?,
-                    None => loss.backward()?,
-                }
-                match &mut scaler {
-                    Some(s) => {
-                        if !s.step(opt)? {
+                let out = match &mut ddp {
+                    Some(d) => {
+                        let out = step(&idx)?;
+                        opt.zero_grad();
+                        let loss = match &scaler {
+                            Some(s) => s.scale(&out.loss)?,
+                            None => out.loss.clone(),
+                        };
+                        d.backward(&loss)?;
+                        if !optimizer_step(opt, &mut scaler)? {
                             report.skipped_steps += 1;
                         }
-                        s.update();
+                        out
                     }
-                    None => opt.step()?,
-                }
+                    // On the CPU the whole step runs on a worker of the kernels' thread pool:
+                    // each of its many small parallel kernels then splits without handing
+                    // work over from a thread outside the pool (docs/PERFORMANCE.md). With
+                    // ranks, MPI may only be called from the thread that started it.
+                    None => {
+                        let (step, opt, scaler, idx) = (&mut step, &mut *opt, &mut scaler, &idx);
+                        let mut run = move || -> Result<(Step, bool)> {
+                            let out = step(idx)?;
+                            opt.zero_grad();
+                            match &*scaler {
+                                Some(s) => s.scale(&out.loss)?.backward()?,
+                                None => out.loss.backward()?,
+                            }
+                            Ok((out, optimizer_step(opt, scaler)?))
+                        };
+                        let (out, stepped) = if on_cpu { crate::backend::cpu::on_pool(run)? } else { run()? };
+                        if !stepped {
+                            report.skipped_steps += 1;
+                        }
+                        out
+                    }
+                };
                 global_step = global_step.checked_add(1).ok_or_else(|| {
                     crate::Error::msg("Trainer: the step count overflows u64 (a corrupt checkpoint?)")
                 })?;
@@ -374,6 +393,22 @@ impl Trainer {
         }
         Ok(report)
     }
+}
+
+/// Steps the optimizer (through the loss scaler, when there is one); `false` when the scaler
+/// skipped the step for overflowed gradients.
+fn optimizer_step(opt: &mut dyn Optimizer, scaler: &mut Option<crate::amp::GradScaler>) -> Result<bool> {
+    Ok(match scaler {
+        Some(s) => {
+            let stepped = s.step(opt)?;
+            s.update();
+            stepped
+        }
+        None => {
+            opt.step()?;
+            true
+        }
+    })
 }
 
 fn summary(r: &EpochRecord, epochs: usize) -> String {

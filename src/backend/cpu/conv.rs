@@ -78,24 +78,34 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
     fn go<T: CpuFloat>(v: &[T], l: &Layout, w: &Window2d, dims: [usize; 6]) -> Vec<T> {
         let [n, c, h, wd, oh, ow] = dims;
         let (kh, kw) = w.kernel;
-        let cols = map(v, l, |x| x);
+        let cols = contiguous(v, l);
         let mut out = super::pool::filled(n * c * h * wd, T::default());
+        let (sx, dx, px) = (w.stride.1, w.dilation.1, w.padding.1);
         super::parallel::for_each_chunk(&mut out, (h * wd).max(1), |nc, o| {
             let src = &cols[nc * kh * kw * oh * ow..(nc + 1) * kh * kw * oh * ow];
             let mut acc = vec![T::Acc::ZERO; h * wd];
             for i in 0..kh {
                 for j in 0..kw {
                     let row = &src[(i * kw + j) * oh * ow..(i * kw + j + 1) * oh * ow];
+                    // The outputs ox whose input column ox·sx + j·dx − px lies inside the
+                    // image: a run [lo, hi), so the inner loop has no bounds test.
+                    let lo = px.saturating_sub(j * dx).div_ceil(sx).min(ow);
+                    let hi = (wd + px).saturating_sub(j * dx).div_ceil(sx).clamp(lo, ow);
                     for oy in 0..oh {
                         let y = (oy * w.stride.0 + i * w.dilation.0) as isize - w.padding.0 as isize;
-                        if y < 0 || y >= h as isize {
+                        if y < 0 || y >= h as isize || lo == hi {
                             continue;
                         }
-                        for ox in 0..ow {
-                            let xx = (ox * w.stride.1 + j * w.dilation.1) as isize - w.padding.1 as isize;
-                            if xx >= 0 && xx < wd as isize {
-                                let a = &mut acc[y as usize * wd + xx as usize];
-                                *a = *a + row[oy * ow + ox].to_acc();
+                        let first = y as usize * wd + lo * sx + j * dx - px;
+                        let src_run = &row[oy * ow + lo..oy * ow + hi];
+                        if sx == 1 {
+                            for (a, &v) in acc[first..first + (hi - lo)].iter_mut().zip(src_run) {
+                                *a = *a + v.to_acc();
+                            }
+                        } else {
+                            for (k, &v) in src_run.iter().enumerate() {
+                                let a = &mut acc[first + k * sx];
+                                *a = *a + v.to_acc();
                             }
                         }
                     }
@@ -108,6 +118,49 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
         out
     }
     Ok(with_float_vec!(s, "col2im", v => WithDType::into_cpu_storage(go(v, l, w, [n, c, h, wd, oh, ow]))))
+}
+
+/// Max pooling's argument (see `BackendStorage::max_pool2d_indices`): one task per plane,
+/// each output pixel scanning the part of its window inside the image.
+pub fn max_pool2d_indices(s: &CpuStorage, l: &Layout, w: &Window2d, (oh, ow): (usize, usize)) -> Result<CpuStorage> {
+    let &[n, c, h, wd] = l.dims() else {
+        return Err(Error::BadShape { op: "max_pool2d", msg: format!("needs [N, C, H, W], got {:?}", l.shape()) });
+    };
+    Shape::checked_product("max_pool2d", &[n, c, oh, ow])?;
+    fn go<T: CpuFloat>(v: &[T], l: &Layout, w: &Window2d, [n, c, h, wd, oh, ow]: [usize; 6]) -> Vec<i64> {
+        let x = contiguous(v, l);
+        let mut out = super::pool::filled(n * c * oh * ow, 0i64);
+        let span = |o: usize, s: usize, p: usize, k: usize, d: usize, size: usize| {
+            // Taps t with 0 ≤ o·s − p + t·d < size.
+            let start = (o * s) as isize - p as isize;
+            (0..k)
+                .filter(move |t| (0..size as isize).contains(&(start + (t * d) as isize)))
+                .map(move |t| (start + (t * d) as isize) as usize)
+        };
+        super::parallel::for_each_chunk(&mut out, (oh * ow).max(1), |nc, o| {
+            let plane = &x[nc * h * wd..(nc + 1) * h * wd];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best: Option<(T::Acc, usize)> = None;
+                    for y in span(oy, w.stride.0, w.padding.0, w.kernel.0, w.dilation.0, h) {
+                        for xx in span(ox, w.stride.1, w.padding.1, w.kernel.1, w.dilation.1, wd) {
+                            let (i, v) = (y * wd + xx, plane[y * wd + xx].to_acc());
+                            // PyTorch's test: a greater value or a NaN takes the place.
+                            #[allow(clippy::eq_op)]
+                            let nan = v != v;
+                            if best.is_none_or(|(b, _)| v > b || nan) {
+                                best = Some((v, i));
+                            }
+                        }
+                    }
+                    o[oy * ow + ox] = best.map_or(0, |(_, i)| i as i64);
+                }
+            }
+        });
+        out
+    }
+    let dims = [n, c, h, wd, oh, ow];
+    Ok(CpuStorage::I64(with_float_vec!(s, "max_pool2d", v => go(v, l, w, dims))))
 }
 
 /// One image's im2col matrix `[C·kh·kw, OH·OW]`, never written out: the GEMM packs its blocks

@@ -122,7 +122,15 @@ pub fn gather(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, axis: u
     let base = base_layout(l, il.shape(), axis);
     let st = l.strides()[axis];
     fn go<T: WithDType>(v: &[T], base: &Layout, st: usize, ids: &[usize]) -> Vec<T> {
-        ids.iter().enumerate().map(|(p, &i)| v[base.offset_of(p) + i * st]).collect()
+        // Positions in row-major runs, so each costs a multiply-add, not an index decomposition.
+        let mut out = super::pool::alloc(ids.len());
+        let mut p = 0;
+        base.for_each_run(|start, len, stride| {
+            let at = &ids[p..p + len];
+            out.extend(at.iter().enumerate().map(|(k, &i)| v[start + k * stride + i * st]));
+            p += len;
+        });
+        out
     }
     Ok(super::with_vec!(s, v => T_into(go(v, &base, st, &ids))))
 }
@@ -150,11 +158,15 @@ pub fn scatter_add(
     let st = out_l.strides()[axis];
     fn go<T: AddElem>(v: &[T], l: &Layout, src: &[T], sl: &Layout, base: &Layout, st: usize, ids: &[usize]) -> Vec<T> {
         let mut out = map(v, l, |x| x);
-        let src = map(src, sl, |x| x);
-        for (p, (&i, &x)) in ids.iter().zip(&src).enumerate() {
-            let o = base.offset_of(p) + i * st;
-            out[o] = out[o].add(x);
-        }
+        let src = super::contiguous(src, sl);
+        let mut p = 0;
+        base.for_each_run(|start, len, stride| {
+            for (k, (&i, &x)) in ids[p..p + len].iter().zip(&src[p..p + len]).enumerate() {
+                let o = start + k * stride + i * st;
+                out[o] = out[o].add(x);
+            }
+            p += len;
+        });
         out
     }
     Ok(dispatch_same!(s, src, "scatter_add", |v, w| go(v, l, w, sl, &base, st, &ids)))

@@ -156,9 +156,22 @@ pub(crate) fn worth_splitting(work: usize) -> bool {
 
 /// Runs `f` on a thread of the rayon pool (the caller waits), unless it already is on one or
 /// the pool has one thread. A loop of many small kernels called from there splits them at
-/// [`splitting_bar`]'s lower on-pool bar: the other threads are awake and near, not asleep.
+/// the lower bar for callers inside the pool (a quarter of the outside one): the other
+/// threads are awake and near, not asleep.
 /// Thread-local settings (`no_grad`, autocast) do not travel: `f` sets what it needs.
-pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+///
+/// A training loop of its own can run each whole step (forward, backward, optimizer) through
+/// it, as [`crate::train::Trainer`] does on the CPU: every parallel kernel of the step then
+/// forks from inside the pool instead of handing work over from the program's thread.
+///
+/// ```
+/// use tensorforge::{DType, Device, Tensor};
+/// let x = Tensor::ones((64, 64), DType::F32, Device::Cpu)?;
+/// let s = tensorforge::backend::cpu::on_pool(|| x.matmul(&x)?.sum_all())?;
+/// assert_eq!(s.item()?, 64.0 * 64.0 * 64.0);
+/// # Ok::<(), tensorforge::Error>(())
+/// ```
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
         f()
     } else {
@@ -456,6 +469,9 @@ impl BackendStorage for CpuStorage {
     }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)
+    }
+    fn max_pool2d_indices(&self, layout: &Layout, window: &Window2d, out: (usize, usize)) -> Result<Self> {
+        conv::max_pool2d_indices(self, layout, window, out)
     }
     fn ctc_loss(
         &self,

@@ -1,4 +1,4 @@
-//! Launches for kernels/conv.cu: im2col and col2im.
+//! Launches for kernels/conv.cu: im2col, col2im and max pooling's argument.
 
 use super::abi::TfWindow;
 use super::device::Arg;
@@ -100,6 +100,31 @@ pub(super) fn col2im(s: &CudaStorage, l: &Layout, w: &Window2d, h: usize, wd: us
         let args = [Arg::Ptr(cols_ptr), Arg::Ptr(out.ptr()), Arg::Window(g)];
         let dev = s.dev().clone();
         dev.launch("conv", &format!("col2im_{}", s.dtype.as_str()), dev.grid_1d(total), &args)?;
+    }
+    Ok(out)
+}
+
+/// Max pooling's argument: one thread per output pixel (see the kernel).
+pub(super) fn max_pool2d_indices(
+    s: &CudaStorage,
+    l: &Layout,
+    w: &Window2d,
+    (oh, ow): (usize, usize),
+) -> Result<CudaStorage> {
+    if !s.dtype.is_float() {
+        return Err(Error::UnsupportedDType { op: "max_pool2d", dtype: s.dtype });
+    }
+    let &[n, c, h, wd] = l.dims() else {
+        return Err(Error::BadShape { op: "max_pool2d", msg: format!("needs [N, C, H, W], got {:?}", l.shape()) });
+    };
+    let total = Shape::checked_product("max_pool2d", &[n, c, oh, ow])?;
+    let xl = s.abi_layout(l, "max_pool2d")?;
+    let out = CudaStorage::alloc(s.dev(), total, DType::I64)?;
+    if total > 0 {
+        let g = window_abi(w, [n, c, h, wd], (oh, ow));
+        let args = [Arg::Ptr(s.ptr()), Arg::Layout(xl), Arg::Ptr(out.ptr()), Arg::Window(g)];
+        let dev = s.dev().clone();
+        dev.launch("conv", &format!("max_pool2d_indices_{}", s.dtype.as_str()), dev.grid_1d(total), &args)?;
     }
     Ok(out)
 }

@@ -234,6 +234,9 @@ impl BackendStorage for CudaStorage {
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)
     }
+    fn max_pool2d_indices(&self, layout: &Layout, window: &Window2d, out: (usize, usize)) -> Result<Self> {
+        conv::max_pool2d_indices(self, layout, window, out)
+    }
     fn ctc_loss(
         &self,
         layout: &Layout,
