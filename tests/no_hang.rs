@@ -91,3 +91,22 @@ fn computing_with_a_parameter_while_another_thread_steps_it() {
         assert!((v[0] - (1.0 - STEPS as f64 * 1e-6)).abs() < 0.01, "{}", v[0]);
     });
 }
+
+/// A whole step run on the pool (`on_pool`, as the trainer does) keeps the other workers
+/// polling for its kernels' helpers; a wait inside the step (a rayon join) may pick up such a
+/// keeper on the step's own thread, which must return at once instead of polling above the
+/// frame that ends the step. That interleaving needs the keeper still queued when the join
+/// waits, which two threads rarely produce, so this is a smoke test: many rounds, with joins
+/// and parallel kernels inside, finish with the right values.
+#[test]
+fn steps_on_the_pool_with_joins_inside_finish() {
+    within("on_pool with rayon::join inside", || {
+        let x = Tensor::ones((256, 256), tensorforge::DType::F32, Device::Cpu).unwrap();
+        for _ in 0..200 {
+            let (a, b) = tensorforge::backend::cpu::on_pool(|| {
+                rayon::join(|| x.matmul(&x).unwrap().sum_all().unwrap().item().unwrap(), || (0..1000u64).sum::<u64>())
+            });
+            assert_eq!((a, b), (256.0 * 256.0 * 256.0, 499_500));
+        }
+    });
+}

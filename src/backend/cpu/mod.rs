@@ -173,10 +173,31 @@ pub(crate) fn worth_splitting(work: usize) -> bool {
 /// ```
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
-        f()
-    } else {
-        rayon::scope(|_| f())
+        return f();
     }
+    // The other workers stay awake until `f` returns, running the helpers of its parallel
+    // kernels as they come: a worker that fell asleep between two kernels would be woken by
+    // a futex call (tens of microseconds here), and the kernel would run on one thread
+    // meanwhile. They poll from the top of their stacks, so no join waits behind them.
+    let keep_awake = !parallel::spin_budget().is_zero();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    rayon::scope(|s| {
+        if keep_awake {
+            // A keeper that `f`'s own thread picks up (while it waits inside `f`) returns at
+            // once: it would otherwise poll above the frame that is to set `done`.
+            let (owner, done) = (rayon::current_thread_index(), &done);
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(move |_| {
+                    if rayon::current_thread_index() != owner {
+                        parallel::poll_until(&done);
+                    }
+                });
+            }
+        }
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        r
+    })
 }
 
 /// Runs CPU work that allocates, turning an allocation failure inside it (which unwinds

@@ -203,6 +203,16 @@ pub(crate) fn spin_budget() -> Duration {
     })
 }
 
+/// Runs whatever the pool is given until `done` is set (see `on_pool`).
+pub(crate) fn poll_until(done: &AtomicBool) {
+    while !done.load(Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => {}
+            _ => (0..4).for_each(|_| std::hint::spin_loop()),
+        }
+    }
+}
+
 thread_local! {
     /// Whether this worker is already lingering further up its stack.
     static LINGERING: Cell<bool> = const { Cell::new(false) };
