@@ -189,7 +189,7 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             for _ in 1..rayon::current_num_threads() {
                 s.spawn(move |_| {
                     if rayon::current_thread_index() != owner {
-                        parallel::poll_until(&done);
+                        parallel::poll_until(done);
                     }
                 });
             }
