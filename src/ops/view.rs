@@ -114,6 +114,23 @@ impl Operation for Cat {
             })?;
         }
         let shape = Shape::from(dims);
+        if dev == crate::Device::Cpu {
+            // One pass that writes each element once, instead of a fill and a copy per part.
+            let guards: Vec<_> = xs.iter().map(|x| x.storage()).collect();
+            let parts = guards
+                .iter()
+                .zip(xs)
+                .map(|(g, x)| {
+                    #[allow(unreachable_patterns)] // CPU-only builds have no other storage
+                    match &**g {
+                        Storage::Cpu(c) => Ok((c, x.layout())),
+                        _ => Err(Error::msg("cat: a CPU tensor without CPU storage")),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let out = crate::backend::cpu::guard("cat", || crate::backend::cpu::concat(&parts, axis))?;
+            return Ok(Tensor::from_contiguous(Storage::Cpu(out), shape));
+        }
         let out = Tensor::from_contiguous(Storage::full(&shape, first.dtype(), 0.0, dev)?, shape);
         let mut at = 0;
         for x in xs {

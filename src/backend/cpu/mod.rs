@@ -234,6 +234,45 @@ pub(crate) fn fill_new<U: Send + 'static>(n: usize, fill: impl FnOnce(&mut [Mayb
     out
 }
 
+/// The concatenation along `axis` of views of the same dtype whose other dims agree (checked
+/// by the caller): for each index of the leading axes, each part's block in turn, so every
+/// output element is written once (no fill first).
+pub(crate) fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<CpuStorage> {
+    let Some(&(first, fl)) = parts.first() else {
+        return Err(Error::BadShape { op: "cat", msg: "no tensors to concatenate".into() });
+    };
+    let outer: usize = fl.dims()[..axis].iter().product();
+    fn go<T: WithDType>(parts: &[(&[T], &Layout)], axis: usize, outer: usize) -> Vec<T> {
+        let dense: Vec<std::borrow::Cow<'_, [T]>> = parts.iter().map(|&(v, l)| contiguous(v, l)).collect();
+        let blocks: Vec<usize> = parts.iter().map(|(_, l)| l.dims()[axis..].iter().product()).collect();
+        let total = blocks.iter().sum::<usize>() * outer;
+        let mut out = pool::alloc(total);
+        for o in 0..outer {
+            for (d, &b) in dense.iter().zip(&blocks) {
+                out.extend_from_slice(&d[o * b..(o + 1) * b]);
+            }
+        }
+        out
+    }
+    macro_rules! typed {
+        ($($v:ident),*) => {
+            match first {
+                $(CpuStorage::$v(_) => {
+                    let typed = parts
+                        .iter()
+                        .map(|&(s, l)| match s {
+                            CpuStorage::$v(v) => Ok((v.as_slice(), l)),
+                            other => Err(Error::DTypeMismatch { op: "cat", lhs: first.dtype(), rhs: other.dtype() }),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    CpuStorage::$v(go(&typed, axis, outer))
+                })*
+            }
+        };
+    }
+    Ok(typed!(F32, F64, F16, BF16, I64, U8))
+}
+
 /// `f` applied to every element viewed by `l`, in row-major order.
 pub(crate) fn map<T, U, F>(src: &[T], l: &Layout, f: F) -> Vec<U>
 where
