@@ -110,6 +110,12 @@ impl<F: Float> Rows for Forward<'_, F> {
             let (ho, co, acts) =
                 unsafe { (row_of(self.out[0], r, h), row_of(self.out[1], r, h), row_of(self.out[2], r, g4)) };
             let [ai, af, ag, ao] = gates_mut(acts, h);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(rows) = f32_avx512::<F>() {
+                // SAFETY: `f32_avx512` checked that F is f32 and that the CPU has AVX-512.
+                unsafe { (rows.forward)(xg.map(f32s), hg.map(f32s), f32s(c), [ho, co, ai, af, ag, ao].map(f32s_mut)) };
+                continue;
+            }
             forward_row(xg, hg, c, [ho, co, ai, af, ag, ao]);
         }
     }
@@ -182,6 +188,12 @@ impl<F: Float> Rows for Backward<'_, F> {
             // SAFETY: as in `Forward`.
             let (dg, dcp) = unsafe { (row_of(self.out[0], r, g4), row_of(self.out[1], r, h)) };
             let [di, df, dgg, d_o] = gates_mut(dg, h);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(rows) = f32_avx512::<F>() {
+                // SAFETY: as in `Forward`.
+                unsafe { (rows.backward)(a.map(f32s), [c, cn, dh, dy, dc].map(f32s), [dcp, di, df, dgg, d_o].map(f32s_mut)) };
+                continue;
+            }
             backward_row(a, [c, cn, dh, dy, dc], [dcp, di, df, dgg, d_o]);
         }
     }
@@ -204,6 +216,149 @@ fn backward_row<F: Float>(a: [&[F]; 4], ins: [&[F]; 5], out: [&mut [F]; 5]) {
         df[j] = dct * c[j] * f * (F::ONE - f);
         dgg[j] = dct * i * (F::ONE - g * g);
         d_o[j] = dht * tc * o * (F::ONE - o);
+    }
+}
+
+/// The f32 rows with AVX-512 intrinsics. The generic rows stay scalar for f32: the
+/// polynomial exp and tanh select their edge cases with branches that LLVM's vectorizer does
+/// not if-convert inside a loop this large, so the cell's rows ran one lane at a time.
+#[cfg(target_arch = "x86_64")]
+struct F32Rows {
+    forward: unsafe fn([&[f32]; 4], [&[f32]; 4], &[f32], [&mut [f32]; 6]),
+    backward: unsafe fn([&[f32]; 4], [&[f32]; 5], [&mut [f32]; 5]),
+}
+
+/// `Some` when `F` is f32 and the CPU runs the AVX-512 build.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f32_avx512<F: 'static>() -> Option<F32Rows> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && simd::isa() == simd::Isa::Avx512)
+        .then_some(F32Rows { forward: avx512::forward_row, backward: avx512::backward_row })
+}
+
+/// `s` as f32, for `F` known to be f32.
+#[inline(always)]
+fn f32s<F>(s: &[F]) -> &[f32] {
+    debug_assert_eq!(std::mem::size_of::<F>(), 4);
+    // SAFETY: only called after `f32_avx512::<F>()` found F to be f32.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// [`f32s`] for a mutable slice.
+#[inline(always)]
+fn f32s_mut<F>(s: &mut [F]) -> &mut [f32] {
+    debug_assert_eq!(std::mem::size_of::<F>(), 4);
+    // SAFETY: as in `f32s`.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
+mod avx512 {
+    use super::super::simd::exp512::exp16;
+    use std::arch::x86_64::*;
+
+    /// `1 / (1 + e^(−x))`, 16 lanes (0 below −88, as the scalar form).
+    #[inline(always)]
+    unsafe fn sigmoid16(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with AVX-512F and FMA.
+        unsafe {
+            let one = _mm512_set1_ps(1.0);
+            _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))))
+        }
+    }
+
+    /// `tanh_f32` on 16 lanes: the odd polynomial below |x| = 0.625, `1 − 2/(e^{2|x|}+1)` with
+    /// x's sign above.
+    #[inline(always)]
+    #[allow(clippy::excessive_precision)] // the coefficients of `tanh_f32`, kept as printed there
+    unsafe fn tanh16(x: __m512) -> __m512 {
+        // SAFETY: the caller runs with AVX-512F and FMA.
+        unsafe {
+            let sign = _mm512_set1_ps(-0.0);
+            let a = _mm512_andnot_ps(sign, x);
+            let z = _mm512_mul_ps(x, x);
+            let mut p = _mm512_set1_ps(-5.704_988_7e-3);
+            for k in [2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1] {
+                p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(k));
+            }
+            let small = _mm512_fmadd_ps(_mm512_mul_ps(x, z), p, x);
+            let e = exp16(_mm512_add_ps(a, a));
+            let one = _mm512_set1_ps(1.0);
+            let big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)));
+            let big = _mm512_or_ps(big, _mm512_and_ps(sign, x));
+            let near = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(0.625));
+            _mm512_mask_blend_ps(near, big, small)
+        }
+    }
+
+    /// `super::forward_row` for f32, 16 units at a time; the tail goes to the generic row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW, AVX2 and FMA; every slice holds at least `c.len()` elements.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn forward_row(xg: [&[f32]; 4], hg: [&[f32]; 4], c: &[f32], out: [&mut [f32]; 6]) {
+        let h = c.len();
+        let v = h / 16 * 16;
+        let [ho, co, ai, af, ag, ao] = out;
+        for j in (0..v).step_by(16) {
+            // SAFETY: j + 16 ≤ h ≤ every slice's length (see the contract above).
+            unsafe {
+                let ld = |s: &[f32]| _mm512_loadu_ps(s.as_ptr().add(j));
+                let z = |k: usize| _mm512_add_ps(ld(xg[k]), ld(hg[k]));
+                let (i, f, g, o) = (sigmoid16(z(0)), sigmoid16(z(1)), tanh16(z(2)), sigmoid16(z(3)));
+                let cn = _mm512_fmadd_ps(f, ld(c), _mm512_mul_ps(i, g));
+                _mm512_storeu_ps(co.as_mut_ptr().add(j), cn);
+                _mm512_storeu_ps(ho.as_mut_ptr().add(j), _mm512_mul_ps(o, tanh16(cn)));
+                for (dst, val) in [(&mut *ai, i), (&mut *af, f), (&mut *ag, g), (&mut *ao, o)] {
+                    _mm512_storeu_ps(dst.as_mut_ptr().add(j), val);
+                }
+            }
+        }
+        super::forward_row(
+            xg.map(|s| &s[v..h]),
+            hg.map(|s| &s[v..h]),
+            &c[v..],
+            [&mut ho[v..], &mut co[v..], &mut ai[v..], &mut af[v..], &mut ag[v..], &mut ao[v..]],
+        );
+    }
+
+    /// `super::backward_row` for f32, 16 units at a time; the tail goes to the generic row.
+    ///
+    /// # Safety
+    /// As for [`forward_row`], with `ins[0].len()` units.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn backward_row(a: [&[f32]; 4], ins: [&[f32]; 5], out: [&mut [f32]; 5]) {
+        let h = ins[0].len();
+        let v = h / 16 * 16;
+        let [c, cn, dh, dy, dc] = ins;
+        let [dcp, di, df, dgg, d_o] = out;
+        for j in (0..v).step_by(16) {
+            // SAFETY: as in `forward_row`.
+            unsafe {
+                let ld = |s: &[f32]| _mm512_loadu_ps(s.as_ptr().add(j));
+                let one = _mm512_set1_ps(1.0);
+                let (i, f, g, o) = (ld(a[0]), ld(a[1]), ld(a[2]), ld(a[3]));
+                let tc = tanh16(ld(cn));
+                let dht = _mm512_add_ps(ld(dh), ld(dy));
+                let dct = _mm512_fmadd_ps(
+                    _mm512_mul_ps(dht, o),
+                    _mm512_fnmadd_ps(tc, tc, one),
+                    ld(dc),
+                );
+                let st = |dst: &mut [f32], v: __m512| _mm512_storeu_ps(dst.as_mut_ptr().add(j), v);
+                st(dcp, _mm512_mul_ps(dct, f));
+                st(di, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, g), i), _mm512_sub_ps(one, i)));
+                st(df, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, ld(c)), f), _mm512_sub_ps(one, f)));
+                st(dgg, _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(g, g, one)));
+                st(d_o, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dht, tc), o), _mm512_sub_ps(one, o)));
+            }
+        }
+        super::backward_row(
+            a.map(|s| &s[v..h]),
+            [&c[v..], &cn[v..], &dh[v..], &dy[v..], &dc[v..]],
+            [&mut dcp[v..], &mut di[v..], &mut df[v..], &mut dgg[v..], &mut d_o[v..]],
+        );
     }
 }
 

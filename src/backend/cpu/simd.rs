@@ -270,7 +270,7 @@ pub fn map_f32_avx512(f: ExpFn, x: &[f32], out: &mut [MaybeUninit<f32>]) -> bool
 /// gelu (tanh form).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::incompatible_msrv)] // AVX-512 intrinsics: stable since Rust 1.89
-mod exp512 {
+pub(crate) mod exp512 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -279,7 +279,7 @@ mod exp512 {
     /// stays NaN.
     #[inline(always)]
     #[allow(clippy::excessive_precision)] // the coefficients of `exp_f32`, kept as printed there
-    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
         const LO: f32 = -87.336_55;
         const ROUND: f32 = 12_582_912.0;
         // SAFETY: the caller runs with AVX-512F and FMA.
