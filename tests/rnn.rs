@@ -132,8 +132,8 @@ fn lstm_layer_equals_unrolled_cell() -> Result<()> {
 /// The LSTM layer runs as one fused op (f32/f64); `LSTMCell` is composed from tensor ops.
 /// Both directions, a loss on every output and on the final states: the fused backward must
 /// give the unrolled cell's gradients for the input, both weights, both biases and h0/c0.
-fn fused_lstm_gradients_equal_unrolled_cell(dtype: DType, h: usize, tol: f64) -> Result<()> {
-    let (t_len, n, i) = (6, 3, 4);
+fn fused_lstm_gradients_equal_unrolled_cell(dtype: DType, (n, h): (usize, usize), tol: f64) -> Result<()> {
+    let (t_len, i) = (6, 4);
     let (fw, bw) = (cell_params(4, i, h, 70), cell_params(4, i, h, 80));
     let leaf = |t: &Tensor| t.to_dtype(dtype).unwrap().requires_grad();
     let run = |fused: bool| -> Result<Vec<Vec<f64>>> {
@@ -187,19 +187,26 @@ fn fused_lstm_gradients_equal_unrolled_cell(dtype: DType, h: usize, tol: f64) ->
 
 #[test]
 fn fused_lstm_gradients_equal_unrolled_cell_f64() -> Result<()> {
-    fused_lstm_gradients_equal_unrolled_cell(DType::F64, 5, 1e-12)
+    fused_lstm_gradients_equal_unrolled_cell(DType::F64, (3, 5), 1e-12)
 }
 
 #[test]
 fn fused_lstm_gradients_equal_unrolled_cell_f32() -> Result<()> {
-    fused_lstm_gradients_equal_unrolled_cell(DType::F32, 5, 2e-5)
+    fused_lstm_gradients_equal_unrolled_cell(DType::F32, (3, 5), 2e-5)
 }
 
 /// 21 units: on an AVX-512 machine the f32 rows run 16 lanes at a time (sigmoid and tanh
-/// vectorized) and the last 5 through the generic row.
+/// vectorized) and the last 5 through the generic row; a batch of 20 splits the cell's rows
+/// across threads.
 #[test]
 fn fused_lstm_gradients_equal_unrolled_cell_f32_wide() -> Result<()> {
-    fused_lstm_gradients_equal_unrolled_cell(DType::F32, 21, 2e-5)
+    fused_lstm_gradients_equal_unrolled_cell(DType::F32, (20, 21), 2e-5)
+}
+
+/// A larger batch in f64 (37 rows, split across threads by the cell), every gradient to 1e-12.
+#[test]
+fn fused_lstm_gradients_equal_unrolled_cell_f64_wide() -> Result<()> {
+    fused_lstm_gradients_equal_unrolled_cell(DType::F64, (37, 6), 1e-12)
 }
 
 /// The half types take the composed path: same outputs as f32 within bf16's rounding.
