@@ -196,14 +196,13 @@ fn fused_lstm_gradients_equal_unrolled_cell_f32() -> Result<()> {
 }
 
 /// 21 units: on an AVX-512 machine the f32 rows run 16 lanes at a time (sigmoid and tanh
-/// vectorized) and the last 5 through the generic row; a batch of 20 splits the cell's rows
-/// across threads.
+/// vectorized) and the last 5 through the generic row, over a batch of 20.
 #[test]
 fn fused_lstm_gradients_equal_unrolled_cell_f32_wide() -> Result<()> {
     fused_lstm_gradients_equal_unrolled_cell(DType::F32, (20, 21), 2e-5)
 }
 
-/// A larger batch in f64 (37 rows, split across threads by the cell), every gradient to 1e-12.
+/// A larger batch in f64 (37 rows), every gradient to 1e-12.
 #[test]
 fn fused_lstm_gradients_equal_unrolled_cell_f64_wide() -> Result<()> {
     fused_lstm_gradients_equal_unrolled_cell(DType::F64, (37, 6), 1e-12)
