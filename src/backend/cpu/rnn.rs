@@ -191,7 +191,9 @@ impl<F: Float> Rows for Backward<'_, F> {
             #[cfg(target_arch = "x86_64")]
             if let Some(rows) = f32_avx512::<F>() {
                 // SAFETY: as in `Forward`.
-                unsafe { (rows.backward)(a.map(f32s), [c, cn, dh, dy, dc].map(f32s), [dcp, di, df, dgg, d_o].map(f32s_mut)) };
+                unsafe {
+                    (rows.backward)(a.map(f32s), [c, cn, dh, dy, dc].map(f32s), [dcp, di, df, dgg, d_o].map(f32s_mut))
+                };
                 continue;
             }
             backward_row(a, [c, cn, dh, dy, dc], [dcp, di, df, dgg, d_o]);
@@ -341,11 +343,7 @@ mod avx512 {
                 let (i, f, g, o) = (ld(a[0]), ld(a[1]), ld(a[2]), ld(a[3]));
                 let tc = tanh16(ld(cn));
                 let dht = _mm512_add_ps(ld(dh), ld(dy));
-                let dct = _mm512_fmadd_ps(
-                    _mm512_mul_ps(dht, o),
-                    _mm512_fnmadd_ps(tc, tc, one),
-                    ld(dc),
-                );
+                let dct = _mm512_fmadd_ps(_mm512_mul_ps(dht, o), _mm512_fnmadd_ps(tc, tc, one), ld(dc));
                 let st = |dst: &mut [f32], v: __m512| _mm512_storeu_ps(dst.as_mut_ptr().add(j), v);
                 st(dcp, _mm512_mul_ps(dct, f));
                 st(di, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, g), i), _mm512_sub_ps(one, i)));
