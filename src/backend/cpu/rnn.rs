@@ -111,9 +111,11 @@ impl<F: Float> Rows for Forward<'_, F> {
                 unsafe { (row_of(self.out[0], r, h), row_of(self.out[1], r, h), row_of(self.out[2], r, g4)) };
             let [ai, af, ag, ao] = gates_mut(acts, h);
             #[cfg(target_arch = "x86_64")]
-            if let Some(rows) = f32_avx512::<F>() {
+            if f32_avx512::<F>() {
                 // SAFETY: `f32_avx512` checked that F is f32 and that the CPU has AVX-512.
-                unsafe { (rows.forward)(xg.map(f32s), hg.map(f32s), f32s(c), [ho, co, ai, af, ag, ao].map(f32s_mut)) };
+                unsafe {
+                    avx512::forward_row(xg.map(f32s), hg.map(f32s), f32s(c), [ho, co, ai, af, ag, ao].map(f32s_mut))
+                };
                 continue;
             }
             forward_row(xg, hg, c, [ho, co, ai, af, ag, ao]);
@@ -189,10 +191,14 @@ impl<F: Float> Rows for Backward<'_, F> {
             let (dg, dcp) = unsafe { (row_of(self.out[0], r, g4), row_of(self.out[1], r, h)) };
             let [di, df, dgg, d_o] = gates_mut(dg, h);
             #[cfg(target_arch = "x86_64")]
-            if let Some(rows) = f32_avx512::<F>() {
+            if f32_avx512::<F>() {
                 // SAFETY: as in `Forward`.
                 unsafe {
-                    (rows.backward)(a.map(f32s), [c, cn, dh, dy, dc].map(f32s), [dcp, di, df, dgg, d_o].map(f32s_mut))
+                    avx512::backward_row(
+                        a.map(f32s),
+                        [c, cn, dh, dy, dc].map(f32s),
+                        [dcp, di, df, dgg, d_o].map(f32s_mut),
+                    )
                 };
                 continue;
             }
@@ -221,21 +227,14 @@ fn backward_row<F: Float>(a: [&[F]; 4], ins: [&[F]; 5], out: [&mut [F]; 5]) {
     }
 }
 
-/// The f32 rows with AVX-512 intrinsics. The generic rows stay scalar for f32: the
-/// polynomial exp and tanh select their edge cases with branches that LLVM's vectorizer does
-/// not if-convert inside a loop this large, so the cell's rows ran one lane at a time.
-#[cfg(target_arch = "x86_64")]
-struct F32Rows {
-    forward: unsafe fn([&[f32]; 4], [&[f32]; 4], &[f32], [&mut [f32]; 6]),
-    backward: unsafe fn([&[f32]; 4], [&[f32]; 5], [&mut [f32]; 5]),
-}
-
-/// `Some` when `F` is f32 and the CPU runs the AVX-512 build.
+/// Whether the rows take the f32 AVX-512 path (`F` is f32 and the CPU runs the AVX-512
+/// build). The generic rows stay scalar for f32: the polynomial exp and tanh select their
+/// edge cases with branches that LLVM's vectorizer does not if-convert inside a loop this
+/// large, so the cell's rows ran one lane at a time.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn f32_avx512<F: 'static>() -> Option<F32Rows> {
-    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && simd::isa() == simd::Isa::Avx512)
-        .then_some(F32Rows { forward: avx512::forward_row, backward: avx512::backward_row })
+fn f32_avx512<F: 'static>() -> bool {
+    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && simd::isa() == simd::Isa::Avx512
 }
 
 /// `s` as f32, for `F` known to be f32.
