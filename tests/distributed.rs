@@ -117,7 +117,7 @@ const FEATURES: usize = 64;
 const CLASSES: usize = 5;
 
 /// A model's forward pass, from input rows to logits.
-type Forward = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+type Forward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
 fn build(model: Model, store: &mut ParameterStore) -> Result<Forward> {
     Ok(match model {

@@ -220,7 +220,10 @@ impl Trainer {
     /// Runs the loop. `step` gets each mini-batch's sample indices and returns its loss (the
     /// trainer clears the gradients, runs backward and steps `opt`); `evaluate` returns the
     /// held-out metrics after each epoch. `store` holds the parameters `opt` updates and is
-    /// what checkpoints save.
+    /// what checkpoints save. On the CPU (without [`Trainer::distributed`]) each step, with
+    /// its backward and optimizer update, runs on a worker of the kernels' thread pool
+    /// ([`crate::backend::cpu::on_pool`]), hence `Send` on `step`; thread-local settings
+    /// (`no_grad`, autocast) inside `step` apply as usual, since `step` sets them itself.
     pub fn fit(
         &self,
         store: &mut ParameterStore,
