@@ -322,3 +322,24 @@ fn max_pool_ties_nan_and_infinities_as_pytorch() -> Result<()> {
     assert_eq!(i.to_vec::<i64>()?, vec![0, 0, 1, 0, 0, 1, 2, 2, 3]);
     Ok(())
 }
+
+/// The weight gradient takes one product over all images for small column buffers and one
+/// per image above 2²⁰ column elements: a batch of 8 (1.2 M elements, per image) must give
+/// the sum of its two halves' gradients (0.6 M each, one product).
+#[test]
+fn conv_weight_gradient_is_the_same_on_both_paths() -> Result<()> {
+    let x = Tensor::randn(0.0, 1.0, (8, 16, 32, 32), DType::F32, Device::Cpu)?;
+    let w0 = Tensor::randn(0.0, 0.1, (8, 16, 3, 3), DType::F32, Device::Cpu)?;
+    let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
+    let grad = |x: &Tensor| -> Result<Vec<f64>> {
+        let w = w0.clone().requires_grad();
+        x.conv2d(&w, None, opt)?.sqr()?.sum_all()?.backward()?;
+        w.grad().expect("a gradient").to_vec_f64()
+    };
+    let whole = grad(&x)?;
+    let (a, b) = (grad(&x.narrow(0, 0, 4)?)?, grad(&x.narrow(0, 4, 4)?)?);
+    for ((w, a), b) in whole.iter().zip(&a).zip(&b) {
+        assert!((w - (a + b)).abs() <= 1e-3 * (1.0 + w.abs()), "{w} vs {a} + {b}");
+    }
+    Ok(())
+}

@@ -98,6 +98,11 @@ impl Operation for Col2Im {
     }
 }
 
+/// Up to this many column elements, a convolution's weight gradient is one product over all
+/// images (a copy of the columns laid out image-major, 4 MiB in f32 at most); above, one
+/// product per image and a sum.
+const ONE_PRODUCT_DW_MAX: usize = 1 << 20;
+
 /// One group's convolution `[N, C, H, W]` ⊛ `[Cout, C, kh, kw]` → `[N, Cout, OH, OW]`: the
 /// weight times im2col's columns, which the backend may pack without writing them out. The
 /// backward is the same product's two adjoints, through im2col and col2im.
@@ -128,8 +133,21 @@ impl Operation for Conv2d {
             grads.accumulate(x, w2.t()?.matmul(&g)?.col2im(self.window, d[2], d[3])?)?;
         }
         if w.tracks_grad() {
+            let (n, l) = (d[0], g.dims()[2]);
             let cols = x.im2col(self.window, 0.0)?; // [N, K, L]
-            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum([0])?;
+            let k = cols.dims()[1];
+            let gw = if cols.elem_count() <= ONE_PRODUCT_DW_MAX {
+                // Small images: dW = Σₙ g[n]·cols[n]ᵀ as one product over all images' columns,
+                // [Cout, N·L] × [N·L, K]. N small products and a sum over their [N, Cout, K]
+                // outputs cost more than laying g and the columns out image-major once.
+                let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
+                let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
+                g2.matmul(&c2.t()?)?
+            } else {
+                // Large ones: per-image products are large enough, and a second copy of the
+                // columns would cost memory.
+                g.matmul(&cols.transpose(1, 2)?)?.sum([0])?
+            };
             grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
         }
         Ok(())
