@@ -258,6 +258,35 @@ impl Storage {
         }
     }
 
+    /// The views `parts` (same dtype and device, other dims agreeing) concatenated along
+    /// `axis` into a new contiguous buffer of `shape`. The CPU writes each element once; a
+    /// device fills a buffer and copies each part into its slice.
+    pub fn concat(parts: &[(&Storage, &Layout)], axis: usize, shape: &Shape) -> Result<Storage> {
+        let Some(&(first, _)) = parts.first() else {
+            return Err(Error::BadShape { op: "cat", msg: "no tensors to concatenate".into() });
+        };
+        if first.device() == Device::Cpu {
+            let cpu = parts
+                .iter()
+                .map(|&(s, l)| match s {
+                    Storage::Cpu(c) => Ok((c, l)),
+                    #[allow(unreachable_patterns)]
+                    other => Err(mismatch("cat", Device::Cpu, other.device())),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Storage::Cpu(cpu_guard("cat", || crate::backend::cpu::concat(&cpu, axis))?));
+        }
+        let mut out = Storage::full(shape, first.dtype(), 0.0, first.device())?;
+        let dense = Layout::contiguous(shape.clone());
+        let mut at = 0;
+        for &(s, l) in parts {
+            let n = l.dims()[axis];
+            s.copy_strided(l, &mut out, &dense.slice(axis, at, n, 1))?;
+            at += n;
+        }
+        Ok(out)
+    }
+
     /// Copies the elements viewed by `l` into the elements of `dst` viewed by `dl` (see
     /// [`BackendStorage::copy_strided`]).
     pub fn copy_strided(&self, l: &Layout, dst: &mut Storage, dl: &Layout) -> Result<()> {

@@ -350,6 +350,23 @@ impl Window2d {
     }
 }
 
+/// The `(N, H)` of an LSTM cell's gates `[N, 4H]`, with every cell-shaped operand (the cell,
+/// its gradients) checked to be `[N, H]`: the shape error both backends report.
+pub fn lstm_cell_dims(op: &'static str, gates: &Layout, cells: &[&Layout]) -> Result<(usize, usize)> {
+    let bad = |msg: String| Error::BadShape { op, msg };
+    let g = gates.dims();
+    if g.len() != 2 || !g[1].is_multiple_of(4) {
+        return Err(bad(format!("gates must be [N, 4H], got {g:?}")));
+    }
+    let (n, h) = (g[0], g[1] / 4);
+    for c in cells {
+        if c.dims() != [n, h] {
+            return Err(bad(format!("cells and their gradients must be [{n}, {h}], got {:?}", c.dims())));
+        }
+    }
+    Ok((n, h))
+}
+
 /// Adam's bias correction `1 − βᵗ`, as PyTorch computes it (`1 - beta ** step` in double
 /// precision): `powf`, so a step count past `i32::MAX` (a long run, or a corrupt checkpoint)
 /// stays right instead of wrapping to a negative exponent. Both backends fold it on the host.

@@ -98,7 +98,7 @@ impl Operation for Cat {
     fn forward(&self, xs: &[&Tensor]) -> Result<Tensor> {
         let axis = self.0;
         let first = xs[0];
-        let dev = same_device("cat", xs)?;
+        same_device("cat", xs)?;
         let mut dims = first.dims().to_vec();
         dims[axis] = 0;
         for x in xs {
@@ -114,32 +114,9 @@ impl Operation for Cat {
             })?;
         }
         let shape = Shape::from(dims);
-        if dev == crate::Device::Cpu {
-            // One pass that writes each element once, instead of a fill and a copy per part.
-            let guards: Vec<_> = xs.iter().map(|x| x.storage()).collect();
-            let parts = guards
-                .iter()
-                .zip(xs)
-                .map(|(g, x)| {
-                    #[allow(unreachable_patterns)] // CPU-only builds have no other storage
-                    match &**g {
-                        Storage::Cpu(c) => Ok((c, x.layout())),
-                        _ => Err(Error::msg("cat: a CPU tensor without CPU storage")),
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let out = crate::backend::cpu::guard("cat", || crate::backend::cpu::concat(&parts, axis))?;
-            return Ok(Tensor::from_contiguous(Storage::Cpu(out), shape));
-        }
-        let out = Tensor::from_contiguous(Storage::full(&shape, first.dtype(), 0.0, dev)?, shape);
-        let mut at = 0;
-        for x in xs {
-            let n = x.dims()[axis];
-            let dst = out.layout().slice(axis, at, n, 1);
-            x.storage().copy_strided(x.layout(), &mut out.storage_mut(), &dst)?;
-            at += n;
-        }
-        Ok(out)
+        let guards: Vec<_> = xs.iter().map(|x| x.storage()).collect();
+        let parts: Vec<_> = guards.iter().zip(xs).map(|(g, x)| (&**g, x.layout())).collect();
+        Ok(Tensor::from_contiguous(Storage::concat(&parts, axis, &shape)?, shape))
     }
     fn backward(&self, xs: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
         let mut at = 0;

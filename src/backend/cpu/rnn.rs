@@ -5,6 +5,7 @@
 use super::float::Float;
 use super::parallel::{SendPtr, for_each_task};
 use super::{CpuStorage, contiguous, pool, simd, worth_splitting};
+use crate::backend::lstm_cell_dims;
 use crate::{DType, Error, Layout, Result};
 
 /// Rows per task when a step is large enough to split.
@@ -18,21 +19,6 @@ fn sigmoid<F: Float>(x: F) -> F {
     // Branch-free (so the row loops vectorize): e^(−x) overflows to +∞ for x < −88 in f32,
     // and 1/(1 + ∞) is the right limit, 0.
     F::ONE / (F::ONE + (-x).exp())
-}
-
-fn dims(op: &'static str, gates: &Layout, cells: &[&Layout]) -> Result<(usize, usize)> {
-    let bad = |msg: String| Error::BadShape { op, msg };
-    let g = gates.dims();
-    if g.len() != 2 || !g[1].is_multiple_of(4) {
-        return Err(bad(format!("gates must be [N, 4H], got {g:?}")));
-    }
-    let (n, h) = (g[0], g[1] / 4);
-    for c in cells {
-        if c.dims() != [n, h] {
-            return Err(bad(format!("cells and their gradients must be [{n}, {h}], got {:?}", c.dims())));
-        }
-    }
-    Ok((n, h))
 }
 
 /// A kernel over rows `r0..r1` of a step. Its `rows` is `#[inline(always)]`, so it is
@@ -382,7 +368,7 @@ pub(super) fn lstm_cell(
     cl: &Layout,
 ) -> Result<[CpuStorage; 3]> {
     const OP: &str = "lstm_cell";
-    let (n, h) = dims(OP, l, &[cl])?;
+    let (n, h) = lstm_cell_dims(OP, l, &[cl])?;
     if hl.dims() != l.dims() {
         return Err(Error::ShapeMismatch { op: OP, lhs: l.shape().clone(), rhs: hl.shape().clone() });
     }
@@ -409,7 +395,7 @@ pub(super) fn lstm_cell_backward(
     rest: [(&CpuStorage, &Layout); 5],
 ) -> Result<[CpuStorage; 2]> {
     const OP: &str = "lstm_cell_backward";
-    let (n, h) = dims(OP, l, &rest.map(|(_, l)| l))?;
+    let (n, h) = lstm_cell_dims(OP, l, &rest.map(|(_, l)| l))?;
     macro_rules! go {
         ($var:ident) => {{
             let CpuStorage::$var(a) = s else { unreachable!() };

@@ -3,6 +3,7 @@
 use super::CudaStorage;
 use super::device::Arg;
 use super::elementwise::contiguous_copy;
+use crate::backend::lstm_cell_dims;
 use crate::{DType, Error, Layout, Result};
 
 /// A pointer to the view's first element when it is contiguous, else to a contiguous copy
@@ -27,24 +28,13 @@ fn check(
     if !matches!(s.dtype, DType::F32 | DType::F64) {
         return Err(Error::UnsupportedDType { op, dtype: s.dtype });
     }
-    let g = gates.dims();
-    if g.len() != 2 || !g[1].is_multiple_of(4) {
-        return Err(Error::BadShape { op, msg: format!("gates must be [N, 4H], got {g:?}") });
-    }
-    let (n, h) = (g[0], g[1] / 4);
-    for (t, l) in cells {
+    for (t, _) in cells {
         s.same_device(t, op)?;
         if t.dtype != s.dtype {
             return Err(Error::DTypeMismatch { op, lhs: s.dtype, rhs: t.dtype });
         }
-        if l.dims() != [n, h] {
-            return Err(Error::BadShape {
-                op,
-                msg: format!("cells and their gradients must be [{n}, {h}], got {:?}", l.dims()),
-            });
-        }
     }
-    Ok((n, h))
+    lstm_cell_dims(op, gates, &cells.iter().map(|(_, l)| *l).collect::<Vec<_>>())
 }
 
 pub(super) fn lstm_cell(
