@@ -3,8 +3,7 @@
 use super::float::CpuFloat;
 use super::gemm::{GemmElem, MatRef, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
-use crate::backend::BackendStorage;
-use crate::{DType, Error, Layout, Result, Shape};
+use crate::{Error, Layout, Result, Shape};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::mem::MaybeUninit;
@@ -84,21 +83,20 @@ fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuSt
     let batches: usize = la.dims()[..r - 2].iter().product();
     // Contiguous operands are read in place; views are copied once.
     let (ca, cb) = (super::contiguous(a, la), super::contiguous(b, lb));
-    let mut out_dims = la.dims().to_vec();
-    out_dims[r - 1] = n;
     if m * n * batches == 0 {
         return Ok(CpuStorage::BF16(Vec::new()));
     }
-    let one = |i: usize, c: &mut [f32], parallel: bool| {
+    let one = |i: usize, c: &mut [MaybeUninit<bf16>], parallel: bool| {
         gemm_bf16(m, n, k, &ca[i * m * k..(i + 1) * m * k], &cb[i * k * n..(i + 1) * k * n], c, parallel);
     };
-    let mut c32: Vec<f32> = super::pool::filled(batches * m * n, 0.0);
-    if batches > 1 && batches >= 2 * rayon::current_num_threads() && worth_splitting(batches * m * n * k) {
-        super::parallel::for_each_chunk(&mut c32, m * n, |i, c| one(i, c, false));
-    } else {
-        c32.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, true));
-    }
-    CpuStorage::F32(c32).cast(&Layout::contiguous(Shape::from(out_dims)), DType::BF16)
+    let out = super::fill_new(batches * m * n, |c| {
+        if batches > 1 && batches >= 2 * rayon::current_num_threads() && worth_splitting(batches * m * n * k) {
+            super::parallel::for_each_chunk(c, m * n, |i, c| one(i, c, false));
+        } else {
+            c.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, true));
+        }
+    });
+    Ok(CpuStorage::BF16(out))
 }
 
 pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {
