@@ -26,6 +26,9 @@ const NR: usize = 32;
 /// Pairs of depth per block: a `KCP × NR` block of B (64 KiB, in L2 and fetched ahead by
 /// the tile) serves every row tile of the task.
 const KCP: usize = 512;
+/// Words between two rows of a task's copy of A: a depth block and one cache line, so the
+/// rows of a tile do not alias in L1.
+const AP_PITCH: usize = KCP + 16;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512F with AVX512_BF16).
 pub(crate) fn available() -> bool {
@@ -123,10 +126,9 @@ pub(crate) fn gemm_bf16(
         let rows = mc.min(m - r0);
         // Kept per worker thread: fresh zeroed buffers per task cost a few percent.
         SCRATCH.with_borrow_mut(|(ap, part)| {
-            // The task's rows of one depth block, packed as MR-row panels of pair words (row
-            // i of pair p at `p * MR + i`): one stream per tile instead of MR rows a row pitch
-            // apart, which alias in L1 when the pitch is a multiple of 4 KiB.
-            let need = rows.div_ceil(MR) * MR * KCP.min(kp);
+            // The task's rows of one depth block, copied `AP_PITCH` words apart: rows a pitch
+            // apart that is a multiple of 4 KiB (A's own, for many shapes) alias in L1.
+            let need = rows.div_ceil(MR) * MR * AP_PITCH;
             if ap.len() < need {
                 ap.resize(need, 0);
             }
@@ -143,7 +145,7 @@ pub(crate) fn gemm_bf16(
                     let panel = &bp[(q * kp + p0) * NR..(q * kp + p0 + kb) * NR];
                     for i0 in (0..rows).step_by(MR) {
                         let mr = MR.min(rows - i0);
-                        let at = &ap[(i0 / MR) * MR * kb..(i0 / MR + 1) * MR * kb];
+                        let at = &ap[i0 * AP_PITCH..(i0 + MR) * AP_PITCH];
                         let c0 = i0 * n + q * NR;
                         // SAFETY: `available()` holds; `at` holds `kb * MR` pair words,
                         // `panel` `kb * NR`; `c` (this task's rows) and `part` (when there
@@ -166,21 +168,18 @@ pub(crate) fn gemm_bf16(
     }
 }
 
-/// Rows `0..rows` of `a` (`2 * kp` elements each), pairs `p0..p0 + kb`, into `MR`-row panels
-/// of pair words (row i of pair p at `p * MR + i`), rows past `rows` as zeros.
+/// Rows `0..rows` of `a` (`2 * kp` elements each), pairs `p0..p0 + kb`, as pair words
+/// `AP_PITCH` apart (a pair's two bf16 are one little-endian word as they lie), rows up to
+/// the next multiple of `MR` as zeros.
 fn pack_a(a: &[bf16], kp: usize, rows: usize, p0: usize, kb: usize, ap: &mut [u32]) {
-    for (tile_i, panel) in ap.chunks_mut(MR * kb).enumerate().take(rows.div_ceil(MR)) {
-        for i in 0..MR {
-            let row = tile_i * MR + i;
-            if row >= rows {
-                (0..kb).for_each(|p| panel[p * MR + i] = 0);
-                continue;
-            }
-            // Row `row`'s pairs p0.. as words, read in order and spread MR apart.
-            let src = &a[row * 2 * kp + 2 * p0..][..2 * kb];
-            for (p, pair) in src.chunks_exact(2).enumerate() {
-                panel[p * MR + i] = pair[0].to_bits() as u32 | ((pair[1].to_bits() as u32) << 16);
-            }
+    for (row, dst) in ap.chunks_mut(AP_PITCH).take(rows.next_multiple_of(MR)).enumerate() {
+        if row >= rows {
+            dst[..kb].fill(0);
+            continue;
+        }
+        let src = &a[row * 2 * kp + 2 * p0..][..2 * kb];
+        for (w, pair) in dst[..kb].iter_mut().zip(src.chunks_exact(2)) {
+            *w = pair[0].to_bits() as u32 | ((pair[1].to_bits() as u32) << 16);
         }
     }
 }
@@ -221,7 +220,7 @@ unsafe fn pack_pairs(_: &[bf16], _: &[bf16], _: *mut u32) {
 /// `part`.
 ///
 /// # Safety
-/// AVX512_BF16 is available; `a` holds `kb * MR` pair words (row i of pair p at `p * MR + i`),
+/// AVX512_BF16 is available; `a` holds `MR` rows of `kb` pair words, `AP_PITCH` apart,
 /// `b` holds `kb * NR`; `out` addresses `mr` rows `ld` apart, each of `cols` bf16, and so
 /// does `part` in f32 unless both `stage.first` and `stage.last`.
 #[allow(clippy::too_many_arguments)]
@@ -244,18 +243,19 @@ unsafe fn tile(
     // Prefetch distances in pairs: the B panel (64 KiB) streams from L2 and the A panel
     // from L2 or L3, and without the hints the products wait on them.
     const PF_B: usize = 8;
-    const PF_A: usize = 48;
+    const PF_A: usize = 64;
     for p in 0..kb {
         // SAFETY: pair p of both panels lies inside the slices (see above); a prefetch
         // past them is only a hint.
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add((p + PF_B) * NR).cast());
             _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add((p + PF_B) * NR + 16).cast());
-            _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add((p + PF_A) * MR).cast());
+            // Each row needs a new line every 16 pairs; one row per pair in turn covers them.
+            _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add((p % MR) * AP_PITCH + p + PF_A).cast());
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR).cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16).cast()));
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(p * MR + i) as i32));
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i * AP_PITCH + p) as i32));
                 acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
             }
