@@ -1,13 +1,14 @@
-//! bf16 × bf16 → f32 products on AVX512_BF16's `vdpbf16ps`, which multiplies pairs of bf16
-//! and adds both products into one f32 lane: twice the multiply-adds of an f32 FMA per
+//! bf16 × bf16 products on AVX512_BF16's `vdpbf16ps`, which multiplies pairs of bf16 and
+//! adds both products into one f32 lane: twice the multiply-adds of an f32 FMA per
 //! instruction, and half the bytes to stream.
 //!
 //! The pairs run along k: a word holds `(x[2p], x[2p+1])`, the even element in the low half.
-//! B is packed once into `NR`-column panels of pair words; each task packs its rows of A per
-//! depth block into `MR`-row panels, and a tile broadcasts one A word per row and pair. Each task owns a
-//! block of rows; for each depth block it sweeps every B panel with its row tiles, adding
-//! into C after the first block. Products are exact in f32 (8-bit significands);
-//! the sums round as the hardware does, with denormal inputs read as zero.
+//! B is packed once into `NR`-column panels of pair words; each task copies its rows of A per
+//! depth block at a padded pitch, and a tile broadcasts one A word per row and pair. Each
+//! task owns a block of rows; for each depth block it sweeps every B panel with its row
+//! tiles, keeping f32 sums between blocks, and the last block rounds them to bf16 (once, as
+//! `bf16::from_f32` does). Products are exact in f32 (8-bit significands); the sums round as
+//! the hardware does, with denormal inputs read as zero.
 
 use half::bf16;
 use std::cell::RefCell;
@@ -23,9 +24,10 @@ thread_local! {
 const MR: usize = 12;
 /// Columns per micro-tile: two 16-lane vectors.
 const NR: usize = 32;
-/// Pairs of depth per block: a `KCP × NR` block of B (64 KiB, in L2 and fetched ahead by
-/// the tile) serves every row tile of the task.
-const KCP: usize = 512;
+/// Pairs of depth per block: a `KCP × NR` block of B (128 KiB, in L2 and fetched ahead by
+/// the tile) serves every row tile of the task; products of depth up to 2048 take one block,
+/// so their sums never leave the registers before they are rounded.
+const KCP: usize = 1024;
 /// Words between two rows of a task's copy of A: a depth block and one cache line, so the
 /// rows of a tile do not alias in L1.
 const AP_PITCH: usize = KCP + 16;
@@ -240,7 +242,7 @@ unsafe fn tile(
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    // Prefetch distances in pairs: the B panel (64 KiB) streams from L2 and the A panel
+    // Prefetch distances in pairs: the B panel (128 KiB) streams from L2 and the A panel
     // from L2 or L3, and without the hints the products wait on them.
     const PF_B: usize = 8;
     const PF_A: usize = 64;
@@ -357,7 +359,7 @@ mod tests {
     /// Against an f64 triple loop over the same bf16 values: products are exact, so the only
     /// differences are the f32 summation (relative 1e-5 of the sum of magnitudes) and the
     /// final rounding to bf16 (half a unit in the last place, at most 2^-8 relative). Depths past
-    /// 1024 take more than one depth block.
+    /// 2048 take more than one depth block.
     #[test]
     fn matches_a_triple_loop_on_every_edge() {
         if !available() {
