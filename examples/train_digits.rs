@@ -310,6 +310,9 @@ fn run(args: &Args) -> Result<()> {
         Some(r) => r.held_out.accuracy.unwrap_or(0.0),
         None => evaluate(&model, &test, device)?.1,
     };
+    if tensorforge::profile::enabled() {
+        eprint!("{}", tensorforge::profile::report());
+    }
     println!("test accuracy: {test_acc:.4}");
     Ok(())
 }

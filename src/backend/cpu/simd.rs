@@ -552,11 +552,44 @@ pub fn map_fold_slice<T: Copy, U: Copy, F: Fn(U, U) -> U, M: Fn(T) -> U>(
 }
 
 /// Outputs of at least this many bytes are written by [`map_streamed`] / [`zip_streamed`]:
-/// past the two cores' L2 a new output only passes through the caches on its way to memory,
-/// and a plain store first reads each line it fills. Measured on this project's 2-core Xeon:
-/// a 16M-element add went from ~7 ms to 3.6–5.5 ms; 1 MiB outputs were slower streamed
+/// past the caches a new output only passes through them on its way to memory, and a plain
+/// store first reads each line it fills. Measured on this project's 2-core Xeon: a
+/// 16M-element add went from ~7 ms to 3.6–5.5 ms; 1 MiB outputs were slower streamed, 4 MiB
+/// ones faster. On AMD's Zen, whose L3 holds what leaves L2, a 4 MiB output streamed made
+/// the op and its reader 2–3x slower, so there the threshold is half the L3
 /// (docs/PERFORMANCE.md).
-pub const STREAM_MIN_BYTES: usize = 4 << 20;
+pub fn stream_min_bytes() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        const XEON: usize = 4 << 20;
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: CPUID leaf 0 exists on every x86_64 CPU (the intrinsic is safe in newer
+            // Rust, unsafe in older).
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            let amd = [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
+            if amd && let Some(l3) = l3_bytes() {
+                return (l3 / 2).max(XEON);
+            }
+        }
+        XEON
+    })
+}
+
+/// The size of the last-level (L3) cache from Linux's sysfs, if it says.
+fn l3_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size").ok()?;
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: usize = digits.parse().ok()?;
+    Some(match unit {
+        "K" => n << 10,
+        "M" => n << 20,
+        "" => n,
+        _ => return None,
+    })
+}
 
 /// Bytes per streamed block. Small blocks keep the reads of the inputs and the streamed
 /// writes close together: 1 KiB blocks matched a loop with the stores fused in, 4 KiB blocks
@@ -613,7 +646,7 @@ fn streams<U>() -> bool {
 }
 
 /// [`map_slice`] writing `dst` with non-temporal stores (for outputs of at least
-/// [`STREAM_MIN_BYTES`]); plain stores without AVX.
+/// [`stream_min_bytes`]); plain stores without AVX.
 #[inline]
 pub fn map_streamed<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit<U>], f: &F) {
     assert_eq!(src.len(), dst.len(), "map_streamed: lengths differ");
@@ -628,7 +661,7 @@ pub fn map_streamed<T: Copy, U, F: Fn(T) -> U>(src: &[T], dst: &mut [MaybeUninit
 }
 
 /// [`zip_slice`] writing `dst` with non-temporal stores (for outputs of at least
-/// [`STREAM_MIN_BYTES`]); plain stores without AVX.
+/// [`stream_min_bytes`]); plain stores without AVX.
 #[inline]
 pub fn zip_streamed<A: Copy, B: Copy, U, F: Fn(A, B) -> U>(a: &[A], b: &[B], dst: &mut [MaybeUninit<U>], f: &F) {
     assert!(a.len() == dst.len() && b.len() == dst.len(), "zip_streamed: lengths differ");
