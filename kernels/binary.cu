@@ -13,6 +13,7 @@ template <typename A> __device__ __forceinline__ A float_op(A x, A y, tf_u32 op)
         case TF_BINARY_POW: return pow(x, y);
         case TF_BINARY_MAXIMUM: return tf_max_nan(x, y);
         case TF_BINARY_MINIMUM: return tf_min_nan(x, y);
+        case TF_BINARY_RELU_BACKWARD: return y <= A(0) ? A(0) : x;
         default: __trap(); return x;  // an op code the host never sends: fail loudly
     }
 }

@@ -129,6 +129,13 @@ fn binary_ref(op: BinaryOp, a: f64, b: f64) -> f64 {
         BinaryOp::Pow => a.powf(b),
         BinaryOp::Maximum => a.max(b),
         BinaryOp::Minimum => a.min(b),
+        BinaryOp::ReluBackward => {
+            if b <= 0.0 {
+                0.0
+            } else {
+                a
+            }
+        }
     }
 }
 
@@ -161,7 +168,7 @@ fn binary_ops_broadcast_match_reference() -> Result<()> {
     let mut rng = Rng::new(3);
     for &op in BinaryOp::ALL {
         for dtype in DType::ALL {
-            if op == BinaryOp::Pow && !dtype.is_float() {
+            if matches!(op, BinaryOp::Pow | BinaryOp::ReluBackward) && !dtype.is_float() {
                 continue;
             }
             for rank in 0..=6 {

@@ -120,6 +120,8 @@ fn table() -> Vec<Case> {
     case!("maximum/broadcast", [a34.clone(), b4.clone()], |a| a[0].maximum(&a[1]));
     case!("minimum", [a34.clone(), b34.clone()], |a| a[0].minimum(&a[1]));
     case!("minimum/broadcast", [b31.clone(), b14.clone()], |a| a[0].minimum(&a[1]));
+    // The gradient gate's own gradient (double backward through ReLU): linear in the gate.
+    case!("relu_backward", [a34.clone(), b34.clone()], |a| a[0].binary_op(&a[1], BinaryOp::ReluBackward));
 
     // ---- where ----
     let mask = Tensor::from_vec(vec![1u8, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1], (3, 4), Device::Cpu).unwrap();

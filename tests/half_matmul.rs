@@ -36,6 +36,12 @@ fn half_products_match_f64_on_every_view() -> Result<()> {
         let b = r(&[50, 30])?;
         check(&a, &b.t()?, dt, "x·yᵀ")?;
         check(&a.t()?.contiguous()?.t()?, &b.t()?, dt, "transposed storage")?;
+        // A weight gradient xᵀ·g: a transposed A with few output columns, which bf16 runs as
+        // (gᵀ·x)ᵀ; with g itself a transposed view, and with an odd depth.
+        let x = r(&[64, 200])?;
+        check(&x.t()?, &r(&[64, 5])?, dt, "xᵀ·g")?;
+        check(&x.t()?, &r(&[5, 64])?.t()?, dt, "xᵀ·gᵀ")?;
+        check(&r(&[63, 130])?.t()?, &r(&[63, 3])?, dt, "xᵀ·g, odd depth")?;
         check(&a.narrow(0, 5, 20)?.narrow(1, 3, 20)?, &r(&[20, 17])?, dt, "offset view")?;
         check(&r(&[3, 2, 9, 11])?, &r(&[3, 2, 11, 7])?, dt, "batches")?;
         check(&r(&[4, 9, 11])?, &r(&[11, 7])?.unsqueeze(0)?.broadcast_as((4, 11, 7))?, dt, "broadcast batch")?;

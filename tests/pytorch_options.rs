@@ -108,6 +108,15 @@ fn maximum_and_minimum_split_ties() {
     assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![1.0, 1.0]);
 }
 
+/// ReLU's gradient as PyTorch's `threshold_backward`: 0 at and below 0, the incoming
+/// gradient above 0 and at NaN inputs (`NaN <= 0` is false).
+#[test]
+fn relu_gradient_at_zero_and_nan() {
+    let x = t(&[-1.0, 0.0, 2.0, f64::NAN], &[4]).requires_grad();
+    x.relu().unwrap().mul_scalar(3.0).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec_f64().unwrap(), vec![0.0, 0.0, 3.0, 3.0]);
+}
+
 /// BCE with logits and `pos_weight`, against PyTorch's definition
 /// `−[p·t·log σ(x) + (1−t)·log(1−σ(x))]` with one weight per class (last axis).
 #[test]

@@ -96,6 +96,9 @@ op_enum!(
         Maximum => "maximum",
         /// The smaller of the two; for floats NaN wins.
         Minimum => "minimum",
+        /// ReLU's gradient: `lhs` (the incoming gradient) where `rhs` (ReLU's input) is
+        /// above 0 or NaN, else 0 — PyTorch's `threshold_backward` (float dtypes).
+        ReluBackward => "relu_backward",
     }
 );
 

@@ -48,6 +48,8 @@ impl Operation for Binary {
                 };
                 (ga, gb)
             }
+            // Linear in the gradient it gates; the mask has no gradient (0 almost everywhere).
+            BinaryOp::ReluBackward => (g.binary_op(b, BinaryOp::ReluBackward)?, g.zeros_like()?),
             BinaryOp::Maximum | BinaryOp::Minimum => {
                 // The winner takes the gradient; a tie splits it half and half (PyTorch).
                 let (a_wins, b_wins) =

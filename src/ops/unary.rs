@@ -1,7 +1,7 @@
 //! Elementwise functions of one tensor and their derivatives.
 
 use crate::autograd::{Gradients, Operation, apply};
-use crate::backend::{ScalarOp, UnaryOp};
+use crate::backend::{BinaryOp, ScalarOp, UnaryOp};
 use crate::{Error, Result, Tensor};
 
 /// An elementwise function (see [`UnaryOp`]).
@@ -31,7 +31,8 @@ impl Operation for Unary {
             UnaryOp::Cos => g.mul(&x.sin()?)?.neg()?,
             UnaryOp::Tanh => g.mul(&y.sqr()?.affine(-1.0, 1.0)?)?,
             UnaryOp::Sigmoid => g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?,
-            UnaryOp::Relu => g.mul(&x.sign()?.relu()?)?,
+            // PyTorch's threshold_backward in one pass: g where x > 0 or NaN, else 0.
+            UnaryOp::Relu => g.binary_op(x, BinaryOp::ReluBackward)?,
             UnaryOp::GeluErf => {
                 // Φ(x) + x·φ(x)
                 let cdf = x.normal_cdf()?;

@@ -208,6 +208,9 @@ pub fn binary(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, op: Bina
             BinaryOp::Pow => z!(|x: T::Acc, y| x.powf(y)),
             BinaryOp::Maximum => z!(|x: T::Acc, y| x.max_nan(y)),
             BinaryOp::Minimum => z!(|x: T::Acc, y| x.min_nan(y)),
+            BinaryOp::ReluBackward => T::into_cpu_storage(zip(a, la, b, lb, |g: T, x: T| {
+                if x.to_acc() <= T::Acc::ZERO { T::from_acc(T::Acc::ZERO) } else { g }
+            })),
         }
     }
     #[allow(clippy::too_many_arguments)]
@@ -229,7 +232,9 @@ pub fn binary(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout, op: Bina
             BinaryOp::Div => zip(a, la, b, lb, div),
             BinaryOp::Maximum => zip(a, la, b, lb, |x: T, y: T| x.max(y)),
             BinaryOp::Minimum => zip(a, la, b, lb, |x: T, y: T| x.min(y)),
-            BinaryOp::Pow => return Err(Error::UnsupportedDType { op: "pow", dtype: T::DTYPE }),
+            BinaryOp::Pow | BinaryOp::ReluBackward => {
+                return Err(Error::UnsupportedDType { op: op.name(), dtype: T::DTYPE });
+            }
         };
         Ok(T::into_cpu_storage(out))
     }

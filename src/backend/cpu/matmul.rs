@@ -74,20 +74,45 @@ fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -
     out.into_iter().map(T::from_acc).collect()
 }
 
-/// bf16 on a CPU with AVX512_BF16: contiguous bf16 operands into `vdpbf16ps` (pairs of bf16
-/// products summed in f32), one rounding to bf16 at the end. Elsewhere bf16 goes through
-/// [`widened`].
+/// bf16 on a CPU with AVX512_BF16: bf16 operands into `vdpbf16ps` (pairs of bf16 products
+/// summed in f32), one rounding to bf16 at the end. Elsewhere bf16 goes through [`widened`].
+///
+/// The kernel reads A row-major and B row-major or transposed; a single product whose A is
+/// a transposed view (a weight gradient `xᵀ·g`) runs as `cᵀ = bᵀ·aᵀ` instead when copying
+/// `bᵀ` and transposing the output moves fewer elements than copying A. Other views are
+/// copied once.
 fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuStorage> {
     let r = la.rank();
     let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
     let batches: usize = la.dims()[..r - 2].iter().product();
-    // Contiguous operands are read in place; views are copied once.
-    let (ca, cb) = (super::contiguous(a, la), super::contiguous(b, lb));
     if m * n * batches == 0 {
         return Ok(CpuStorage::BF16(Vec::new()));
     }
+    if batches == 1 {
+        let (a_t, b_t) = (transposed_range(la), transposed_range(lb));
+        if let Some((s, e)) = a_t
+            && la.contiguous_range().is_none()
+            && n * k * usize::from(b_t.is_none()) + m * n < m * k
+        {
+            // cᵀ (n × m) = bᵀ · aᵀ, where aᵀ is A's storage read row-major.
+            let bt = match b_t {
+                Some((bs, be)) => std::borrow::Cow::Borrowed(&b[bs..be]),
+                None => std::borrow::Cow::Owned(super::map(b, &lb.transpose(r - 2, r - 1), |x| x)),
+            };
+            let ct = super::fill_new(n * m, |c| gemm_bf16(n, m, k, &bt, &a[s..e], false, c, true));
+            return Ok(CpuStorage::BF16(super::map(&ct, &Layout::new(Shape::from((m, n)), vec![1, m], 0), |x| x)));
+        }
+        let ca = super::contiguous(a, la);
+        let (cb, b_transposed) = match (lb.contiguous_range(), b_t) {
+            (None, Some((bs, be))) => (std::borrow::Cow::Borrowed(&b[bs..be]), true),
+            _ => (super::contiguous(b, lb), false),
+        };
+        return Ok(CpuStorage::BF16(super::fill_new(m * n, |c| gemm_bf16(m, n, k, &ca, &cb, b_transposed, c, true))));
+    }
+    // Contiguous operands are read in place; views are copied once.
+    let (ca, cb) = (super::contiguous(a, la), super::contiguous(b, lb));
     let one = |i: usize, c: &mut [MaybeUninit<bf16>], parallel: bool| {
-        gemm_bf16(m, n, k, &ca[i * m * k..(i + 1) * m * k], &cb[i * k * n..(i + 1) * k * n], c, parallel);
+        gemm_bf16(m, n, k, &ca[i * m * k..(i + 1) * m * k], &cb[i * k * n..(i + 1) * k * n], false, c, parallel);
     };
     let out = super::fill_new(batches * m * n, |c| {
         if batches > 1 && batches >= 2 * rayon::current_num_threads() && worth_splitting(batches * m * n * k) {
@@ -97,6 +122,13 @@ fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuSt
         }
     });
     Ok(CpuStorage::BF16(out))
+}
+
+/// Where a matrix view's storage lies when the view is the transpose of a row-major matrix
+/// (its last two axes swapped are contiguous).
+fn transposed_range(l: &Layout) -> Option<(usize, usize)> {
+    let r = l.rank();
+    l.transpose(r - 2, r - 1).contiguous_range()
 }
 
 pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<CpuStorage> {

@@ -138,8 +138,8 @@ fn launch_pair(
 }
 
 pub(super) fn binary(a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout, op: BinaryOp) -> Result<CudaStorage> {
-    if op == BinaryOp::Pow && !a.dtype.is_float() {
-        return Err(Error::UnsupportedDType { op: "pow", dtype: a.dtype });
+    if matches!(op, BinaryOp::Pow | BinaryOp::ReluBackward) && !a.dtype.is_float() {
+        return Err(Error::UnsupportedDType { op: op.name(), dtype: a.dtype });
     }
     launch_pair(a, la, b, lb, a.dtype, ("binary", op.code()), op.name())
 }

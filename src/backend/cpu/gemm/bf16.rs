@@ -44,17 +44,20 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `c = a · b` rounded to bf16, for a row-major `m × k` `a`, a row-major `k × n` `b` and a
-/// row-major `m × n` `c`, every element of which is written.
+/// `c = a · b` rounded to bf16, for a row-major `m × k` `a`, a `k × n` `b` (row-major, or
+/// when `b_transposed` its transpose row-major: `n × k`) and a row-major `m × n` `c`, every
+/// element of which is written.
 ///
 /// # Panics
 /// If [`available`] is false, or a slice is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16(
     m: usize,
     n: usize,
     k: usize,
     a: &[bf16],
     b: &[bf16],
+    b_transposed: bool,
     c: &mut [MaybeUninit<bf16>],
     parallel: bool,
 ) {
@@ -112,7 +115,27 @@ pub(crate) fn gemm_bf16(
             }
         }
     };
+    // Bᵀ row-major: a pair is two neighbours in a row of Bᵀ, so each column of a panel is
+    // one row read in order.
+    let pack_transposed = |g: usize, panels: &mut [MaybeUninit<u32>]| {
+        for (dq, panel) in panels.chunks_mut(kp * NR).enumerate() {
+            for jj in 0..NR {
+                let j = (g * GROUP + dq) * NR + jj;
+                if j >= n {
+                    (0..kp).for_each(|p| _ = panel[p * NR + jj].write(0));
+                    continue;
+                }
+                for (p, pair) in b[j * k..(j + 1) * k].chunks(2).enumerate() {
+                    let h = pair.get(1).map_or(0, |h| h.to_bits() as u32);
+                    panel[p * NR + jj].write(pair[0].to_bits() as u32 | (h << 16));
+                }
+            }
+        }
+    };
     let words = &mut bp.spare_capacity_mut()[..panels * kp * NR];
+    let pack = |g: usize, panels: &mut [MaybeUninit<u32>]| {
+        if b_transposed { pack_transposed(g, panels) } else { pack(g, panels) }
+    };
     if parallel && super::super::worth_splitting(k * n) {
         super::super::parallel::for_each_chunk(words, GROUP * kp * NR, pack);
     } else {
@@ -388,17 +411,23 @@ mod tests {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
             let b: Vec<bf16> = (0..k * n).map(|_| next()).collect();
             let mut c = vec![MaybeUninit::new(bf16::NAN); m * n];
-            gemm_bf16(m, n, k, &a, &b, &mut c, true);
+            gemm_bf16(m, n, k, &a, &b, false, &mut c, true);
+            // The same product from Bᵀ stored row-major.
+            let bt: Vec<bf16> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let mut ct = vec![MaybeUninit::new(bf16::NAN); m * n];
+            gemm_bf16(m, n, k, &a, &bt, true, &mut ct, true);
             for i in 0..m {
                 for j in 0..n {
+                    // SAFETY: both products wrote every element (they started as NaN anyway).
+                    let (x, y) = unsafe { (c[i * n + j].assume_init(), ct[i * n + j].assume_init()) };
+                    assert_eq!(x.to_bits(), y.to_bits(), "({m},{n},{k}) [{i},{j}]: B and Bᵀ disagree");
                     let (mut want, mut mag) = (0f64, 0f64);
                     for p in 0..k {
                         let t = a[i * k + p].to_f64() * b[p * n + j].to_f64();
                         want += t;
                         mag += t.abs();
                     }
-                    // SAFETY: gemm_bf16 wrote every element (they started as NaN anyway).
-                    let got = unsafe { c[i * n + j].assume_init() }.to_f64();
+                    let got = x.to_f64();
                     let tol = 1e-5 * mag + want.abs() / 256.0 + 1e-30;
                     assert!((got - want).abs() <= tol, "({m},{n},{k}) [{i},{j}]: {got} vs {want}");
                 }
