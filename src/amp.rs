@@ -4,9 +4,13 @@
 //! normalizations, losses, the optimizer's update of the f32 master weights — stays in f32.
 //!
 //! The low-precision op's result comes back as f32, so a model needs no dtype changes: its
-//! parameters stay f32 (the masters), and the casts are ops whose backward casts the
-//! gradient back. (PyTorch's autocast returns the low-precision result and lets the next
-//! op decide; here every op outside the list runs in f32, as it would in PyTorch's f32 list.)
+//! parameters stay f32 (the masters). A matrix product is one op, `ops::LoweredMatMul`, with
+//! f32 in and out (its backward products are lowered too): on a CPU with AVX512_BF16 its
+//! kernel rounds the f32 operands to bf16 while packing them and writes the f32 sums, so
+//! no casts run at all; elsewhere it casts, multiplies in the low dtype and casts back. A
+//! convolution is cast around (the casts are ops whose backward casts the gradient back).
+//! (PyTorch's autocast returns the low-precision result and lets the next op decide; here
+//! every op outside the list runs in f32, as it would in PyTorch's f32 list.)
 //!
 //! f16's range is small (max 65504, smallest normal 6·10⁻⁵), so small gradients underflow:
 //! a [`GradScaler`] multiplies the loss before backward, divides the gradients after, skips

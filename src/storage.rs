@@ -328,6 +328,18 @@ impl Storage {
             (a, b) => Err(mismatch("matmul", a.device(), b.device())),
         }
     }
+    /// Autocast's matrix product of f32 operands (see [`BackendStorage::matmul_lowered`]).
+    pub fn matmul_lowered(&self, l: &Layout, rhs: &Storage, rl: &Layout, low: DType) -> Result<Storage> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cpu_guard("matmul", || a.matmul_lowered(l, b, rl, low))?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.matmul_lowered(l, b, rl, low)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("matmul", a.device(), b.device())),
+        }
+    }
     /// 2-D convolution of `self` by the weight `w` (see [`BackendStorage::conv2d`]).
     pub fn conv2d(&self, l: &Layout, w: &Storage, wl: &Layout, window: &Window2d) -> Result<Storage> {
         match (self, w) {

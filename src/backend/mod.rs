@@ -161,6 +161,15 @@ pub enum ScalarOp {
     },
 }
 
+/// [`BackendStorage::matmul_lowered`] from casts and a product in `low`.
+pub(crate) fn matmul_by_casts<S: BackendStorage>(a: &S, la: &Layout, b: &S, lb: &Layout, low: DType) -> Result<S> {
+    let (ca, cb) = (Layout::contiguous(la.shape().clone()), Layout::contiguous(lb.shape().clone()));
+    let c = a.cast(la, low)?.matmul(&ca, &b.cast(lb, low)?, &cb)?;
+    let mut out = la.dims().to_vec();
+    *out.last_mut().expect("matmul operands have rank >= 2") = lb.dims()[lb.rank() - 1];
+    c.cast(&Layout::contiguous(Shape::from(out)), DType::F32)
+}
+
 /// The primitive kernels over one backend's storage. Layouts describe which elements of the
 /// storage an operand is (views are free); outputs are fresh contiguous storages unless the
 /// method says otherwise. The `Tensor` layer has already checked shapes, dtypes and devices
@@ -208,6 +217,14 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// with equal batch dims (broadcast by stride 0); any strides, so a transposed view costs
     /// no copy. The result is contiguous `[batch…, m, n]`.
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    /// [`matmul`](Self::matmul) of f32 operands with the products in `low` (bf16 or f16),
+    /// autocast's matrix product: the operands rounded to `low`, the result f32. By default
+    /// the operands are cast, multiplied in `low` and the product cast back; a backend with a
+    /// kernel that reads f32 and multiplies in `low` overrides it (then the sums are not
+    /// rounded to `low` on the way out).
+    fn matmul_lowered(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, low: DType) -> Result<Self> {
+        matmul_by_casts(self, layout, rhs, rhs_layout, low)
+    }
     /// Picks slices along `axis` by the i64 `ids` (rank 1): output dim `axis` = `ids.len()`.
     fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self>;
     /// `out[i][j][k] = self[i][ids[i][j][k]][k]` for axis 1 (torch.gather); `ids` has the

@@ -16,7 +16,7 @@ pub use binary::{Binary, Where};
 pub use conv::{Col2Im, Conv1dOptions, Conv2dOptions, Im2Col, MaxUnpool};
 pub use index::{Gather, IndexAdd, IndexSelect, ScatterAdd};
 pub use indexing::{Index, Indices, s};
-pub use matmul::MatMul;
+pub use matmul::{LoweredMatMul, MatMul};
 pub use reduce::{Reduce, Softmax};
 pub use unary::{Scalar, Unary};
 pub use view::{BroadcastAs, Cast, Cat, Permute, Reshape, Slice, ToDevice};

@@ -1,7 +1,7 @@
 //! Batched matrix products over strided views, on top of the packed GEMM in `gemm/`.
 
 use super::float::CpuFloat;
-use super::gemm::{GemmElem, MatRef, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
+use super::gemm::{GemmElem, MatRef, ProductOut, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
 use crate::{Error, Layout, Result, Shape};
 use half::slice::HalfFloatSliceExt;
@@ -74,54 +74,112 @@ fn widened<T: CpuFloat<Acc = f32>>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -
     out.into_iter().map(T::from_acc).collect()
 }
 
-/// bf16 on a CPU with AVX512_BF16: bf16 operands into `vdpbf16ps` (pairs of bf16 products
-/// summed in f32), one rounding to bf16 at the end. Elsewhere bf16 goes through [`widened`].
+/// An element [`bf16_products`] reads: bf16 as it is, f32 rounded to bf16.
+pub(crate) trait ToBf16: Copy + Send + Sync + 'static {
+    /// The slice itself when it already holds bf16.
+    fn as_bf16(v: &[Self]) -> Option<&[bf16]>;
+    /// Rounds to bf16 as `bf16::from_f32` does.
+    fn to_bf16(self) -> bf16;
+}
+impl ToBf16 for bf16 {
+    fn as_bf16(v: &[bf16]) -> Option<&[bf16]> {
+        Some(v)
+    }
+    fn to_bf16(self) -> bf16 {
+        self
+    }
+}
+impl ToBf16 for f32 {
+    fn as_bf16(_: &[f32]) -> Option<&[bf16]> {
+        None
+    }
+    fn to_bf16(self) -> bf16 {
+        bf16::from_f32(self)
+    }
+}
+
+/// `v[s..e]` as bf16, borrowed when it already is.
+fn bf16_range<T: ToBf16>(v: &[T], (s, e): (usize, usize)) -> std::borrow::Cow<'_, [bf16]> {
+    match T::as_bf16(&v[s..e]) {
+        Some(x) => std::borrow::Cow::Borrowed(x),
+        None => std::borrow::Cow::Owned(super::map(&v[s..e], &Layout::contiguous(e - s), T::to_bf16)),
+    }
+}
+
+/// The view `l` of `v` as contiguous bf16, borrowed when it already is.
+fn bf16_view<'a, T: ToBf16>(v: &'a [T], l: &Layout) -> std::borrow::Cow<'a, [bf16]> {
+    match l.contiguous_range() {
+        Some(r) => bf16_range(v, r),
+        None => std::borrow::Cow::Owned(super::map(v, l, T::to_bf16)),
+    }
+}
+
+/// bf16 products on a CPU with AVX512_BF16 (`vdpbf16ps`: pairs of bf16 products summed in
+/// f32) of bf16 operands, or of f32 ones rounded to bf16 on the way in (autocast's
+/// product, [`crate::backend::BackendStorage::matmul_lowered`]); the result in `O` (bf16:
+/// rounded once at the end; f32: the sums). Elsewhere bf16 goes through [`widened`].
 ///
 /// The kernel reads A row-major and B row-major or transposed; a single product whose A is
 /// a transposed view (a weight gradient `xᵀ·g`) runs as `cᵀ = bᵀ·aᵀ` instead when copying
 /// `bᵀ` and transposing the output moves fewer elements than copying A. Other views are
 /// copied once.
-fn bf16_native(a: &[bf16], la: &Layout, b: &[bf16], lb: &Layout) -> Result<CpuStorage> {
+pub(crate) fn bf16_products<T: ToBf16, O: ProductOut>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<O> {
     let r = la.rank();
     let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
     let batches: usize = la.dims()[..r - 2].iter().product();
     if m * n * batches == 0 {
-        return Ok(CpuStorage::BF16(Vec::new()));
+        return Vec::new();
     }
     if batches == 1 {
         let (a_t, b_t) = (transposed_range(la), transposed_range(lb));
-        if let Some((s, e)) = a_t
+        if let Some(ar) = a_t
             && la.contiguous_range().is_none()
             && n * k * usize::from(b_t.is_none()) + m * n < m * k
         {
             // cᵀ (n × m) = bᵀ · aᵀ, where aᵀ is A's storage read row-major.
             let bt = match b_t {
-                Some((bs, be)) => std::borrow::Cow::Borrowed(&b[bs..be]),
-                None => std::borrow::Cow::Owned(super::map(b, &lb.transpose(r - 2, r - 1), |x| x)),
+                Some(br) => bf16_range(b, br),
+                None => bf16_view(b, &lb.transpose(r - 2, r - 1)),
             };
-            let ct = super::fill_new(n * m, |c| gemm_bf16(n, m, k, &bt, &a[s..e], false, c, true));
-            return Ok(CpuStorage::BF16(super::map(&ct, &Layout::new(Shape::from((m, n)), vec![1, m], 0), |x| x)));
+            let at = bf16_range(a, ar);
+            let ct: Vec<O> = super::fill_new(n * m, |c| gemm_bf16(n, m, k, &bt, &at, false, c, true));
+            let c = super::map(&ct, &Layout::new(Shape::from((m, n)), vec![1, m], 0), |x| x);
+            recycle([bt, at], Some(ct));
+            return c;
         }
-        let ca = super::contiguous(a, la);
+        let ca = bf16_view(a, la);
         let (cb, b_transposed) = match (lb.contiguous_range(), b_t) {
-            (None, Some((bs, be))) => (std::borrow::Cow::Borrowed(&b[bs..be]), true),
-            _ => (super::contiguous(b, lb), false),
+            (None, Some(br)) => (bf16_range(b, br), true),
+            _ => (bf16_view(b, lb), false),
         };
-        return Ok(CpuStorage::BF16(super::fill_new(m * n, |c| gemm_bf16(m, n, k, &ca, &cb, b_transposed, c, true))));
+        let c = super::fill_new(m * n, |c| gemm_bf16(m, n, k, &ca, &cb, b_transposed, c, true));
+        recycle([ca, cb], None::<Vec<O>>);
+        return c;
     }
-    // Contiguous operands are read in place; views are copied once.
-    let (ca, cb) = (super::contiguous(a, la), super::contiguous(b, lb));
-    let one = |i: usize, c: &mut [MaybeUninit<bf16>], parallel: bool| {
+    // Contiguous bf16 operands are read in place; other views are copied once.
+    let (ca, cb) = (bf16_view(a, la), bf16_view(b, lb));
+    let one = |i: usize, c: &mut [MaybeUninit<O>], parallel: bool| {
         gemm_bf16(m, n, k, &ca[i * m * k..(i + 1) * m * k], &cb[i * k * n..(i + 1) * k * n], false, c, parallel);
     };
-    let out = super::fill_new(batches * m * n, |c| {
+    let c = super::fill_new(batches * m * n, |c| {
         if batches > 1 && batches >= 2 * rayon::current_num_threads() && worth_splitting(batches * m * n * k) {
             super::parallel::for_each_chunk(c, m * n, |i, c| one(i, c, false));
         } else {
             c.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, true));
         }
     });
-    Ok(CpuStorage::BF16(out))
+    recycle([ca, cb], None::<Vec<O>>);
+    c
+}
+
+/// Returns [`bf16_products`]' copies of its operands (and a scratch product) to the pool.
+fn recycle<O: Send + 'static>(copies: [std::borrow::Cow<'_, [bf16]>; 2], scratch: Option<Vec<O>>) {
+    for c in copies {
+        if let std::borrow::Cow::Owned(v) = c {
+            super::pool::recycle_vec(v);
+        }
+    }
+    scratch.map(super::pool::recycle_vec);
 }
 
 /// Where a matrix view's storage lies when the view is the transpose of a row-major matrix
@@ -136,7 +194,9 @@ pub fn matmul(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resul
         (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(x, la, y, lb)),
         (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(x, la, y, lb)),
         (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(f16_packed(x, la, y, lb)),
-        (CpuStorage::BF16(x), CpuStorage::BF16(y)) if bf16_gemm_available() => bf16_native(x, la, y, lb)?,
+        (CpuStorage::BF16(x), CpuStorage::BF16(y)) if bf16_gemm_available() => {
+            CpuStorage::BF16(bf16_products(x, la, y, lb))
+        }
         (CpuStorage::BF16(x), CpuStorage::BF16(y)) => CpuStorage::BF16(widened(x, la, y, lb)),
         (x, y) if x.dtype() != y.dtype() => {
             return Err(Error::DTypeMismatch { op: "matmul", lhs: x.dtype(), rhs: y.dtype() });

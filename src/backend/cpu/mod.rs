@@ -510,6 +510,15 @@ impl BackendStorage for CpuStorage {
     fn matmul(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
         matmul::matmul(self, layout, rhs, rhs_layout)
     }
+    fn matmul_lowered(&self, layout: &Layout, rhs: &Self, rhs_layout: &Layout, low: DType) -> Result<Self> {
+        match (self, rhs) {
+            // f32 read and rounded to bf16 pairs for `vdpbf16ps`, f32 sums written: no casts.
+            (CpuStorage::F32(a), CpuStorage::F32(b)) if low == DType::BF16 && gemm::bf16_gemm_available() => {
+                Ok(CpuStorage::F32(matmul::bf16_products(a, layout, b, rhs_layout)))
+            }
+            _ => crate::backend::matmul_by_casts(self, layout, rhs, rhs_layout, low),
+        }
+    }
     fn index_select(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, axis: usize) -> Result<Self> {
         index::index_select(self, layout, ids, ids_layout, axis)
     }

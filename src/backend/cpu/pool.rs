@@ -130,7 +130,12 @@ pub fn filled<T: Clone + Send + 'static>(n: usize, v: T) -> Vec<T> {
 /// Takes a buffer back for reuse; one that is small, of an odd capacity (not made by
 /// [`alloc`]) or over the cache's limit is freed instead.
 pub fn recycle(s: CpuStorage) {
-    fn keep<T: Send + 'static>(mut v: Vec<T>) {
+    super::with_vec!(s, v => recycle_vec(v))
+}
+
+/// [`recycle`] for a kernel's scratch buffer of any element type.
+pub(crate) fn recycle_vec<T: Send + 'static>(mut v: Vec<T>) {
+    {
         let size = std::mem::size_of::<T>().max(1);
         let bytes = v.capacity() * size;
         if bytes < MIN_BYTES || class_bytes(bytes) != bytes || bytes > limit_bytes() {
@@ -155,7 +160,6 @@ pub fn recycle(s: CpuStorage) {
         // Freed after the lock is released: unmapping takes time.
         drop(evicted);
     }
-    super::with_vec!(s, v => keep(v))
 }
 
 /// Bytes held by the cache, free for reuse.

@@ -44,21 +44,33 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `c = a · b` rounded to bf16, for a row-major `m × k` `a`, a `k × n` `b` (row-major, or
-/// when `b_transposed` its transpose row-major: `n × k`) and a row-major `m × n` `c`, every
-/// element of which is written.
+/// What [`gemm_bf16`] writes: the sums rounded to bf16, or as they are in f32.
+pub(crate) trait ProductOut: Copy + Send + Sync + 'static {
+    /// Whether the sums are stored as f32 (else rounded to bf16).
+    const F32: bool;
+}
+impl ProductOut for bf16 {
+    const F32: bool = false;
+}
+impl ProductOut for f32 {
+    const F32: bool = true;
+}
+
+/// `c = a · b` in `O` (bf16: rounded once; f32: the f32 sums), for a row-major `m × k` `a`, a
+/// `k × n` `b` (row-major, or when `b_transposed` its transpose row-major: `n × k`) and a
+/// row-major `m × n` `c`, every element of which is written.
 ///
 /// # Panics
 /// If [`available`] is false, or a slice is shorter than its shape.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16(
+pub(crate) fn gemm_bf16<O: ProductOut>(
     m: usize,
     n: usize,
     k: usize,
     a: &[bf16],
     b: &[bf16],
     b_transposed: bool,
-    c: &mut [MaybeUninit<bf16>],
+    c: &mut [MaybeUninit<O>],
     parallel: bool,
 ) {
     assert!(available(), "gemm_bf16 needs AVX512_BF16");
@@ -68,7 +80,8 @@ pub(crate) fn gemm_bf16(
     }
     if k == 0 {
         // An empty sum, as in PyTorch.
-        c[..m * n].fill(MaybeUninit::new(bf16::ZERO));
+        // SAFETY: all-zero bits are 0.0 in both bf16 and f32.
+        c[..m * n].iter_mut().for_each(|c| *c = MaybeUninit::zeroed());
         return;
     }
     let kp = k.div_ceil(2);
@@ -146,7 +159,7 @@ pub(crate) fn gemm_bf16(
     // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let mc = m.div_ceil(4 * threads).next_multiple_of(MR).max(MR);
-    let rows_task = |t: usize, c: &mut [MaybeUninit<bf16>]| {
+    let rows_task = |t: usize, c: &mut [MaybeUninit<O>]| {
         let r0 = t * mc;
         let rows = mc.min(m - r0);
         // Kept per worker thread: fresh zeroed buffers per task cost a few percent.
@@ -178,7 +191,16 @@ pub(crate) fn gemm_bf16(
                         // elements each from c0.
                         unsafe {
                             let part = if kp > KCP { part.as_mut_ptr().add(c0) } else { std::ptr::null_mut() };
-                            tile(at, panel, kb, part, c[c0..].as_mut_ptr().cast(), n, [mr, cols], stage)
+                            tile(
+                                at,
+                                panel,
+                                kb,
+                                part,
+                                Out { at: c[c0..].as_mut_ptr().cast(), f32: O::F32 },
+                                n,
+                                [mr, cols],
+                                stage,
+                            )
                         };
                     }
                 }
@@ -191,6 +213,8 @@ pub(crate) fn gemm_bf16(
     } else {
         c[..m * n].chunks_mut(mc * n).enumerate().for_each(|(t, c)| rows_task(t, c));
     }
+    // Back to the pool: a fresh buffer per product cost its page faults every call.
+    crate::backend::cpu::pool::recycle_vec(bp);
 }
 
 /// Rows `0..rows` of `a` (`2 * kp` elements each), pairs `p0..p0 + kb`, as pair words
@@ -206,6 +230,20 @@ fn pack_a(a: &[bf16], kp: usize, rows: usize, p0: usize, kb: usize, ap: &mut [u3
         for (w, pair) in dst[..kb].iter_mut().zip(src.chunks_exact(2)) {
             *w = pair[0].to_bits() as u32 | ((pair[1].to_bits() as u32) << 16);
         }
+    }
+}
+
+/// Where a tile's results go: bf16 (rounded) or f32 elements from `at`.
+#[derive(Clone, Copy)]
+struct Out {
+    at: *mut u8,
+    f32: bool,
+}
+
+impl Out {
+    /// The element `i` places on.
+    fn offset(self, i: usize) -> Out {
+        Out { at: self.at.wrapping_add(i * if self.f32 { 4 } else { 2 }), ..self }
     }
 }
 
@@ -257,7 +295,7 @@ unsafe fn tile(
     b: &[u32],
     kb: usize,
     part: *mut f32,
-    out: *mut bf16,
+    out: Out,
     ld: usize,
     [mr, cols]: [usize; 2],
     stage: Stage,
@@ -294,7 +332,7 @@ unsafe fn tile(
             if $i < mr {
                 // SAFETY: row i of `part` and `out` holds `cols` elements (see above); full
                 // rows are read and written as vectors, partial ones through `lanes`.
-                unsafe { finish(acc[$i][0], acc[$i][1], part.wrapping_add($i * ld), out.wrapping_add($i * ld), cols, stage, &mut lanes) };
+                unsafe { finish(acc[$i][0], acc[$i][1], part.wrapping_add($i * ld), out.offset($i * ld), cols, stage, &mut lanes) };
             }
         )*};
     }
@@ -314,7 +352,7 @@ unsafe fn finish(
     mut v0: std::arch::x86_64::__m512,
     mut v1: std::arch::x86_64::__m512,
     pr: *mut f32,
-    o: *mut bf16,
+    o: Out,
     cols: usize,
     stage: Stage,
     lanes: &mut [f32; NR],
@@ -332,7 +370,10 @@ unsafe fn finish(
                 v1 = _mm512_add_ps(v1, _mm512_loadu_ps(lanes.as_ptr().add(16)));
             }
         }
-        if stage.last {
+        // The f32 results are stored as the partial sums are.
+        let pr = if stage.last && o.f32 { o.at.cast::<f32>() } else { pr };
+        if stage.last && !o.f32 {
+            let o = o.at.cast::<half::bf16>();
             let (h0, h1) = (round_bf16(v0), round_bf16(v1));
             if cols == NR {
                 _mm256_storeu_si256(o.cast(), h0);
@@ -371,7 +412,7 @@ fn round_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: *mut f32, _: *mut bf16, _: usize, _: [usize; 2], _: Stage) {
+unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: *mut f32, _: Out, _: usize, _: [usize; 2], _: Stage) {
     unreachable!("available() is false off x86_64")
 }
 
