@@ -179,7 +179,9 @@ fn recycle<O: Send + 'static>(copies: [std::borrow::Cow<'_, [bf16]>; 2], scratch
             super::pool::recycle_vec(v);
         }
     }
-    scratch.map(super::pool::recycle_vec);
+    if let Some(v) = scratch {
+        super::pool::recycle_vec(v);
+    }
 }
 
 /// Where a matrix view's storage lies when the view is the transpose of a row-major matrix

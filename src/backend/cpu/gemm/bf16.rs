@@ -80,7 +80,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     }
     if k == 0 {
         // An empty sum, as in PyTorch.
-        // SAFETY: all-zero bits are 0.0 in both bf16 and f32.
+        // All-zero bits are 0.0 in both bf16 and f32.
         c[..m * n].iter_mut().for_each(|c| *c = MaybeUninit::zeroed());
         return;
     }
