@@ -422,8 +422,9 @@ mod tests {
 
     /// Against an f64 triple loop over the same bf16 values: products are exact, so the only
     /// differences are the f32 summation (relative 1e-5 of the sum of magnitudes) and the
-    /// final rounding to bf16 (half a unit in the last place, at most 2^-8 relative). Depths past
-    /// 2048 take more than one depth block.
+    /// final rounding to bf16 (half a unit in the last place, at most 2^-8 relative). B read
+    /// transposed gives the same bits, and the f32 output rounds to them. Depths past 2048
+    /// take more than one depth block.
     #[test]
     fn matches_a_triple_loop_on_every_edge() {
         if !available() {
@@ -457,11 +458,17 @@ mod tests {
             let bt: Vec<bf16> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
             let mut ct = vec![MaybeUninit::new(bf16::NAN); m * n];
             gemm_bf16(m, n, k, &a, &bt, true, &mut ct, true);
+            // And as f32 sums, which round to exactly the bf16 results.
+            let mut c32 = vec![MaybeUninit::new(f32::NAN); m * n];
+            gemm_bf16(m, n, k, &a, &b, false, &mut c32, true);
             for i in 0..m {
                 for j in 0..n {
                     // SAFETY: both products wrote every element (they started as NaN anyway).
                     let (x, y) = unsafe { (c[i * n + j].assume_init(), ct[i * n + j].assume_init()) };
                     assert_eq!(x.to_bits(), y.to_bits(), "({m},{n},{k}) [{i},{j}]: B and Bᵀ disagree");
+                    // SAFETY: as above.
+                    let s = unsafe { c32[i * n + j].assume_init() };
+                    assert_eq!(bf16::from_f32(s).to_bits(), x.to_bits(), "({m},{n},{k}) [{i},{j}]: f32 sums {s}");
                     let (mut want, mut mag) = (0f64, 0f64);
                     for p in 0..k {
                         let t = a[i * k + p].to_f64() * b[p * n + j].to_f64();
