@@ -8,7 +8,7 @@
 //! f32 in and out (its backward products are lowered too): on a CPU with AVX512_BF16 its
 //! kernel rounds the f32 operands to bf16 while packing them and writes the f32 sums, so
 //! no casts run at all; elsewhere it casts, multiplies in the low dtype and casts back. A
-//! convolution is cast around (the casts are ops whose backward casts the gradient back).
+//! convolution is likewise one op, `LoweredConv2d` in `ops/conv.rs` (its bias added in f32).
 //! (PyTorch's autocast returns the low-precision result and lets the next op decide; here
 //! every op outside the list runs in f32, as it would in PyTorch's f32 list.)
 //!
@@ -66,17 +66,6 @@ pub(crate) fn with<R>(low: Option<DType>, f: impl FnOnce() -> R) -> R {
 /// on, and every input f32.
 pub(crate) fn lowered(inputs: &[&Tensor]) -> Option<DType> {
     autocast_dtype().filter(|_| inputs.iter().all(|t| t.dtype() == DType::F32))
-}
-
-/// Runs `op` on `inputs` cast to `low` (with autocast off inside, so it is not applied
-/// twice) and casts the result back to f32.
-pub(crate) fn run_lowered(
-    low: DType,
-    inputs: &[&Tensor],
-    op: impl FnOnce(&[Tensor]) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(low)).collect::<Result<_>>()?;
-    with(None, || op(&cast))?.to_dtype(DType::F32)
 }
 
 /// Dynamic loss scaling for f16 training (PyTorch's `GradScaler`, same defaults): the loss

@@ -350,6 +350,25 @@ impl Storage {
             (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
         }
     }
+    /// Autocast's convolution of f32 operands (see [`BackendStorage::conv2d_lowered`]).
+    pub fn conv2d_lowered(
+        &self,
+        l: &Layout,
+        w: &Storage,
+        wl: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Storage> {
+        match (self, w) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cpu_guard("conv2d", || a.conv2d_lowered(l, b, wl, window, low))?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.conv2d_lowered(l, b, wl, window, low)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
+        }
+    }
     /// `self` is a u8 mask: picks `t` where nonzero, else `f` (see [`BackendStorage::where_cond`]).
     pub fn where_cond(&self, l: &Layout, t: &Storage, tl: &Layout, f: &Storage, fl: &Layout) -> Result<Storage> {
         match (self, t, f) {

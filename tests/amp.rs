@@ -67,6 +67,42 @@ fn convolutions_autocast_and_backward_ignores_the_setting() {
     assert_eq!(g.to_vec_f64().unwrap(), w.grad().unwrap().to_vec_f64().unwrap());
 }
 
+/// A grouped, strided convolution under autocast: one lowered op per group, f32 results,
+/// and every gradient (input, weight, bias) within bf16's rounding of the f32 ones.
+#[test]
+fn grouped_convolutions_autocast_forward_and_backward() {
+    let x = randn(&[3, 4, 9, 9], 6).requires_grad();
+    let w = randn(&[6, 2, 3, 3], 7).requires_grad();
+    let b = randn(&[6], 8).requires_grad();
+    let opt = Conv2dOptions { padding: (1, 1), stride: (2, 2), groups: 2, ..Default::default() };
+    let run = |low: Option<DType>| {
+        for t in [&x, &w, &b] {
+            t.zero_grad();
+        }
+        let f = || x.conv2d(&w, Some(&b), opt);
+        let y = match low {
+            Some(low) => amp::autocast(low, f),
+            None => f(),
+        }
+        .unwrap();
+        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (y, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap())
+    };
+    let exact = run(None);
+    for low in [DType::BF16, DType::F16] {
+        let got = run(Some(low));
+        assert_eq!(got.0.dtype(), DType::F32);
+        let tol = if low == DType::BF16 { 3e-2 } else { 4e-3 };
+        for (name, g, e) in
+            [("y", &got.0, &exact.0), ("dx", &got.1, &exact.1), ("dw", &got.2, &exact.2), ("db", &got.3, &exact.3)]
+        {
+            assert_eq!(g.dtype(), DType::F32, "{low:?} {name}");
+            assert!(rel(g, e) < tol, "{low:?} {name}: {}", rel(g, e));
+        }
+        assert!(rel(&got.0, &exact.0) > 0.0, "{low:?}: the products should round");
+    }
+}
+
 #[test]
 fn the_scaler_skips_overflowed_steps_and_adapts() {
     let w = Tensor::ones(3, DType::F32, Device::Cpu).unwrap().requires_grad();
@@ -149,5 +185,18 @@ fn autocast_on_cuda_matches_the_cpu() {
         let (g, gc) = (w.grad().unwrap(), wc.grad().unwrap().to_device(Device::Cpu).unwrap());
         assert_eq!(gc.dtype(), DType::F32);
         assert!(rel(&gc, &g) < 2e-2, "{low:?} gradient: {}", rel(&gc, &g));
+        // A convolution: the CUDA backend's casts around its product against the CPU's.
+        let img = randn(&[2, 3, 7, 7], 11);
+        let k = randn(&[4, 3, 3, 3], 12).requires_grad();
+        let kc = k.to_device(dev).unwrap().detach().requires_grad();
+        let opt = Conv2dOptions { padding: (1, 1), ..Default::default() };
+        let cpu = amp::autocast(low, || img.conv2d(&k, None, opt)).unwrap();
+        let gpu = amp::autocast(low, || img.to_device(dev).unwrap().conv2d(&kc, None, opt)).unwrap();
+        assert_eq!(gpu.dtype(), DType::F32);
+        assert!(rel(&gpu.to_device(Device::Cpu).unwrap(), &cpu) < 1e-2, "{low:?} conv");
+        cpu.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        gpu.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (g, gc) = (k.grad().unwrap(), kc.grad().unwrap().to_device(Device::Cpu).unwrap());
+        assert!(rel(&gc, &g) < 2e-2, "{low:?} conv gradient: {}", rel(&gc, &g));
     }
 }

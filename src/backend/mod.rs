@@ -170,6 +170,21 @@ pub(crate) fn matmul_by_casts<S: BackendStorage>(a: &S, la: &Layout, b: &S, lb: 
     c.cast(&Layout::contiguous(Shape::from(out)), DType::F32)
 }
 
+/// [`BackendStorage::conv2d_lowered`] from casts and a convolution in `low`.
+pub(crate) fn conv2d_by_casts<S: BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    w: &S,
+    lw: &Layout,
+    window: &Window2d,
+    low: DType,
+) -> Result<S> {
+    let [n, _, _, _, cout, oh, ow] = window.conv2d_dims(lx, lw)?;
+    let (cx, cw) = (Layout::contiguous(lx.shape().clone()), Layout::contiguous(lw.shape().clone()));
+    let y = x.cast(lx, low)?.conv2d(&cx, &w.cast(lw, low)?, &cw, window)?;
+    y.cast(&Layout::contiguous((n, cout, oh, ow)), DType::F32)
+}
+
 /// The primitive kernels over one backend's storage. Layouts describe which elements of the
 /// storage an operand is (views are free); outputs are fresh contiguous storages unless the
 /// method says otherwise. The `Tensor` layer has already checked shapes, dtypes and devices
@@ -259,6 +274,18 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `[Cout, C, kh, kw]` over `window`, giving `[N, Cout, OH, OW]`: the product of the weight
     /// with `im2col`'s columns, which a backend need not write out.
     fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self>;
+    /// [`conv2d`](Self::conv2d) of f32 operands with the products in `low` (bf16 or f16),
+    /// autocast's convolution, as [`matmul_lowered`](Self::matmul_lowered) is its product.
+    fn conv2d_lowered(
+        &self,
+        layout: &Layout,
+        weight: &Self,
+        weight_layout: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Self> {
+        conv2d_by_casts(self, layout, weight, weight_layout, window, low)
+    }
     /// Max pooling's argument: for each output pixel `(oy, ox)` of `[N, C, H, W]` (output size
     /// `out`, which may come from `ceil_mode`), the flat index `y·W + x` within its plane of
     /// its window's first maximum, as i64 `[N, C, OH, OW]`. Positions outside the image (the

@@ -111,6 +111,23 @@ pub struct Conv2d {
     pub window: Window2d,
 }
 
+/// [`Conv2d`] of f32 operands with its products in a low precision (bf16 or f16):
+/// autocast's convolution, one op with f32 in and out
+/// ([`crate::backend::BackendStorage::conv2d_lowered`]); its backward products are lowered too.
+pub struct LoweredConv2d {
+    /// The convolution's window: kernel size, stride, padding and dilation.
+    pub window: Window2d,
+    /// The dtype of the products.
+    pub low: DType,
+}
+
+/// The output of a convolution whose storage the backend returned.
+fn conv_output(x: &Tensor, w: &Tensor, window: &Window2d, s: crate::storage::Storage) -> Tensor {
+    let d = x.dims();
+    let (oh, ow) = window.output_size(d[2], d[3]).expect("checked by the kernel");
+    Tensor::from_contiguous(s, (d[0], w.dims()[0], oh, ow))
+}
+
 impl Operation for Conv2d {
     fn name(&self) -> &str {
         "conv2d"
@@ -120,38 +137,63 @@ impl Operation for Conv2d {
         super::same_device("conv2d", &[x, w])?;
         super::same_dtype("conv2d", x, w)?;
         let s = x.storage().conv2d(x.layout(), &w.storage(), w.layout(), &self.window)?;
-        let d = x.dims();
-        let (oh, ow) = self.window.output_size(d[2], d[3]).expect("checked by the kernel");
-        Ok(Tensor::from_contiguous(s, (d[0], w.dims()[0], oh, ow)))
+        Ok(conv_output(x, w, &self.window, s))
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
-        let (x, w) = (&x[0], &x[1]);
-        let (d, cout) = (x.dims(), w.dims()[0]);
-        let g = g.reshape((d[0], cout, g.dims()[2] * g.dims()[3]))?; // [N, Cout, L]
-        let w2 = w.reshape((cout, w.elem_count() / cout))?; // [Cout, K]
-        if x.tracks_grad() {
-            grads.accumulate(x, w2.t()?.matmul(&g)?.col2im(self.window, d[2], d[3])?)?;
-        }
-        if w.tracks_grad() {
-            let (n, l) = (d[0], g.dims()[2]);
-            let cols = x.im2col(self.window, 0.0)?; // [N, K, L]
-            let k = cols.dims()[1];
-            let gw = if cols.elem_count() <= ONE_PRODUCT_DW_MAX {
-                // Small images: dW = Σₙ g[n]·cols[n]ᵀ as one product over all images' columns,
-                // [Cout, N·L] × [N·L, K]. N small products and a sum over their [N, Cout, K]
-                // outputs cost more than laying g and the columns out image-major once.
-                let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
-                let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
-                g2.matmul(&c2.t()?)?
-            } else {
-                // Large ones: per-image products are large enough, and a second copy of the
-                // columns would cost memory.
-                g.matmul(&cols.transpose(1, 2)?)?.sum([0])?
-            };
-            grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
-        }
-        Ok(())
+        conv_backward(&self.window, x, g, grads, |p, q| p.matmul(q))
     }
+}
+
+impl Operation for LoweredConv2d {
+    fn name(&self) -> &str {
+        "conv2d"
+    }
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let (x, w) = (x[0], x[1]);
+        super::same_device("conv2d", &[x, w])?;
+        super::same_dtype("conv2d", x, w)?;
+        let s = x.storage().conv2d_lowered(x.layout(), &w.storage(), w.layout(), &self.window, self.low)?;
+        Ok(conv_output(x, w, &self.window, s))
+    }
+    fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        conv_backward(&self.window, x, g, grads, |p, q| apply(super::LoweredMatMul(self.low), &[p, q]))
+    }
+}
+
+/// A convolution's two adjoints, with its matrix products through `product`.
+fn conv_backward(
+    window: &Window2d,
+    x: &[Tensor],
+    g: &Tensor,
+    grads: &mut Gradients,
+    product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    let (x, w) = (&x[0], &x[1]);
+    let (d, cout) = (x.dims(), w.dims()[0]);
+    let g = g.reshape((d[0], cout, g.dims()[2] * g.dims()[3]))?; // [N, Cout, L]
+    let w2 = w.reshape((cout, w.elem_count() / cout))?; // [Cout, K]
+    if x.tracks_grad() {
+        grads.accumulate(x, product(&w2.t()?, &g)?.col2im(*window, d[2], d[3])?)?;
+    }
+    if w.tracks_grad() {
+        let (n, l) = (d[0], g.dims()[2]);
+        let cols = x.im2col(*window, 0.0)?; // [N, K, L]
+        let k = cols.dims()[1];
+        let gw = if cols.elem_count() <= ONE_PRODUCT_DW_MAX {
+            // Small images: dW = Σₙ g[n]·cols[n]ᵀ as one product over all images' columns,
+            // [Cout, N·L] × [N·L, K]. N small products and a sum over their [N, Cout, K]
+            // outputs cost more than laying g and the columns out image-major once.
+            let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
+            let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
+            product(&g2, &c2.t()?)?
+        } else {
+            // Large ones: per-image products are large enough, and a second copy of the
+            // columns would cost memory.
+            product(&g, &cols.transpose(1, 2)?)?.sum([0])?
+        };
+        grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
+    }
+    Ok(())
 }
 
 /// Stride, padding, dilation and groups of a convolution (PyTorch's defaults: 1, 0, 1, 1).
@@ -228,14 +270,9 @@ impl Tensor {
     /// # Ok::<(), tensorforge::Error>(())
     /// ```
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
-        // Autocast off (the usual case) costs one thread-local read, no allocation.
-        if let Some(low) = crate::amp::lowered(&[self, weight])
-            && bias.is_none_or(|b| b.dtype() == DType::F32)
-        {
-            let mut inputs = vec![self, weight];
-            inputs.extend(bias);
-            return crate::amp::run_lowered(low, &inputs, |t| t[0].conv2d(&t[1], t.get(2), opt));
-        }
+        // Autocast off (the usual case) costs one thread-local read, no allocation. On, the
+        // products are lowered and the bias is added in f32.
+        let low = crate::amp::lowered(&[self, weight]);
         need_rank("conv2d", self, 4)?;
         need_rank("conv2d weight", weight, 4)?;
         let (n, cin) = (self.dims()[0], self.dims()[1]);
@@ -247,14 +284,18 @@ impl Tensor {
         let window = Window2d { kernel: (kh, kw), stride: opt.stride, padding: opt.padding, dilation: opt.dilation };
         let (oh, ow) = window.columns("conv2d", self.shape())?;
         crate::Shape::checked_product("conv2d", &[n, cout, oh, ow])?;
+        let conv = |x: &Tensor, w: &Tensor| match low {
+            Some(low) => apply(LoweredConv2d { window, low }, &[x, w]),
+            None => apply(Conv2d { window }, &[x, w]),
+        };
         let y = if g == 1 {
-            apply(Conv2d { window }, &[self, weight])?
+            conv(self, weight)?
         } else {
             let cout_g = cout / g;
             let outs = (0..g)
                 .map(|gi| {
                     let xg = self.narrow(1, gi * cin_g, cin_g)?;
-                    apply(Conv2d { window }, &[&xg, &weight.narrow(0, gi * cout_g, cout_g)?])
+                    conv(&xg, &weight.narrow(0, gi * cout_g, cout_g)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?

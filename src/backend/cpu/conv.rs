@@ -508,7 +508,9 @@ pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: 
         win: &Window2d,
     ) -> Vec<T> {
         let (x, w) = (map(x, lx, |v: T| v.to_acc()), map(w, lw, |v: T| v.to_acc()));
-        conv2d_gemm(&x, &w, d, win).into_iter().map(T::from_acc).collect()
+        let y = conv2d_gemm(&x, &w, d, win);
+        // Narrowed by the parallel, vectorized map (a plain collect ran on one thread).
+        map(&y, &Layout::contiguous(y.len()), T::from_acc)
     }
     Ok(match (x, w) {
         (CpuStorage::F32(x), CpuStorage::F32(w)) => {
