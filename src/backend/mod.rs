@@ -163,8 +163,22 @@ pub enum ScalarOp {
 
 /// [`BackendStorage::matmul_lowered`] from casts and a product in `low`.
 pub(crate) fn matmul_by_casts<S: BackendStorage>(a: &S, la: &Layout, b: &S, lb: &Layout, low: DType) -> Result<S> {
-    let (ca, cb) = (Layout::contiguous(la.shape().clone()), Layout::contiguous(lb.shape().clone()));
-    let c = a.cast(la, low)?.matmul(&ca, &b.cast(lb, low)?, &cb)?;
+    // Each operand cast once: batch dims broadcast by stride 0 are cast at size 1 and
+    // broadcast again (a weight shared by a batch is not copied per batch element).
+    let cast = |x: &S, l: &Layout| -> Result<(S, Layout)> {
+        let r = l.rank();
+        let dims: Vec<usize> = l
+            .dims()
+            .iter()
+            .zip(l.strides())
+            .enumerate()
+            .map(|(i, (&d, &s))| if i + 2 < r && s == 0 { 1 } else { d })
+            .collect();
+        let own = Layout::new(Shape::from(dims.clone()), l.strides().to_vec(), l.offset());
+        Ok((x.cast(&own, low)?, Layout::contiguous(Shape::from(dims)).broadcast_as(l.shape())?))
+    };
+    let ((xa, ca), (xb, cb)) = (cast(a, la)?, cast(b, lb)?);
+    let c = xa.matmul(&ca, &xb, &cb)?;
     let mut out = la.dims().to_vec();
     *out.last_mut().expect("matmul operands have rank >= 2") = lb.dims()[lb.rank() - 1];
     c.cast(&Layout::contiguous(Shape::from(out)), DType::F32)

@@ -568,8 +568,11 @@ pub fn stream_min_bytes() -> usize {
             // Rust, unsafe in older).
             #[allow(unused_unsafe)]
             let id = unsafe { std::arch::x86_64::__cpuid(0) };
-            let amd = [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
-            if amd && let Some(l3) = l3_bytes() {
+            let vendor = [id.ebx, id.edx, id.ecx];
+            // "AuthenticAMD", and "HygonGenuine" (the same Zen cores).
+            let zen =
+                vendor == [0x6874_7541, 0x6974_6e65, 0x444d_4163] || vendor == [0x6f67_7948, 0x6e65_476e, 0x656e_6975];
+            if zen && let Some(l3) = l3_bytes() {
                 return (l3 / 2).max(XEON);
             }
         }
@@ -577,9 +580,12 @@ pub fn stream_min_bytes() -> usize {
     })
 }
 
-/// The size of the last-level (L3) cache from Linux's sysfs, if it says.
+/// The size of the L3 cache from Linux's sysfs, if it says.
 fn l3_bytes() -> Option<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size").ok()?;
+    let dir = (0..8)
+        .map(|i| format!("/sys/devices/system/cpu/cpu0/cache/index{i}"))
+        .find(|d| std::fs::read_to_string(format!("{d}/level")).is_ok_and(|l| l.trim() == "3"))?;
+    let text = std::fs::read_to_string(format!("{dir}/size")).ok()?;
     let text = text.trim();
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: usize = digits.parse().ok()?;

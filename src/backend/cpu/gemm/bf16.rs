@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 thread_local! {
-    /// A task's rows of A for one depth block as `MR`-row panels of pair words, and its f32
-    /// sums between depth blocks.
-    static SCRATCH: RefCell<(Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// A task's rows of A for one depth block, `AP_PITCH` words apart (at most `MC_MAX` rows:
+    /// 2.2 MB per thread, kept).
+    static A_ROWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Rows per micro-tile: 12 rows × 2 vectors of 16 lanes = 24 accumulators of 32 registers.
@@ -31,6 +31,8 @@ const KCP: usize = 1024;
 /// Words between two rows of a task's copy of A: a depth block and one cache line, so the
 /// rows of a tile do not alias in L1.
 const AP_PITCH: usize = KCP + 16;
+/// The most rows one task takes, which bounds the per-thread copy of A.
+const MC_MAX: usize = 44 * MR;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512F with AVX512_BF16).
 pub(crate) fn available() -> bool {
@@ -158,21 +160,21 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     unsafe { bp.set_len(panels * kp * NR) };
     // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    let mc = m.div_ceil(4 * threads).next_multiple_of(MR).max(MR);
+    let mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
     let rows_task = |t: usize, c: &mut [MaybeUninit<O>]| {
         let r0 = t * mc;
         let rows = mc.min(m - r0);
         // Kept per worker thread: fresh zeroed buffers per task cost a few percent.
-        SCRATCH.with_borrow_mut(|(ap, part)| {
+        // With more than one depth block, the sums so far (f32) between blocks: written by
+        // the first block's tiles before any reads them, so the buffer starts uninitialized
+        // and is only addressed through raw pointers.
+        let mut part: Vec<f32> = if kp > KCP { crate::backend::cpu::pool::alloc(rows * n) } else { Vec::new() };
+        A_ROWS.with_borrow_mut(|ap| {
             // The task's rows of one depth block, copied `AP_PITCH` words apart: rows a pitch
             // apart that is a multiple of 4 KiB (A's own, for many shapes) alias in L1.
             let need = rows.div_ceil(MR) * MR * AP_PITCH;
             if ap.len() < need {
                 ap.resize(need, 0);
-            }
-            // With more than one depth block, the sums so far (f32) between blocks.
-            if kp > KCP && part.len() < rows * n {
-                part.resize(rows * n, 0.0);
             }
             for p0 in (0..kp).step_by(KCP) {
                 let kb = KCP.min(kp - p0);
@@ -206,6 +208,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
                 }
             }
         });
+        crate::backend::cpu::pool::recycle_vec(part);
     };
     let tasks = m.div_ceil(mc);
     if parallel && tasks > 1 && super::super::worth_splitting(m * n * k) {
