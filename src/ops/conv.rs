@@ -121,11 +121,20 @@ pub struct LoweredConv2d {
     pub low: DType,
 }
 
-/// The output of a convolution whose storage the backend returned.
-fn conv_output(x: &Tensor, w: &Tensor, window: &Window2d, s: crate::storage::Storage) -> Tensor {
+/// A convolution's forward: the operands checked, `run` the backend's kernel on the image
+/// and the weight, the output shaped `[N, Cout, OH, OW]`.
+fn conv_forward(
+    x: &[&Tensor],
+    window: &Window2d,
+    run: impl FnOnce(&Tensor, &Tensor) -> Result<crate::storage::Storage>,
+) -> Result<Tensor> {
+    let (x, w) = (x[0], x[1]);
+    super::same_device("conv2d", &[x, w])?;
+    super::same_dtype("conv2d", x, w)?;
+    let s = run(x, w)?;
     let d = x.dims();
     let (oh, ow) = window.output_size(d[2], d[3]).expect("checked by the kernel");
-    Tensor::from_contiguous(s, (d[0], w.dims()[0], oh, ow))
+    Ok(Tensor::from_contiguous(s, (d[0], w.dims()[0], oh, ow)))
 }
 
 impl Operation for Conv2d {
@@ -133,11 +142,7 @@ impl Operation for Conv2d {
         "conv2d"
     }
     fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
-        let (x, w) = (x[0], x[1]);
-        super::same_device("conv2d", &[x, w])?;
-        super::same_dtype("conv2d", x, w)?;
-        let s = x.storage().conv2d(x.layout(), &w.storage(), w.layout(), &self.window)?;
-        Ok(conv_output(x, w, &self.window, s))
+        conv_forward(x, &self.window, |x, w| x.storage().conv2d(x.layout(), &w.storage(), w.layout(), &self.window))
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
         conv_backward(&self.window, x, g, grads, |p, q| p.matmul(q))
@@ -149,11 +154,9 @@ impl Operation for LoweredConv2d {
         "conv2d"
     }
     fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
-        let (x, w) = (x[0], x[1]);
-        super::same_device("conv2d", &[x, w])?;
-        super::same_dtype("conv2d", x, w)?;
-        let s = x.storage().conv2d_lowered(x.layout(), &w.storage(), w.layout(), &self.window, self.low)?;
-        Ok(conv_output(x, w, &self.window, s))
+        conv_forward(x, &self.window, |x, w| {
+            x.storage().conv2d_lowered(x.layout(), &w.storage(), w.layout(), &self.window, self.low)
+        })
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
         conv_backward(&self.window, x, g, grads, |p, q| apply(super::LoweredMatMul(self.low), &[p, q]))
