@@ -466,6 +466,36 @@ impl Layout {
         }
     }
 
+    /// Views of one shape with the fewest axes that walk them in the same order: size-1 axes
+    /// dropped, and neighbours merged where every view steps through the pair as through one
+    /// axis (outer stride = inner stride × inner size). A bias `[1, C, 1, 1]` broadcast over
+    /// `[N, C, H, W]` becomes `[N, C, H·W]` with the image, so its rows are `H·W` long.
+    pub fn coalesced<const K: usize>(views: [&Layout; K]) -> [Layout; K] {
+        let dims = views[0].dims();
+        debug_assert!(views.iter().all(|l| l.dims() == dims));
+        let mut merged: Vec<usize> = Vec::with_capacity(dims.len());
+        let mut strides: [Vec<usize>; K] = std::array::from_fn(|_| Vec::with_capacity(dims.len()));
+        for (ax, &d) in dims.iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let joins = !merged.is_empty()
+                && (0..K).all(|k| strides[k].last() == views[k].strides()[ax].checked_mul(d).as_ref());
+            if joins {
+                *merged.last_mut().expect("not empty") *= d;
+                for k in 0..K {
+                    *strides[k].last_mut().expect("not empty") = views[k].strides()[ax];
+                }
+            } else {
+                merged.push(d);
+                for k in 0..K {
+                    strides[k].push(views[k].strides()[ax]);
+                }
+            }
+        }
+        std::array::from_fn(|k| Layout::new(Shape::from(merged.clone()), strides[k].clone(), views[k].offset))
+    }
+
     /// The storage offset of the element at row-major linear position `i`.
     pub fn offset_of(&self, mut i: usize) -> usize {
         let mut off = self.offset;
@@ -479,6 +509,28 @@ impl Layout {
 
 #[cfg(test)]
 mod tests {
+    /// Merged axes keep every view's element order; size-1 axes go; nothing merges across a
+    /// transposed pair.
+    #[test]
+    fn coalesced_views_walk_the_same_elements() {
+        let image = Layout::contiguous((4, 3, 5, 6));
+        let bias = Layout::contiguous((1, 3, 1, 1)).broadcast_as(&Shape::from(vec![4, 3, 5, 6])).expect("broadcast");
+        let [a, b] = Layout::coalesced([&image, &bias]);
+        assert_eq!(
+            (a.dims(), a.strides(), b.strides()),
+            (&[4usize, 3, 30][..], &[90usize, 30, 1][..], &[0usize, 1, 0][..])
+        );
+        let t = Layout::contiguous((2, 1, 3, 4)).permute(&[0, 1, 3, 2]).expect("a permutation");
+        let [c] = Layout::coalesced([&t]);
+        assert_eq!((c.dims(), c.strides()), (&[2usize, 4, 3][..], &[12usize, 1, 4][..]));
+        for (l, m) in [(&image, &a), (&bias, &b), (&t, &c)] {
+            let n = l.elem_count();
+            assert!((0..n).all(|i| l.offset_of(i) == m.offset_of(i)), "{l:?} vs {m:?}");
+        }
+        let [s] = Layout::coalesced([&Layout::new(Shape::from(vec![1, 1]), vec![5, 7], 3)]);
+        assert_eq!((s.rank(), s.offset_of(0)), (0, 3));
+    }
+
     use super::*;
 
     fn offsets(l: &Layout) -> Vec<usize> {

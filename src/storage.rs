@@ -350,6 +350,19 @@ impl Storage {
             (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
         }
     }
+    /// The weight gradient of a convolution of `self` whose output has the gradient `g` (see
+    /// [`BackendStorage::conv2d_weight_grad`]).
+    pub fn conv2d_weight_grad(&self, l: &Layout, g: &Storage, gl: &Layout, window: &Window2d) -> Result<Storage> {
+        match (self, g) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cpu_guard("conv2d", || a.conv2d_weight_grad(l, b, gl, window))?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.conv2d_weight_grad(l, b, gl, window)?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
+        }
+    }
     /// Autocast's convolution of f32 operands (see [`BackendStorage::conv2d_lowered`]).
     pub fn conv2d_lowered(
         &self,

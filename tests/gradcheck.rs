@@ -206,6 +206,14 @@ fn table() -> Vec<Case> {
     case!("conv2d/stride_padding_dilation", [r(&[1, 2, 6, 6], 107), r(&[3, 2, 2, 2], 108)], |a| {
         a[0].conv2d(&a[1], None, Conv2dOptions { stride: (2, 1), padding: (1, 1), dilation: (2, 2), groups: 1 })
     });
+    // Stride 1 takes the input gradient as a convolution with the flipped kernel (its padding
+    // d·(k−1) − p); a padding wider than that takes the product and col2im.
+    case!("conv2d/stride1_dilated_padded", [r(&[2, 2, 6, 5], 150), r(&[3, 2, 3, 2], 151)], |a| {
+        a[0].conv2d(&a[1], None, Conv2dOptions { padding: (2, 1), dilation: (2, 1), ..Default::default() })
+    });
+    case!("conv2d/stride1_wide_padding", [r(&[1, 2, 3, 3], 152), r(&[2, 2, 2, 2], 153)], |a| {
+        a[0].conv2d(&a[1], None, Conv2dOptions { padding: (2, 2), ..Default::default() })
+    });
     case!("conv2d/groups", [r(&[1, 4, 4, 4], 109), r(&[6, 2, 2, 2], 110), r(&[6], 111)], |a| {
         a[0].conv2d(&a[1], Some(&a[2]), Conv2dOptions { groups: 2, ..Default::default() })
     });

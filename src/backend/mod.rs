@@ -184,6 +184,54 @@ pub(crate) fn matmul_by_casts<S: BackendStorage>(a: &S, la: &Layout, b: &S, lb: 
     c.cast(&Layout::contiguous(Shape::from(out)), DType::F32)
 }
 
+/// Up to this many column elements, [`conv2d_weight_grad_by_columns`] is one product over all
+/// images (a second, image-major copy of the columns, 4 MiB in f32 at most); above, one
+/// product per image and a sum.
+pub(crate) const ONE_PRODUCT_DW_MAX: usize = 1 << 20;
+
+/// [`BackendStorage::conv2d_weight_grad`] from im2col's columns and matrix products.
+pub(crate) fn conv2d_weight_grad_by_columns<S: BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    g: &S,
+    lg: &Layout,
+    window: &Window2d,
+) -> Result<S> {
+    let (&[n, c, _, _], &[gn, cout, oh, ow]) = (lx.dims(), lg.dims()) else {
+        return Err(Error::BadShape {
+            op: "conv2d backward",
+            msg: format!("needs x [N, C, H, W] and g [N, Cout, OH, OW], got {:?} and {:?}", lx.shape(), lg.shape()),
+        });
+    };
+    if gn != n || window.columns("conv2d backward", lx.shape())? != (oh, ow) {
+        return Err(Error::ShapeMismatch { op: "conv2d backward", lhs: lx.shape().clone(), rhs: lg.shape().clone() });
+    }
+    let (k, l) = (c * window.kernel.0 * window.kernel.1, oh * ow);
+    let dt = x.dtype();
+    let cols = x.im2col(lx, window, 0.0)?; // [N, K, L], contiguous
+    // g as [N, Cout, L]: a view when contiguous, else a copy.
+    let copied;
+    let (g, lg) = match lg.reshape(&Shape::from(vec![n, cout, l])) {
+        Some(view) => (g, view),
+        None => {
+            copied = g.cast(lg, dt)?;
+            (&copied, Layout::contiguous((n, cout, l)))
+        }
+    };
+    if n * k * l <= ONE_PRODUCT_DW_MAX {
+        // [Cout, N·L] × [N·L, K]: g and the columns laid out image-major once, instead of N
+        // small products and a sum over their [N, Cout, K] outputs.
+        let g2 = g.cast(&lg.permute(&[1, 0, 2])?, dt)?;
+        let c2 = cols.cast(&Layout::contiguous((n, k, l)).permute(&[1, 0, 2])?, dt)?;
+        let c2t = Layout::new(Shape::from(vec![n * l, k]), vec![1, n * l], 0);
+        return g2.matmul(&Layout::contiguous((cout, n * l)), &c2, &c2t);
+    }
+    // Large images: the per-image products are large enough, and a second copy of the
+    // columns would cost memory.
+    let per_image = g.matmul(&lg, &cols, &Layout::contiguous((n, k, l)).transpose(1, 2))?;
+    per_image.reduce(&Layout::contiguous((n, cout, k)), ReduceOp::Sum, &[0])
+}
+
 /// [`BackendStorage::conv2d_lowered`] from casts and a convolution in `low`.
 pub(crate) fn conv2d_by_casts<S: BackendStorage>(
     x: &S,
@@ -299,6 +347,18 @@ pub trait BackendStorage: Sized + Send + Sync {
         low: DType,
     ) -> Result<Self> {
         conv2d_by_casts(self, layout, weight, weight_layout, window, low)
+    }
+    /// The weight gradient of [`conv2d`](Self::conv2d): for `self` = x `[N, C, H, W]` and its
+    /// output's gradient `grad` `[N, Cout, OH, OW]`, `Σₙ grad[n] · im2col(x[n])ᵀ` as
+    /// `[Cout, C·kh·kw]`. By default the columns are written out and multiplied.
+    fn conv2d_weight_grad(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        window: &Window2d,
+    ) -> Result<Self> {
+        conv2d_weight_grad_by_columns(self, layout, grad, grad_layout, window)
     }
     /// Max pooling's argument: for each output pixel `(oy, ox)` of `[N, C, H, W]` (output size
     /// `out`, which may come from `ceil_mode`), the flat index `y·W + x` within its plane of

@@ -98,11 +98,6 @@ impl Operation for Col2Im {
     }
 }
 
-/// Up to this many column elements, a convolution's weight gradient is one product over all
-/// images (a copy of the columns laid out image-major, 4 MiB in f32 at most); above, one
-/// product per image and a sum.
-const ONE_PRODUCT_DW_MAX: usize = 1 << 20;
-
 /// One group's convolution `[N, C, H, W]` ⊛ `[Cout, C, kh, kw]` → `[N, Cout, OH, OW]`: the
 /// weight times im2col's columns, which the backend may pack without writing them out. The
 /// backward is the same product's two adjoints, through im2col and col2im.
@@ -145,7 +140,7 @@ impl Operation for Conv2d {
         conv_forward(x, &self.window, |x, w| x.storage().conv2d(x.layout(), &w.storage(), w.layout(), &self.window))
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
-        conv_backward(&self.window, x, g, grads, |p, q| p.matmul(q))
+        conv_backward(&self.window, x, g, grads, Products::Native)
     }
 }
 
@@ -159,40 +154,83 @@ impl Operation for LoweredConv2d {
         })
     }
     fn backward(&self, x: &[Tensor], _y: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
-        conv_backward(&self.window, x, g, grads, |p, q| apply(super::LoweredMatMul(self.low), &[p, q]))
+        conv_backward(&self.window, x, g, grads, Products::Lowered(self.low))
     }
 }
 
-/// A convolution's two adjoints, with its matrix products through `product`.
-fn conv_backward(
-    window: &Window2d,
-    x: &[Tensor],
-    g: &Tensor,
-    grads: &mut Gradients,
-    product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
-) -> Result<()> {
+/// The window of the convolution that maps a stride-1 convolution's output gradient back to
+/// its input gradient (with the kernel flipped and its channel axes swapped): the same
+/// dilation, padding `dilation·(k − 1) − padding`. `None` for other strides, or a padding
+/// wider than the kernel's reach (the input gradient would need cropping).
+fn transposed_window(w: &Window2d) -> Option<Window2d> {
+    let pad = |k: usize, d: usize, p: usize| (d * (k - 1)).checked_sub(p);
+    if w.stride != (1, 1) || w.kernel.0 == 0 || w.kernel.1 == 0 {
+        return None;
+    }
+    let padding = (pad(w.kernel.0, w.dilation.0, w.padding.0)?, pad(w.kernel.1, w.dilation.1, w.padding.1)?);
+    Some(Window2d { padding, ..*w })
+}
+
+/// The precision of a convolution's backward products.
+#[derive(Clone, Copy)]
+enum Products {
+    /// The operands' own dtype, through the backend's convolution kernels.
+    Native,
+    /// Autocast's: f32 operands, products in this low precision.
+    Lowered(DType),
+}
+
+/// A convolution's two adjoints, with its products in the precision `product` says.
+fn conv_backward(window: &Window2d, x: &[Tensor], g: &Tensor, grads: &mut Gradients, product: Products) -> Result<()> {
+    let conv = |x: &Tensor, w: &Tensor, window: Window2d| match product {
+        Products::Native => apply(Conv2d { window }, &[x, w]),
+        Products::Lowered(low) => apply(LoweredConv2d { window, low }, &[x, w]),
+    };
+    let matmul = |p: &Tensor, q: &Tensor| match product {
+        Products::Native => p.matmul(q),
+        Products::Lowered(low) => apply(super::LoweredMatMul(low), &[p, q]),
+    };
     let (x, w) = (&x[0], &x[1]);
     let (d, cout) = (x.dims(), w.dims()[0]);
+    let g4 = g; // [N, Cout, OH, OW]
     let g = g.reshape((d[0], cout, g.dims()[2] * g.dims()[3]))?; // [N, Cout, L]
     let w2 = w.reshape((cout, w.elem_count() / cout))?; // [Cout, K]
     if x.tracks_grad() {
-        grads.accumulate(x, product(&w2.t()?, &g)?.col2im(*window, d[2], d[3])?)?;
+        let dx = match transposed_window(window) {
+            // Stride 1: dX is the correlation of g with the flipped, transposed kernel, run by
+            // the forward convolution's kernel (columns packed straight from g), instead of a
+            // product writing K·L columns per image and col2im summing them back.
+            Some(win) => {
+                let (c, taps) = (d[1], window.kernel.0 * window.kernel.1);
+                let rev = Tensor::from_vec((0..taps as i64).rev().collect::<Vec<_>>(), taps, Device::Cpu)?
+                    .to_device(w.device())?;
+                let flipped = w.reshape((cout, c, taps))?.index_select(2, &rev)?.transpose(0, 1)?;
+                let flipped = flipped.contiguous()?.reshape((c, cout, window.kernel.0, window.kernel.1))?;
+                conv(g4, &flipped, win)?
+            }
+            None => matmul(&w2.t()?, &g)?.col2im(*window, d[2], d[3])?,
+        };
+        grads.accumulate(x, dx)?;
     }
     if w.tracks_grad() {
-        let (n, l) = (d[0], g.dims()[2]);
-        let cols = x.im2col(*window, 0.0)?; // [N, K, L]
-        let k = cols.dims()[1];
-        let gw = if cols.elem_count() <= ONE_PRODUCT_DW_MAX {
-            // Small images: dW = Σₙ g[n]·cols[n]ᵀ as one product over all images' columns,
-            // [Cout, N·L] × [N·L, K]. N small products and a sum over their [N, Cout, K]
-            // outputs cost more than laying g and the columns out image-major once.
-            let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
-            let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
-            product(&g2, &c2.t()?)?
-        } else {
-            // Large ones: per-image products are large enough, and a second copy of the
-            // columns would cost memory.
-            product(&g, &cols.transpose(1, 2)?)?.sum([0])?
+        let gw = match product {
+            Products::Native => {
+                let s = x.storage().conv2d_weight_grad(x.layout(), &g4.storage(), g4.layout(), window)?;
+                Tensor::from_contiguous(s, w.shape().clone())
+            }
+            Products::Lowered(_) => {
+                let (n, l) = (d[0], g.dims()[2]);
+                let cols = x.im2col(*window, 0.0)?; // [N, K, L]
+                let k = cols.dims()[1];
+                if cols.elem_count() <= crate::backend::ONE_PRODUCT_DW_MAX {
+                    // As `conv2d_weight_grad_by_columns`: one product over all images.
+                    let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
+                    let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
+                    matmul(&g2, &c2.t()?)?
+                } else {
+                    matmul(&g, &cols.transpose(1, 2)?)?.sum([0])?
+                }
+            }
         };
         grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
     }

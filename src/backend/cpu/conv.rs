@@ -25,6 +25,15 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuS
         let x = contiguous(v, l); // [N, C, H, W]
         let plane_out = kh * kw * oh * ow;
         let mut out = super::pool::filled(n * c * plane_out, pad);
+        let (sx, dx, px) = (w.stride.1, w.dilation.1, w.padding.1);
+        // Per kernel column j, the outputs ox whose input column ox·sx + j·dx − px lies
+        // inside the image.
+        let runs: Vec<(usize, usize)> = (0..kw)
+            .map(|j| {
+                let lo = px.saturating_sub(j * dx).div_ceil(sx).min(ow);
+                (lo, (wd + px).saturating_sub(j * dx).div_ceil(sx).clamp(lo, ow))
+            })
+            .collect();
         // One task per (n, c) plane: it writes its own kh·kw rows of the columns.
         super::parallel::for_each_chunk(&mut out, plane_out.max(1), |nc, o| {
             let src = &x[nc * h * wd..(nc + 1) * h * wd];
@@ -38,10 +47,15 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuS
                         }
                         let src_row = &src[y as usize * wd..(y as usize + 1) * wd];
                         let dst = &mut row[oy * ow..(oy + 1) * ow];
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let xx = (ox * w.stride.1 + j * w.dilation.1) as isize - w.padding.1 as isize;
-                            if xx >= 0 && xx < wd as isize {
-                                *d = src_row[xx as usize];
+                        // The outputs whose input column lies inside the image: one run
+                        // [lo, hi), copied without a bounds test per element.
+                        let (lo, hi) = runs[j];
+                        let first = (lo * sx + j * dx).wrapping_sub(px);
+                        if sx == 1 {
+                            dst[lo..hi].copy_from_slice(&src_row[first..first + (hi - lo)]);
+                        } else {
+                            for (k, d) in dst[lo..hi].iter_mut().enumerate() {
+                                *d = src_row[first + k * sx];
                             }
                         }
                     }
@@ -130,30 +144,42 @@ pub fn max_pool2d_indices(s: &CpuStorage, l: &Layout, w: &Window2d, (oh, ow): (u
     fn go<T: CpuFloat>(v: &[T], l: &Layout, w: &Window2d, [n, c, h, wd, oh, ow]: [usize; 6]) -> Vec<i64> {
         let x = contiguous(v, l);
         let mut out = super::pool::filled(n * c * oh * ow, 0i64);
-        let span = |o: usize, s: usize, p: usize, k: usize, d: usize, size: usize| {
-            // Taps t with 0 ≤ o·s − p + t·d < size.
+        // Each output's taps inside the image, once per axis: the first input index and the
+        // tap count (taps t with 0 ≤ o·s − p + t·d < size form one run).
+        let taps = |o: usize, s: usize, p: usize, k: usize, d: usize, size: usize| {
             let start = (o * s) as isize - p as isize;
-            (0..k)
-                .filter(move |t| (0..size as isize).contains(&(start + (t * d) as isize)))
-                .map(move |t| (start + (t * d) as isize) as usize)
+            let d = d as isize;
+            let lo = if start < 0 { (-start + d - 1) / d } else { 0 };
+            let hi = (k as isize).min((size as isize - start + d - 1).div_euclid(d)).max(lo);
+            ((start + lo * d).max(0) as usize, (hi - lo) as usize)
         };
+        let rows: Vec<_> = (0..oh).map(|oy| taps(oy, w.stride.0, w.padding.0, w.kernel.0, w.dilation.0, h)).collect();
+        let cols: Vec<_> = (0..ow).map(|ox| taps(ox, w.stride.1, w.padding.1, w.kernel.1, w.dilation.1, wd)).collect();
+        let (dy, dx) = w.dilation;
         super::parallel::for_each_chunk(&mut out, (oh * ow).max(1), |nc, o| {
             let plane = &x[nc * h * wd..(nc + 1) * h * wd];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut best: Option<(T::Acc, usize)> = None;
-                    for y in span(oy, w.stride.0, w.padding.0, w.kernel.0, w.dilation.0, h) {
-                        for xx in span(ox, w.stride.1, w.padding.1, w.kernel.1, w.dilation.1, wd) {
-                            let (i, v) = (y * wd + xx, plane[y * wd + xx].to_acc());
-                            // PyTorch's test: a greater value or a NaN takes the place.
+            for (&(y0, ny), o) in rows.iter().zip(o.chunks_mut(ow)) {
+                for (&(x0, nx), o) in cols.iter().zip(o) {
+                    if ny == 0 || nx == 0 {
+                        *o = 0;
+                        continue;
+                    }
+                    let first = y0 * wd + x0;
+                    let (mut best, mut at) = (plane[first].to_acc(), first);
+                    for ty in 0..ny {
+                        let row = (y0 + ty * dy) * wd;
+                        for tx in 0..nx {
+                            let i = row + x0 + tx * dx;
+                            let v = plane[i].to_acc();
+                            // PyTorch's test: a greater value or a NaN takes the place. Selected
+                            // without a branch: which tap wins is data, not a pattern.
                             #[allow(clippy::eq_op)]
-                            let nan = v != v;
-                            if best.is_none_or(|(b, _)| v > b || nan) {
-                                best = Some((v, i));
-                            }
+                            let take = v > best || v != v;
+                            best = std::hint::select_unpredictable(take, v, best);
+                            at = std::hint::select_unpredictable(take, i, at);
                         }
                     }
-                    o[oy * ow + ox] = best.map_or(0, |(_, i)| i as i64);
+                    *o = at as i64;
                 }
             }
         });
@@ -400,6 +426,30 @@ impl<T: GemmElem> ImplicitCols<'_, T> {
                 }
                 continue;
             }
+            if self.pad == (0, 0) && self.window.stride.1 == 1 && width == nr && start.1 == 0 && nr % self.ow == 0 {
+                // Short output rows (small images): a panel row is `nr / ow` whole output rows,
+                // each one copy of `ow` input elements.
+                let (sh, dh, dw) = (self.window.stride.0, self.window.dilation.0, self.window.dilation.1);
+                let step = sh * self.w;
+                let last = (nr / self.ow - 1) * step + self.ow;
+                for row in panel.chunks_exact_mut(nr) {
+                    let (ci, i, j) = at;
+                    let src = &self.image[ci * plane + (start.0 * sh + i * dh) * self.w + j * dw..][..last];
+                    match size_of_val(&row[..self.ow]) {
+                        // Segments of a constant size copy as one vector move each.
+                        16 => copy_segments::<T, 16>(row, src, self.ow, step),
+                        32 => copy_segments::<T, 32>(row, src, self.ow, step),
+                        64 => copy_segments::<T, 64>(row, src, self.ow, step),
+                        _ => {
+                            for (seg, at) in row.chunks_exact_mut(self.ow).zip((0..).step_by(step)) {
+                                copy(seg, &src[at..at + self.ow]);
+                            }
+                        }
+                    }
+                    next_row(&mut at, self.window.kernel);
+                }
+                continue;
+            }
             for row in panel.chunks_exact_mut(nr) {
                 self.row_segment(at, start, &mut row[..width], copy);
                 row[width..].fill(T::ZERO);
@@ -426,6 +476,22 @@ impl<T> ImplicitCols<'_, T> {
         let row = self.image[(ci * self.h + next) * self.w + x0..][..len].as_ptr().cast::<u8>();
         for at in (0..len * size_of::<T>()).step_by(64).chain([len * size_of::<T>() - 1]) {
             prefetch_hint(row.wrapping_add(at));
+        }
+    }
+}
+
+/// `dst` as segments of `len` elements (`BYTES` bytes each), segment `s` copied from
+/// `src[s·step..]`.
+#[inline(always)]
+fn copy_segments<T: Copy, const BYTES: usize>(dst: &mut [T], src: &[T], len: usize, step: usize) {
+    debug_assert_eq!(len * size_of::<T>(), BYTES);
+    for (s, seg) in dst.chunks_exact_mut(len).enumerate() {
+        let from = &src[s * step..s * step + len];
+        // SAFETY: both ranges hold `len` elements, `BYTES` bytes; unaligned reads and writes of
+        // plain data.
+        unsafe {
+            let v = from.as_ptr().cast::<[u8; BYTES]>().read_unaligned();
+            seg.as_mut_ptr().cast::<[u8; BYTES]>().write_unaligned(v);
         }
     }
 }

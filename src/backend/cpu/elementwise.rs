@@ -13,9 +13,10 @@ pub fn copy_strided(src: &CpuStorage, sl: &Layout, dst: &mut CpuStorage, dl: &La
             d[d0..d1].copy_from_slice(&s[s0..s1]);
             return;
         }
+        let [sl, dl] = Layout::coalesced([sl, dl]);
         let r = sl.rank();
-        let inner = sl.dims()[r - 1].max(1);
-        let (ss, ds) = (sl.strides()[r - 1], dl.strides()[r - 1]);
+        let inner = sl.dims().last().copied().unwrap_or(1).max(1);
+        let (ss, ds) = if r == 0 { (0, 0) } else { (sl.strides()[r - 1], dl.strides()[r - 1]) };
         for row in 0..sl.elem_count() / inner {
             let (ps, pd) = (sl.offset_of(row * inner), dl.offset_of(row * inner));
             if ss == 1 && ds == 1 {

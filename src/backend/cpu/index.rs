@@ -45,15 +45,11 @@ fn checked_ids(ids: &CpuStorage, l: &Layout, size: usize, op: &'static str) -> R
         return Err(Error::UnsupportedDType { op, dtype: ids.dtype() });
     };
     let ids = map(v, l, |x| x);
-    ids.iter()
-        .map(|&i| {
-            if i >= 0 && (i as usize) < size {
-                Ok(i as usize)
-            } else {
-                Err(Error::IndexOutOfRange { op, index: i, size })
-            }
-        })
-        .collect()
+    if let Some(&index) = ids.iter().find(|&&i| i < 0 || i as usize >= size) {
+        return Err(Error::IndexOutOfRange { op, index, size });
+    }
+    // Converted in place (same size and alignment): no second buffer, no regrowth.
+    Ok(ids.into_iter().map(|i| i as usize).collect())
 }
 
 /// `l` with its axis `axis` resized to `len` and given stride 0: `offset_of` on it yields the
@@ -98,10 +94,21 @@ pub fn index_select(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, a
             }
             return out;
         }
-        let base = base_layout(l, shape, axis);
+        // Outer positions × ids × the inner block, each inner block walked by runs.
         let st = l.strides()[axis];
-        let n = ids.len();
-        (0..shape.elem_count()).map(|p| v[base.offset_of(p) + ids[(p / inner) % n] * st]).collect()
+        let outer = Layout::new(Shape::from(l.dims()[..axis].to_vec()), l.strides()[..axis].to_vec(), l.offset());
+        let inner_view = Layout::new(Shape::from(l.dims()[axis + 1..].to_vec()), l.strides()[axis + 1..].to_vec(), 0);
+        let mut out = Vec::with_capacity(shape.elem_count());
+        for o in 0..outer.elem_count() {
+            let ob = outer.offset_of(o);
+            for &id in ids {
+                let at = ob + id * st;
+                inner_view.for_each_run(|start, len, stride| {
+                    out.extend((0..len).map(|q| v[at + start + q * stride]));
+                });
+            }
+        }
+        out
     }
     Ok(super::with_vec!(s, v => T_into(go(v, l, &ids, &shape, axis))))
 }

@@ -3,6 +3,7 @@
 
 mod cascade;
 mod conv;
+mod conv_grad;
 pub(crate) mod ctc;
 mod elementwise;
 pub mod float;
@@ -300,25 +301,35 @@ where
             }
             return;
         }
+        let [l] = Layout::coalesced([l]);
         let inner = l.dims().last().copied().unwrap_or(1).max(1);
         let inner_stride = l.strides().last().copied().unwrap_or(0);
         if l.rank() >= 2 && inner_stride > 1 && l.dims()[l.rank() - 2] > 1 {
-            return transposed_map(src, l, out, &f);
+            return transposed_map(src, &l, out, &f);
         }
-        let row = |(r, o): (usize, &mut [MaybeUninit<U>])| {
-            let start = l.offset_of(r * inner);
-            if inner_stride == 1 {
-                simd::map_slice(&src[start..start + inner], o, &f);
-            } else {
-                for (j, d) in o.iter_mut().enumerate() {
-                    d.write(f(src[start + j * inner_stride]));
+        // As in `zip`: a task's `chunk` elements may span several rows or part of one.
+        let run = |start: usize, o: &mut [MaybeUninit<U>]| {
+            let mut done = 0;
+            while done < o.len() {
+                let (row, j) = ((start + done) / inner, (start + done) % inner);
+                let len = (inner - j).min(o.len() - done);
+                let p = l.offset_of(row * inner) + j * inner_stride;
+                let o = &mut o[done..done + len];
+                if inner_stride == 1 {
+                    simd::map_slice(&src[p..p + len], o, &f);
+                } else {
+                    for (j, d) in o.iter_mut().enumerate() {
+                        d.write(f(src[p + j * inner_stride]));
+                    }
                 }
+                done += len;
             }
         };
+        let chunk = PAR_THRESHOLD / 4;
         if worth_splitting(n) {
-            parallel::for_each_chunk(out, inner, |i, o| row((i, o)));
+            parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
         } else {
-            out.chunks_mut(inner).enumerate().for_each(row);
+            run(0, out);
         }
     })
 }
@@ -391,32 +402,43 @@ where
             }
             return;
         }
+        // Rows along the last merged axis; a task takes `chunk` elements, which may span
+        // several short rows or part of a long one (a broadcast scalar merges into one row).
+        let [la, lb] = Layout::coalesced([la, lb]);
         let r = la.rank();
         let inner = la.dims().last().copied().unwrap_or(1).max(1);
         let (sa, sb) = if r == 0 { (0, 0) } else { (la.strides()[r - 1], lb.strides()[r - 1]) };
-        let row = |(i, o): (usize, &mut [MaybeUninit<U>])| {
-            let (pa, pb) = (la.offset_of(i * inner), lb.offset_of(i * inner));
-            match (sa, sb) {
-                (1, 1) => simd::zip_slice(&a[pa..pa + inner], &b[pb..pb + inner], o, &f),
-                (1, 0) => {
-                    let y = b[pb];
-                    simd::map_slice(&a[pa..pa + inner], o, &|x| f(x, y));
-                }
-                (0, 1) => {
-                    let x = a[pa];
-                    simd::map_slice(&b[pb..pb + inner], o, &|y| f(x, y));
-                }
-                _ => {
-                    for (j, d) in o.iter_mut().enumerate() {
-                        d.write(f(a[pa + j * sa], b[pb + j * sb]));
+        let run = |start: usize, o: &mut [MaybeUninit<U>]| {
+            let mut done = 0;
+            while done < o.len() {
+                let (row, j) = ((start + done) / inner, (start + done) % inner);
+                let len = (inner - j).min(o.len() - done);
+                let (pa, pb) = (la.offset_of(row * inner) + j * sa, lb.offset_of(row * inner) + j * sb);
+                let o = &mut o[done..done + len];
+                match (sa, sb) {
+                    (1, 1) => simd::zip_slice(&a[pa..pa + len], &b[pb..pb + len], o, &f),
+                    (1, 0) => {
+                        let y = b[pb];
+                        simd::map_slice(&a[pa..pa + len], o, &|x| f(x, y));
+                    }
+                    (0, 1) => {
+                        let x = a[pa];
+                        simd::map_slice(&b[pb..pb + len], o, &|y| f(x, y));
+                    }
+                    _ => {
+                        for (j, d) in o.iter_mut().enumerate() {
+                            d.write(f(a[pa + j * sa], b[pb + j * sb]));
+                        }
                     }
                 }
+                done += len;
             }
         };
+        let chunk = PAR_THRESHOLD / 4;
         if worth_splitting(n) {
-            parallel::for_each_chunk(out, inner, |i, o| row((i, o)));
+            parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
         } else {
-            out.chunks_mut(inner).enumerate().for_each(row);
+            run(0, out);
         }
     })
 }
@@ -552,6 +574,19 @@ impl BackendStorage for CpuStorage {
     }
     fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self> {
         conv::conv2d(self, layout, weight, weight_layout, window)
+    }
+    fn conv2d_weight_grad(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        window: &Window2d,
+    ) -> Result<Self> {
+        match conv_grad::conv2d_weight_grad(self, layout, grad, grad_layout, window)? {
+            Some(dw) => Ok(dw),
+            // The half types: columns and a product (which widens them once).
+            None => super::conv2d_weight_grad_by_columns(self, layout, grad, grad_layout, window),
+        }
     }
     fn col2im(&self, layout: &Layout, window: &Window2d, height: usize, width: usize) -> Result<Self> {
         conv::col2im(self, layout, window, height, width)

@@ -1,0 +1,260 @@
+//! A convolution's weight gradient, `dW = Σₙ g[n] · im2col(x[n])ᵀ`, as one GEMM over every
+//! image's output positions whose B operand (the transposed columns) is packed straight from
+//! the zero-padded images: the columns are never written out, nor transposed.
+
+use super::gemm::{GemmElem, MatRef, PackB, gemm_packed};
+use super::{CpuStorage, contiguous};
+use crate::backend::Window2d;
+use crate::{Error, Layout, Result, Shape};
+
+/// The transposed im2col matrix of all images, `[N·OH·OW, C·kh·kw]`: row `(n, oy, ox)`,
+/// column `(c, i, j)` holds `x[n, c, oy·sh + i·dh, ox·sw + j·dw]` of the padded images. Both
+/// indices split into a row part and a column part of the offset, so a packed row is a gather
+/// of fixed column offsets from the row's base.
+struct TransposedCols<'a, T> {
+    /// The images `[N, C, Hp, Wp]`, padding included.
+    padded: &'a [T],
+    /// Image size `C·Hp·Wp` and plane width `Wp`.
+    image: usize,
+    width: usize,
+    plane: usize,
+    /// Output positions per image and per output row.
+    l: usize,
+    ow: usize,
+    window: Window2d,
+}
+
+impl<T> TransposedCols<'_, T> {
+    /// The offset of column `k = (c, i, j)` from a row's base.
+    fn column_offset(&self, k: usize) -> usize {
+        let (kh, kw) = self.window.kernel;
+        let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+        c * self.plane + i * self.window.dilation.0 * self.width + j * self.window.dilation.1
+    }
+
+    /// The base offset of row `p = (n, oy, ox)`.
+    fn row_base(&self, p: usize) -> usize {
+        let (n, l) = (p / self.l, p % self.l);
+        let (oy, ox) = (l / self.ow, l % self.ow);
+        n * self.image + oy * self.window.stride.0 * self.width + ox * self.window.stride.1
+    }
+}
+
+impl<T: GemmElem> PackB<T> for TransposedCols<'_, T> {
+    unsafe fn pack(&self, pc: usize, kb: usize, jc: usize, nb: usize, nr: usize, dst: &mut [T]) {
+        // The rows' bases, stepped like an odometer over (n, oy, ox) instead of divided out;
+        // every panel of the block reuses them.
+        let mut bases = Vec::with_capacity(kb);
+        let (mut base, mut l) = (self.row_base(pc), pc % self.l);
+        let (sh, sw) = self.window.stride;
+        let next_image = self.image - self.row_base(self.l - 1);
+        for _ in 0..kb {
+            bases.push(base);
+            l += 1;
+            base = if l == self.l {
+                l = 0;
+                base + next_image
+            } else if l.is_multiple_of(self.ow) {
+                base - (self.ow - 1) * sw + sh * self.width
+            } else {
+                base + sw
+            };
+        }
+        let mut offsets = Vec::with_capacity(nr);
+        for (q, panel) in dst[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
+            let k0 = jc + q * nr;
+            offsets.clear();
+            offsets.extend((k0..k0 + nr.min(nb - q * nr)).map(|k| self.column_offset(k)));
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::isa() == super::simd::Isa::Avx512 && nr <= 64 && self.padded.len() <= i32::MAX as usize {
+                // SAFETY: AVX-512F was detected; every base + offset indexes `padded` (the
+                // product's rows and columns are in bounds), and offsets fit in i32.
+                unsafe { gather_avx512(self.padded, &bases, &offsets, panel, nr) };
+                continue;
+            }
+            for (row, &base) in panel.chunks_exact_mut(nr).zip(&bases) {
+                let src = &self.padded[base..];
+                for (d, &o) in row.iter_mut().zip(&offsets) {
+                    *d = src[o];
+                }
+                row[offsets.len()..].fill(T::ZERO);
+            }
+        }
+    }
+}
+
+/// `panel` row `p` = `src[bases[p] + offsets[t]]` for its lanes `t < offsets.len()`, zero for
+/// the others up to `nr`: AVX-512 gathers of 4- or 8-byte elements, 16 or 8 lanes each.
+///
+/// # Safety
+/// The CPU has AVX-512F; every `bases[p] + offsets[t]` indexes `src`, whose length fits in
+/// i32; `nr` is at most 64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_avx512<T: GemmElem>(src: &[T], bases: &[usize], offsets: &[usize], panel: &mut [T], nr: usize) {
+    use std::arch::x86_64::*;
+    let lanes = 64 / size_of::<T>();
+    let width = offsets.len();
+    let mut idx = [0i32; 64 + 16];
+    for (i, &o) in idx.iter_mut().zip(offsets) {
+        *i = o as i32;
+    }
+    for (row, &base) in panel.chunks_exact_mut(nr).zip(bases) {
+        let from = src.as_ptr().wrapping_add(base);
+        for h in (0..nr).step_by(lanes) {
+            let store = if nr - h >= lanes { u16::MAX >> (16 - lanes) } else { (1u16 << (nr - h)) - 1 };
+            let load = if width <= h {
+                0
+            } else if width - h >= lanes {
+                store
+            } else {
+                ((1u16 << (width - h)) - 1) & store
+            };
+            let out = row.as_mut_ptr().wrapping_add(h);
+            // SAFETY: gathered lanes are masked to t < width, whose addresses the caller
+            // vouches for; stores are masked to the row's nr lanes; `idx` holds h + 16 lanes.
+            unsafe {
+                if size_of::<T>() == 4 {
+                    let vi = _mm512_loadu_si512(idx.as_ptr().add(h).cast());
+                    let v = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), load, vi, from.cast());
+                    _mm512_mask_storeu_epi32(out.cast(), store, v);
+                } else {
+                    let vi = _mm256_loadu_si256(idx.as_ptr().add(h).cast());
+                    let v = _mm512_mask_i32gather_epi64::<8>(_mm512_setzero_si512(), load as u8, vi, from.cast());
+                    _mm512_mask_storeu_epi64(out.cast(), store as u8, v);
+                }
+            }
+        }
+    }
+}
+
+/// `[N, C, H, W]` with `ph` zero rows above and below and `pw` zero columns on each side of
+/// every plane (the input itself when there is no padding).
+fn padded_images<T: GemmElem>(x: &[T], planes: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let mut out = super::pool::filled(planes * hp * wp, T::ZERO);
+    for (src, dst) in x.chunks_exact(h * wd).zip(out.chunks_exact_mut(hp * wp)) {
+        for (s, d) in src.chunks_exact(wd).zip(dst[ph * wp..].chunks_exact_mut(wp)) {
+            d[pw..pw + wd].copy_from_slice(s);
+        }
+    }
+    out
+}
+
+fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
+    let [n, c, h, wd, cout, oh, ow] = dims;
+    let (kh, kw) = window.kernel;
+    let (k, l) = (c * kh * kw, oh * ow);
+    // g as [Cout, N·L]: image-major along the product's depth.
+    let mut g2 = super::pool::filled(cout * n * l, T::ZERO);
+    for (img, part) in g.chunks_exact(cout * l).enumerate() {
+        for (co, row) in part.chunks_exact(l).enumerate() {
+            g2[co * n * l + img * l..][..l].copy_from_slice(row);
+        }
+    }
+    let padded = if window.padding == (0, 0) { None } else { Some(padded_images(x, n * c, h, wd, window.padding)) };
+    let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
+    let cols = TransposedCols {
+        padded: padded.as_deref().unwrap_or(x),
+        image: c * hp * wp,
+        width: wp,
+        plane: hp * wp,
+        l,
+        ow,
+        window: *window,
+    };
+    let a = MatRef { data: &g2, offset: 0, row_stride: n * l, col_stride: 1 };
+    super::fill_new(cout * k, |out| gemm_packed(cout, k, n * l, a, &cols, out, true))
+}
+
+/// `Σₙ g[n] · im2col(x[n])ᵀ` for `x` `[N, C, H, W]` and `g` `[N, Cout, OH, OW]`, as
+/// `[Cout, C·kh·kw]`; `None` for the dtypes it does not handle (the caller composes those).
+pub fn conv2d_weight_grad(
+    x: &CpuStorage,
+    lx: &Layout,
+    g: &CpuStorage,
+    lg: &Layout,
+    window: &Window2d,
+) -> Result<Option<CpuStorage>> {
+    let (&[n, c, h, wd], &[gn, cout, oh, ow]) = (lx.dims(), lg.dims()) else {
+        return Err(Error::BadShape {
+            op: "conv2d backward",
+            msg: format!("needs x [N, C, H, W] and g [N, Cout, OH, OW], got {:?} and {:?}", lx.shape(), lg.shape()),
+        });
+    };
+    if gn != n || window.columns("conv2d backward", lx.shape())? != (oh, ow) {
+        return Err(Error::ShapeMismatch { op: "conv2d backward", lhs: lx.shape().clone(), rhs: lg.shape().clone() });
+    }
+    let (kh, kw) = window.kernel;
+    Shape::checked_product("conv2d backward", &[cout, c, kh, kw])?;
+    Shape::checked_product("conv2d backward", &[n, c, h + 2 * window.padding.0, wd + 2 * window.padding.1])?;
+    let dims = [n, c, h, wd, cout, oh, ow];
+    Ok(Some(match (x, g) {
+        (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+            CpuStorage::F32(weight_grad(&contiguous(x, lx), &contiguous(g, lg), dims, window))
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+            CpuStorage::F64(weight_grad(&contiguous(x, lx), &contiguous(g, lg), dims, window))
+        }
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(s: &CpuStorage) -> Vec<f64> {
+        match s {
+            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v.clone(),
+            _ => panic!("f32 or f64 expected"),
+        }
+    }
+
+    /// The implicit weight gradient equals the composed one (columns written out, then the
+    /// products; both of its branches) over windows with every option, in f32 and f64, with
+    /// a transposed view for g.
+    #[test]
+    fn implicit_weight_gradient_matches_the_columns() {
+        let windows = [
+            Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) },
+            Window2d { kernel: (2, 3), stride: (2, 1), padding: (1, 0), dilation: (1, 2) },
+            Window2d { kernel: (3, 2), stride: (1, 3), padding: (2, 1), dilation: (2, 1) },
+        ];
+        let value = |i: usize| ((i * 7919 % 1009) as f64) / 1009.0 - 0.5;
+        for (wi, window) in windows.iter().enumerate() {
+            // The last shape has more than 2²⁰ column elements: the per-image branch.
+            for &[n, c, h, w, cout] in &[[3, 2, 7, 9, 5], [1, 4, 5, 5, 37], [9, 8, 40, 41, 3]] {
+                if wi > 0 && n == 9 {
+                    continue;
+                }
+                let (oh, ow) = window.output_size(h, w).expect("fits");
+                let x: Vec<f64> = (0..n * c * h * w).map(value).collect();
+                let lx = Layout::contiguous((n, c, h, w));
+                // g stored as [N, OH, OW, Cout] and viewed as [N, Cout, OH, OW].
+                let g: Vec<f64> = (0..n * cout * oh * ow).map(|i| value(i + 11)).collect();
+                let lg = Layout::contiguous((n, oh, ow, cout)).permute(&[0, 3, 1, 2]).expect("a permutation");
+                for f32_run in [false, true] {
+                    let (xs, gs) = if f32_run {
+                        let f = |v: &[f64]| CpuStorage::F32(v.iter().map(|&x| x as f32).collect());
+                        (f(&x), f(&g))
+                    } else {
+                        (CpuStorage::F64(x.clone()), CpuStorage::F64(g.clone()))
+                    };
+                    let ours = conv2d_weight_grad(&xs, &lx, &gs, &lg, window).expect("ok").expect("f32/f64");
+                    let want = crate::backend::conv2d_weight_grad_by_columns(&xs, &lx, &gs, &lg, window).expect("ok");
+                    let (a, b) = (values(&ours), values(&want));
+                    assert_eq!(a.len(), cout * c * window.kernel.0 * window.kernel.1);
+                    let tol = if f32_run { 1e-3 } else { 1e-10 };
+                    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                        assert!(
+                            (p - q).abs() <= tol * (1.0 + q.abs()),
+                            "{window:?} {n}×{c}×{h}×{w}→{cout} [{i}]: {p} vs {q}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
