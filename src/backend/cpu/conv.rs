@@ -156,8 +156,36 @@ pub fn max_pool2d_indices(s: &CpuStorage, l: &Layout, w: &Window2d, (oh, ow): (u
         let rows: Vec<_> = (0..oh).map(|oy| taps(oy, w.stride.0, w.padding.0, w.kernel.0, w.dilation.0, h)).collect();
         let cols: Vec<_> = (0..ow).map(|ox| taps(ox, w.stride.1, w.padding.1, w.kernel.1, w.dilation.1, wd)).collect();
         let (dy, dx) = w.dilation;
+        // The usual 2×2 window at stride 2 inside the image: four fixed taps per output.
+        let pairs = w.kernel == (2, 2) && w.stride == (2, 2) && w.padding == (0, 0) && w.dilation == (1, 1);
+        let pairs = pairs && 2 * oh <= h && 2 * ow <= wd;
         super::parallel::for_each_chunk(&mut out, (oh * ow).max(1), |nc, o| {
             let plane = &x[nc * h * wd..(nc + 1) * h * wd];
+            if pairs {
+                for (oy, o) in o.chunks_mut(ow).enumerate() {
+                    let (r0, r1) = (2 * oy * wd, (2 * oy + 1) * wd);
+                    let (top, bottom) = (&plane[r0..r0 + 2 * ow], &plane[r1..r1 + 2 * ow]);
+                    for (ox, o) in o.iter_mut().enumerate() {
+                        let taps = [
+                            (top[2 * ox], r0),
+                            (top[2 * ox + 1], r0 + 1),
+                            (bottom[2 * ox], r1),
+                            (bottom[2 * ox + 1], r1 + 1),
+                        ];
+                        let (mut best, mut at) = (taps[0].0.to_acc(), taps[0].1);
+                        for &(v, i) in &taps[1..] {
+                            let v = v.to_acc();
+                            // As below: a greater value or a NaN takes the place.
+                            #[allow(clippy::eq_op)]
+                            let take = (v > best) | (v != v);
+                            best = std::hint::select_unpredictable(take, v, best);
+                            at = std::hint::select_unpredictable(take, i, at);
+                        }
+                        *o = (at + 2 * ox) as i64;
+                    }
+                }
+                return;
+            }
             for (&(y0, ny), o) in rows.iter().zip(o.chunks_mut(ow)) {
                 for (&(x0, nx), o) in cols.iter().zip(o) {
                     if ny == 0 || nx == 0 {
@@ -174,7 +202,7 @@ pub fn max_pool2d_indices(s: &CpuStorage, l: &Layout, w: &Window2d, (oh, ow): (u
                             // PyTorch's test: a greater value or a NaN takes the place. Selected
                             // without a branch: which tap wins is data, not a pattern.
                             #[allow(clippy::eq_op)]
-                            let take = v > best || v != v;
+                            let take = (v > best) | (v != v);
                             best = std::hint::select_unpredictable(take, v, best);
                             at = std::hint::select_unpredictable(take, i, at);
                         }

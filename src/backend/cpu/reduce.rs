@@ -13,7 +13,12 @@ fn split_axes(l: &Layout, axes: &[usize]) -> (Layout, Layout) {
     let kept: Vec<usize> = (0..l.rank()).filter(|a| !axes.contains(a)).collect();
     let dims = |ax: &[usize]| Shape::from(ax.iter().map(|&a| l.dims()[a]).collect::<Vec<_>>());
     let strides = |ax: &[usize]| ax.iter().map(|&a| l.strides()[a]).collect::<Vec<_>>();
-    (Layout::new(dims(&kept), strides(&kept), l.offset()), Layout::new(dims(axes), strides(axes), 0))
+    let (outer, inner) =
+        (Layout::new(dims(&kept), strides(&kept), l.offset()), Layout::new(dims(axes), strides(axes), 0));
+    // Merged axes, same order: summing a conv bias's gradient over (N, H, W) reads runs of
+    // H·W, not of W.
+    let ([outer], [inner]) = (Layout::coalesced([&outer]), Layout::coalesced([&inner]));
+    (outer, inner)
 }
 
 /// Calls `f(base)` for each output position and collects the results; `base` is the storage
