@@ -346,6 +346,13 @@ pub(super) unsafe fn pack_a<T: GemmElem>(
                 dst[p * mr + i] = unsafe { a.at(ir + i, pc + p) };
             }
         }
+    } else if a.row_stride == 1 {
+        // Column-major A (a transposed view, as in a weight gradient xᵀ·g): each depth step's
+        // mb rows are contiguous.
+        for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
+            let at = a.offset + ir + (pc + p) * a.col_stride;
+            col[..mb].copy_from_slice(&a.data[at..at + mb]);
+        }
     } else {
         for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
             for (i, v) in col[..mb].iter_mut().enumerate() {
