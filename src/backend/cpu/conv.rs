@@ -538,8 +538,9 @@ fn next_row(at: &mut (usize, usize, usize), (kh, kw): (usize, usize)) {
     }
 }
 
-/// `[C, H, W]` with `ph` zero rows above and below and `pw` zero columns on each side.
-fn zero_padded<T: GemmElem>(img: &[T], c: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
+/// `[C, H, W]` (any number of planes) with `ph` zero rows above and below and `pw` zero
+/// columns on each side.
+pub(super) fn zero_padded<T: GemmElem>(img: &[T], c: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
     let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
     let mut out = super::pool::filled(c * hp * wp, T::ZERO);
     for (src, dst) in img.chunks_exact(h * wd).zip(out.chunks_exact_mut(hp * wp)) {

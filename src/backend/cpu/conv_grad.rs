@@ -128,19 +128,6 @@ unsafe fn gather_avx512<T: GemmElem>(src: &[T], bases: &[usize], offsets: &[usiz
     }
 }
 
-/// `[N, C, H, W]` with `ph` zero rows above and below and `pw` zero columns on each side of
-/// every plane (the input itself when there is no padding).
-fn padded_images<T: GemmElem>(x: &[T], planes: usize, h: usize, wd: usize, (ph, pw): (usize, usize)) -> Vec<T> {
-    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
-    let mut out = super::pool::filled(planes * hp * wp, T::ZERO);
-    for (src, dst) in x.chunks_exact(h * wd).zip(out.chunks_exact_mut(hp * wp)) {
-        for (s, d) in src.chunks_exact(wd).zip(dst[ph * wp..].chunks_exact_mut(wp)) {
-            d[pw..pw + wd].copy_from_slice(s);
-        }
-    }
-    out
-}
-
 fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
@@ -152,7 +139,8 @@ fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2
             g2[co * n * l + img * l..][..l].copy_from_slice(row);
         }
     }
-    let padded = if window.padding == (0, 0) { None } else { Some(padded_images(x, n * c, h, wd, window.padding)) };
+    let padded =
+        if window.padding == (0, 0) { None } else { Some(super::conv::zero_padded(x, n * c, h, wd, window.padding)) };
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     let cols = TransposedCols {
         padded: padded.as_deref().unwrap_or(x),
