@@ -4,7 +4,6 @@ use super::float::CpuFloat;
 use super::gemm::{GemmElem, MatRef, ProductOut, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
 use super::{CpuStorage, worth_splitting};
 use crate::{Error, Layout, Result, Shape};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::mem::MaybeUninit;
 
@@ -56,12 +55,16 @@ fn batched_with<T: Copy + Sync, U: Send + Sync + 'static>(
 /// f16: the f32 GEMM on operands widened while packed (`gemm/f16.rs`), then one rounding of
 /// the f32 products to f16.
 fn f16_packed(a: &[f16], la: &Layout, b: &[f16], lb: &Layout) -> Vec<f16> {
-    let wide = batched_with(a, la, b, lb, gemm_f16);
+    narrow_to_f16(&batched_with(a, la, b, lb, gemm_f16))
+}
+
+/// `wide` rounded to f16 (as `f16::from_f32`), in parallel chunks of F16C conversions.
+pub(super) fn narrow_to_f16(wide: &[f32]) -> Vec<f16> {
     super::fill_new(wide.len(), |out| {
         // SAFETY: f16 has no invalid bit patterns; every element is written below.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f16>] as *mut [f16]) };
         super::parallel::for_each_chunk(out, 1 << 16, |i, o| {
-            o.convert_from_f32_slice(&wide[i << 16..(i << 16) + o.len()]);
+            super::gemm::narrow_f16(o, &wide[i << 16..(i << 16) + o.len()]);
         });
     })
 }

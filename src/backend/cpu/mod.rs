@@ -485,7 +485,12 @@ impl BackendStorage for CpuStorage {
             }
             (CpuStorage::F16(v), DType::F32) => return Ok(CpuStorage::F32(map(v, layout, |x: f16| x.to_f32()))),
             (CpuStorage::F32(v), DType::BF16) => return Ok(CpuStorage::BF16(map(v, layout, bf16::from_f32))),
-            (CpuStorage::F32(v), DType::F16) => return Ok(CpuStorage::F16(map(v, layout, f16::from_f32))),
+            (CpuStorage::F32(v), DType::F16) => {
+                return Ok(CpuStorage::F16(match layout.contiguous_range() {
+                    Some((a, b)) => matmul::narrow_to_f16(&v[a..b]),
+                    None => map(v, layout, f16::from_f32),
+                }));
+            }
             _ => {}
         }
         Ok(with_vec!(self, v => match dtype {

@@ -39,7 +39,7 @@ pub(crate) use pack::{copy_row, prefetch_hint};
 use schedule::*;
 
 pub(crate) use bf16::{ProductOut, available as bf16_gemm_available, gemm_bf16};
-pub(crate) use f16::gemm_f16;
+pub(crate) use f16::{gemm_f16, narrow as narrow_f16};
 
 mod sealed {
     /// Restricts [`super::GemmElem`] to types for which the packing buffers'

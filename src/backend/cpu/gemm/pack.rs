@@ -78,18 +78,7 @@ impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
     }
 
     fn prefetch_panel(&self, ir: usize, mb: usize, pc: usize, kb: usize, part: usize, parts: usize) {
-        if self.col_stride != 1 {
-            return;
-        }
-        // Rows ir..ir+mb, each kb elements from column pc (one line more for a start inside a
-        // line): their lines, in `parts` equal shares.
-        let per_row = (kb * size_of::<T>()).div_ceil(64) + 1;
-        let lines = mb * per_row;
-        let base = self.data.as_ptr().wrapping_add(self.offset + pc).cast::<u8>();
-        for l in lines * part / parts..lines * (part + 1) / parts {
-            let (i, j) = (l / per_row, l % per_row);
-            prefetch_hint(base.wrapping_add((ir + i) * self.row_stride * size_of::<T>() + j * 64));
-        }
+        self.prefetch_rows(ir, mb, pc, kb, part, parts)
     }
 
     fn in_place(&self, m: usize, k: usize, ir: usize, pc: usize) -> Option<(*const T, usize)> {
@@ -100,6 +89,24 @@ impl<T: GemmElem> PackA<T> for MatRef<'_, T> {
         let pitch = self.row_stride * size_of::<T>();
         (self.col_stride == 1 && self.row_stride > 0 && pitch < 4096 && m * k * size_of::<T>() <= IN_PLACE_A_BYTES)
             .then(|| (self.data[self.offset + ir * self.row_stride + pc..].as_ptr(), self.row_stride))
+    }
+}
+
+impl<T> MatRef<'_, T> {
+    /// [`PackA::prefetch_panel`] for a row-major matrix of any element type (an f16 one is
+    /// widened while packed): rows `ir..ir+mb`, each `kb` elements from column `pc` (one line
+    /// more for a start inside a line), their lines in `parts` equal shares.
+    pub(super) fn prefetch_rows(&self, ir: usize, mb: usize, pc: usize, kb: usize, part: usize, parts: usize) {
+        if self.col_stride != 1 {
+            return;
+        }
+        let per_row = (kb * size_of::<T>()).div_ceil(64) + 1;
+        let lines = mb * per_row;
+        let base = self.data.as_ptr().wrapping_add(self.offset + pc).cast::<u8>();
+        for l in lines * part / parts..lines * (part + 1) / parts {
+            let (i, j) = (l / per_row, l % per_row);
+            prefetch_hint(base.wrapping_add((ir + i) * self.row_stride * size_of::<T>() + j * 64));
+        }
     }
 }
 
