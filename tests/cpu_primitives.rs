@@ -660,3 +660,28 @@ fn random_streams_are_seeded_and_distributed() -> Result<()> {
     assert!(Tensor::rand(0.0, 1.0, 3, DType::I64, Device::Cpu).is_err());
     Ok(())
 }
+
+/// `where` over views large enough to split into tasks whose element ranges cross rows, with a
+/// scalar on either side and a row-times-column broadcast, against a plain loop.
+#[test]
+fn where_with_scalars_and_broadcasts_over_many_rows() -> Result<()> {
+    let (rows, cols) = (3, 70_001);
+    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 - 500.0).collect();
+    let t = Tensor::from_vec(x.clone(), (rows, cols), Device::Cpu)?;
+    let mask = t.gt_scalar(0.0)?;
+    let zero = Tensor::zeros((), DType::F32, Device::Cpu)?;
+    let relu: Vec<f64> = x.iter().map(|&v| f64::from(v.max(0.0))).collect();
+    assert_eq!(mask.where_cond(&t, &zero)?.to_vec_f64()?, relu);
+    let neg: Vec<f64> = x.iter().map(|&v| if v > 0.0 { 0.0 } else { f64::from(v) }).collect();
+    assert_eq!(mask.where_cond(&zero, &t)?.to_vec_f64()?, neg);
+    // mask [5, 1] against values [1, 30000] and their transposed-broadcast partner [5, 30000].
+    let col = Tensor::from_vec(vec![1u8, 0, 1, 1, 0], (5, 1), Device::Cpu)?;
+    let row = Tensor::from_vec((0..30_000).map(|i| i as f32).collect::<Vec<_>>(), (1, 30_000), Device::Cpu)?;
+    let other = Tensor::full(-1.0, (30_000, 5), DType::F32, Device::Cpu)?.t()?;
+    let got = col.where_cond(&row, &other)?.to_vec_f64()?;
+    for (i, g) in got.iter().enumerate() {
+        let (r, c) = (i / 30_000, i % 30_000);
+        assert_eq!(*g, if [1, 0, 1, 1, 0][r] == 1 { c as f64 } else { -1.0 }, "at {r}, {c}");
+    }
+    Ok(())
+}

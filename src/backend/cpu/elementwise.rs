@@ -5,6 +5,7 @@ use super::simd::ExpFn;
 use super::{CpuStorage, PAR_THRESHOLD, fill_new, map, parallel, with_float_vec, worth_splitting, zip};
 use crate::backend::{BinaryOp, CmpOp, ScalarOp, UnaryOp};
 use crate::{Error, Layout, Result, WithDType};
+use std::mem::MaybeUninit;
 
 /// Copies the `src` view into the `dst` view, row by row along the last axis.
 pub fn copy_strided(src: &CpuStorage, sl: &Layout, dst: &mut CpuStorage, dl: &Layout) -> Result<()> {
@@ -300,11 +301,61 @@ pub fn where_cond(
         f: &[T],
         lf: &Layout,
     ) -> Vec<T> {
-        // Pick from `t` first, then overwrite where the mask is 0: two streaming passes that
-        // reuse the vectorized zip instead of a three-way strided walk.
-        let picked_t = zip(m, lm, t, lt, |c, x| (c, x));
-        let lc = Layout::contiguous(lm.shape().clone());
-        zip(&picked_t, &lc, f, lf, |(c, x), y| if c != 0 { x } else { y })
+        // One pass over the three views with their axes merged: rows along the last merged
+        // axis, each operand stepping by 1 or (broadcast) 0 along it, the common cases as
+        // loops LLVM vectorizes.
+        let n = lm.elem_count();
+        let [lm, lt, lf] = Layout::coalesced([lm, lt, lf]);
+        let r = lm.rank();
+        let inner = lm.dims().last().copied().unwrap_or(1).max(1);
+        let last = |l: &Layout| if r == 0 { 0 } else { l.strides()[r - 1] };
+        let (sm, st, sf) = (last(&lm), last(&lt), last(&lf));
+        let run = |start: usize, o: &mut [MaybeUninit<T>]| {
+            let mut done = 0;
+            while done < o.len() {
+                let (row, j) = ((start + done) / inner, (start + done) % inner);
+                let len = (inner - j).min(o.len() - done);
+                let at = |l: &Layout, s: usize| l.offset_of(row * inner) + j * s;
+                let (pm, pt, pf) = (at(&lm, sm), at(&lt, st), at(&lf, sf));
+                let o = &mut o[done..done + len];
+                let pick = |c: u8, x: T, y: T| if c != 0 { x } else { y };
+                match (sm, st, sf) {
+                    (1, 1, 1) => {
+                        for (((o, &c), &x), &y) in
+                            o.iter_mut().zip(&m[pm..pm + len]).zip(&t[pt..pt + len]).zip(&f[pf..pf + len])
+                        {
+                            o.write(pick(c, x, y));
+                        }
+                    }
+                    (1, 0, 1) => {
+                        let x = t[pt];
+                        for ((o, &c), &y) in o.iter_mut().zip(&m[pm..pm + len]).zip(&f[pf..pf + len]) {
+                            o.write(pick(c, x, y));
+                        }
+                    }
+                    (1, 1, 0) => {
+                        let y = f[pf];
+                        for ((o, &c), &x) in o.iter_mut().zip(&m[pm..pm + len]).zip(&t[pt..pt + len]) {
+                            o.write(pick(c, x, y));
+                        }
+                    }
+                    _ => {
+                        for (k, o) in o.iter_mut().enumerate() {
+                            o.write(pick(m[pm + k * sm], t[pt + k * st], f[pf + k * sf]));
+                        }
+                    }
+                }
+                done += len;
+            }
+        };
+        fill_new(n, |out| {
+            let chunk = PAR_THRESHOLD / 4;
+            if worth_splitting(n) {
+                parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
+            } else {
+                run(0, out);
+            }
+        })
     }
     Ok(match (t, f) {
         (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(go(m, lm, x, lt, y, lf)),
