@@ -197,15 +197,7 @@ pub(crate) fn conv2d_weight_grad_by_columns<S: BackendStorage>(
     lg: &Layout,
     window: &Window2d,
 ) -> Result<S> {
-    let (&[n, c, _, _], &[gn, cout, oh, ow]) = (lx.dims(), lg.dims()) else {
-        return Err(Error::BadShape {
-            op: "conv2d backward",
-            msg: format!("needs x [N, C, H, W] and g [N, Cout, OH, OW], got {:?} and {:?}", lx.shape(), lg.shape()),
-        });
-    };
-    if gn != n || window.columns("conv2d backward", lx.shape())? != (oh, ow) {
-        return Err(Error::ShapeMismatch { op: "conv2d backward", lhs: lx.shape().clone(), rhs: lg.shape().clone() });
-    }
+    let [n, c, _, _, cout, oh, ow] = window.conv2d_weight_grad_dims(lx, lg)?;
     let (k, l) = (c * window.kernel.0 * window.kernel.1, oh * ow);
     let dt = x.dtype();
     let cols = x.im2col(lx, window, 0.0)?; // [N, K, L], contiguous
@@ -450,6 +442,24 @@ impl Window2d {
         };
         Shape::checked_product(op, &[n, c, self.kernel.0, self.kernel.1, oh, ow])?;
         Ok((oh, ow))
+    }
+
+    /// The sizes of a convolution's weight gradient from `x` `[N, C, H, W]` and its output's
+    /// gradient `g` `[N, Cout, OH, OW]` over this window, `[N, C, H, W, Cout, OH, OW]`, or the
+    /// shape error both backends report.
+    pub fn conv2d_weight_grad_dims(&self, x: &Layout, g: &Layout) -> Result<[usize; 7]> {
+        const OP: &str = "conv2d backward";
+        let (&[n, c, h, wd], &[gn, cout, oh, ow]) = (x.dims(), g.dims()) else {
+            return Err(Error::BadShape {
+                op: OP,
+                msg: format!("needs x [N, C, H, W] and g [N, Cout, OH, OW], got {:?} and {:?}", x.shape(), g.shape()),
+            });
+        };
+        if gn != n || self.columns(OP, x.shape())? != (oh, ow) {
+            return Err(Error::ShapeMismatch { op: OP, lhs: x.shape().clone(), rhs: g.shape().clone() });
+        }
+        Shape::checked_product(OP, &[cout, c, self.kernel.0, self.kernel.1])?;
+        Ok([n, c, h, wd, cout, oh, ow])
     }
 
     /// The sizes of a `conv2d` of `x` `[N, C, H, W]` by `weight` `[Cout, C, kh, kw]` over this

@@ -14,6 +14,14 @@ fn out_size(op: &'static str, w: &Window2d, image: [usize; 4]) -> Result<(usize,
     w.columns(op, &Shape::from(image.to_vec()))
 }
 
+/// The outputs `ox` in `[lo, hi)` whose input column `ox·sx + j·dx − px` (kernel column `j`)
+/// lies inside an image `wd` wide: one run, so copies along a row need no bounds test.
+fn inside_run(w: &Window2d, j: usize, wd: usize, ow: usize) -> (usize, usize) {
+    let (sx, dx, px) = (w.stride.1, w.dilation.1, w.padding.1);
+    let lo = px.saturating_sub(j * dx).div_ceil(sx).min(ow);
+    (lo, (wd + px).saturating_sub(j * dx).div_ceil(sx).clamp(lo, ow))
+}
+
 pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuStorage> {
     let &[n, c, h, wd] = l.dims() else {
         return Err(Error::BadShape { op: "im2col", msg: format!("needs [N, C, H, W], got {:?}", l.shape()) });
@@ -26,14 +34,7 @@ pub fn im2col(s: &CpuStorage, l: &Layout, w: &Window2d, pad: f64) -> Result<CpuS
         let plane_out = kh * kw * oh * ow;
         let mut out = super::pool::filled(n * c * plane_out, pad);
         let (sx, dx, px) = (w.stride.1, w.dilation.1, w.padding.1);
-        // Per kernel column j, the outputs ox whose input column ox·sx + j·dx − px lies
-        // inside the image.
-        let runs: Vec<(usize, usize)> = (0..kw)
-            .map(|j| {
-                let lo = px.saturating_sub(j * dx).div_ceil(sx).min(ow);
-                (lo, (wd + px).saturating_sub(j * dx).div_ceil(sx).clamp(lo, ow))
-            })
-            .collect();
+        let runs: Vec<(usize, usize)> = (0..kw).map(|j| inside_run(w, j, wd, ow)).collect();
         // One task per (n, c) plane: it writes its own kh·kw rows of the columns.
         super::parallel::for_each_chunk(&mut out, plane_out.max(1), |nc, o| {
             let src = &x[nc * h * wd..(nc + 1) * h * wd];
@@ -101,10 +102,8 @@ pub fn col2im(s: &CpuStorage, l: &Layout, w: &Window2d, h: usize, wd: usize) -> 
             for i in 0..kh {
                 for j in 0..kw {
                     let row = &src[(i * kw + j) * oh * ow..(i * kw + j + 1) * oh * ow];
-                    // The outputs ox whose input column ox·sx + j·dx − px lies inside the
-                    // image: a run [lo, hi), so the inner loop has no bounds test.
-                    let lo = px.saturating_sub(j * dx).div_ceil(sx).min(ow);
-                    let hi = (wd + px).saturating_sub(j * dx).div_ceil(sx).clamp(lo, ow);
+                    // A run of outputs inside the image: the inner loop has no bounds test.
+                    let (lo, hi) = inside_run(w, j, wd, ow);
                     for oy in 0..oh {
                         let y = (oy * w.stride.0 + i * w.dilation.0) as isize - w.padding.0 as isize;
                         if y < 0 || y >= h as isize || lo == hi {

@@ -5,7 +5,7 @@
 use super::gemm::{GemmElem, MatRef, PackB, gemm_packed};
 use super::{CpuStorage, contiguous};
 use crate::backend::Window2d;
-use crate::{Error, Layout, Result, Shape};
+use crate::{Layout, Result, Shape};
 
 /// The transposed im2col matrix of all images, `[N·OH·OW, C·kh·kw]`: row `(n, oy, ox)`,
 /// column `(c, i, j)` holds `x[n, c, oy·sh + i·dh, ox·sw + j·dw]` of the padded images. Both
@@ -164,19 +164,10 @@ pub fn conv2d_weight_grad(
     lg: &Layout,
     window: &Window2d,
 ) -> Result<Option<CpuStorage>> {
-    let (&[n, c, h, wd], &[gn, cout, oh, ow]) = (lx.dims(), lg.dims()) else {
-        return Err(Error::BadShape {
-            op: "conv2d backward",
-            msg: format!("needs x [N, C, H, W] and g [N, Cout, OH, OW], got {:?} and {:?}", lx.shape(), lg.shape()),
-        });
-    };
-    if gn != n || window.columns("conv2d backward", lx.shape())? != (oh, ow) {
-        return Err(Error::ShapeMismatch { op: "conv2d backward", lhs: lx.shape().clone(), rhs: lg.shape().clone() });
-    }
-    let (kh, kw) = window.kernel;
-    Shape::checked_product("conv2d backward", &[cout, c, kh, kw])?;
+    let dims = window.conv2d_weight_grad_dims(lx, lg)?;
+    let [n, c, h, wd, ..] = dims;
+    // The padded copy of every image.
     Shape::checked_product("conv2d backward", &[n, c, h + 2 * window.padding.0, wd + 2 * window.padding.1])?;
-    let dims = [n, c, h, wd, cout, oh, ow];
     Ok(Some(match (x, g) {
         (CpuStorage::F32(x), CpuStorage::F32(g)) => {
             CpuStorage::F32(weight_grad(&contiguous(x, lx), &contiguous(g, lg), dims, window))

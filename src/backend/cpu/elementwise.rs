@@ -2,10 +2,9 @@
 
 use super::float::{CpuFloat, Float};
 use super::simd::ExpFn;
-use super::{CpuStorage, PAR_THRESHOLD, fill_new, map, parallel, with_float_vec, worth_splitting, zip};
+use super::{CpuStorage, PAR_THRESHOLD, by_row_pieces, fill_new, map, parallel, with_float_vec, worth_splitting, zip};
 use crate::backend::{BinaryOp, CmpOp, ScalarOp, UnaryOp};
 use crate::{Error, Layout, Result, WithDType};
-use std::mem::MaybeUninit;
 
 /// Copies the `src` view into the `dst` view, row by row along the last axis.
 pub fn copy_strided(src: &CpuStorage, sl: &Layout, dst: &mut CpuStorage, dl: &Layout) -> Result<()> {
@@ -310,20 +309,15 @@ pub fn where_cond(
         let inner = lm.dims().last().copied().unwrap_or(1).max(1);
         let last = |l: &Layout| if r == 0 { 0 } else { l.strides()[r - 1] };
         let (sm, st, sf) = (last(&lm), last(&lt), last(&lf));
-        let run = |start: usize, o: &mut [MaybeUninit<T>]| {
-            let mut done = 0;
-            while done < o.len() {
-                let (row, j) = ((start + done) / inner, (start + done) % inner);
-                let len = (inner - j).min(o.len() - done);
+        fill_new(n, |out| {
+            by_row_pieces(out, inner, |row, j, o| {
                 let at = |l: &Layout, s: usize| l.offset_of(row * inner) + j * s;
-                let (pm, pt, pf) = (at(&lm, sm), at(&lt, st), at(&lf, sf));
-                let o = &mut o[done..done + len];
+                let (pm, pt, pf, len) = (at(&lm, sm), at(&lt, st), at(&lf, sf), o.len());
                 let pick = |c: u8, x: T, y: T| if c != 0 { x } else { y };
                 match (sm, st, sf) {
                     (1, 1, 1) => {
-                        for (((o, &c), &x), &y) in
-                            o.iter_mut().zip(&m[pm..pm + len]).zip(&t[pt..pt + len]).zip(&f[pf..pf + len])
-                        {
+                        let (m, t, f) = (&m[pm..pm + len], &t[pt..pt + len], &f[pf..pf + len]);
+                        for (((o, &c), &x), &y) in o.iter_mut().zip(m).zip(t).zip(f) {
                             o.write(pick(c, x, y));
                         }
                     }
@@ -345,16 +339,7 @@ pub fn where_cond(
                         }
                     }
                 }
-                done += len;
-            }
-        };
-        fill_new(n, |out| {
-            let chunk = PAR_THRESHOLD / 4;
-            if worth_splitting(n) {
-                parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
-            } else {
-                run(0, out);
-            }
+            })
         })
     }
     Ok(match (t, f) {

@@ -307,30 +307,16 @@ where
         if l.rank() >= 2 && inner_stride > 1 && l.dims()[l.rank() - 2] > 1 {
             return transposed_map(src, &l, out, &f);
         }
-        // As in `zip`: a task's `chunk` elements may span several rows or part of one.
-        let run = |start: usize, o: &mut [MaybeUninit<U>]| {
-            let mut done = 0;
-            while done < o.len() {
-                let (row, j) = ((start + done) / inner, (start + done) % inner);
-                let len = (inner - j).min(o.len() - done);
-                let p = l.offset_of(row * inner) + j * inner_stride;
-                let o = &mut o[done..done + len];
-                if inner_stride == 1 {
-                    simd::map_slice(&src[p..p + len], o, &f);
-                } else {
-                    for (j, d) in o.iter_mut().enumerate() {
-                        d.write(f(src[p + j * inner_stride]));
-                    }
+        by_row_pieces(out, inner, |row, j, o| {
+            let p = l.offset_of(row * inner) + j * inner_stride;
+            if inner_stride == 1 {
+                simd::map_slice(&src[p..p + o.len()], o, &f);
+            } else {
+                for (j, d) in o.iter_mut().enumerate() {
+                    d.write(f(src[p + j * inner_stride]));
                 }
-                done += len;
             }
-        };
-        let chunk = PAR_THRESHOLD / 4;
-        if worth_splitting(n) {
-            parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
-        } else {
-            run(0, out);
-        }
+        });
     })
 }
 
@@ -402,45 +388,57 @@ where
             }
             return;
         }
-        // Rows along the last merged axis; a task takes `chunk` elements, which may span
-        // several short rows or part of a long one (a broadcast scalar merges into one row).
         let [la, lb] = Layout::coalesced([la, lb]);
         let r = la.rank();
         let inner = la.dims().last().copied().unwrap_or(1).max(1);
         let (sa, sb) = if r == 0 { (0, 0) } else { (la.strides()[r - 1], lb.strides()[r - 1]) };
-        let run = |start: usize, o: &mut [MaybeUninit<U>]| {
-            let mut done = 0;
-            while done < o.len() {
-                let (row, j) = ((start + done) / inner, (start + done) % inner);
-                let len = (inner - j).min(o.len() - done);
-                let (pa, pb) = (la.offset_of(row * inner) + j * sa, lb.offset_of(row * inner) + j * sb);
-                let o = &mut o[done..done + len];
-                match (sa, sb) {
-                    (1, 1) => simd::zip_slice(&a[pa..pa + len], &b[pb..pb + len], o, &f),
-                    (1, 0) => {
-                        let y = b[pb];
-                        simd::map_slice(&a[pa..pa + len], o, &|x| f(x, y));
-                    }
-                    (0, 1) => {
-                        let x = a[pa];
-                        simd::map_slice(&b[pb..pb + len], o, &|y| f(x, y));
-                    }
-                    _ => {
-                        for (j, d) in o.iter_mut().enumerate() {
-                            d.write(f(a[pa + j * sa], b[pb + j * sb]));
-                        }
+        by_row_pieces(out, inner, |row, j, o| {
+            let (pa, pb) = (la.offset_of(row * inner) + j * sa, lb.offset_of(row * inner) + j * sb);
+            let len = o.len();
+            match (sa, sb) {
+                (1, 1) => simd::zip_slice(&a[pa..pa + len], &b[pb..pb + len], o, &f),
+                (1, 0) => {
+                    let y = b[pb];
+                    simd::map_slice(&a[pa..pa + len], o, &|x| f(x, y));
+                }
+                (0, 1) => {
+                    let x = a[pa];
+                    simd::map_slice(&b[pb..pb + len], o, &|y| f(x, y));
+                }
+                _ => {
+                    for (j, d) in o.iter_mut().enumerate() {
+                        d.write(f(a[pa + j * sa], b[pb + j * sb]));
                     }
                 }
-                done += len;
             }
-        };
-        let chunk = PAR_THRESHOLD / 4;
-        if worth_splitting(n) {
-            parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
-        } else {
-            run(0, out);
-        }
+        });
     })
+}
+
+/// Fills `out`, a view's elements in row-major order whose merged last axis holds `inner`
+/// of them, piece by piece: `piece(row, col, o)` writes the elements `col..col + o.len()` of
+/// row `row`. A task takes a fixed number of elements, which may span several short rows or
+/// part of a long one (a broadcast scalar merges into a single row).
+pub(crate) fn by_row_pieces<U: Send>(
+    out: &mut [MaybeUninit<U>],
+    inner: usize,
+    piece: impl Fn(usize, usize, &mut [MaybeUninit<U>]) + Sync,
+) {
+    let run = |start: usize, o: &mut [MaybeUninit<U>]| {
+        let mut done = 0;
+        while done < o.len() {
+            let (row, col) = ((start + done) / inner, (start + done) % inner);
+            let len = (inner - col).min(o.len() - done);
+            piece(row, col, &mut o[done..done + len]);
+            done += len;
+        }
+    };
+    let chunk = PAR_THRESHOLD / 4;
+    if worth_splitting(out.len()) {
+        parallel::for_each_chunk(out, chunk, |i, o| run(i * chunk, o));
+    } else {
+        run(0, out);
+    }
 }
 
 /// Converts between any two dtypes through f64 (exact for every value of the narrower
