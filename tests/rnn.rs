@@ -208,6 +208,15 @@ fn fused_lstm_gradients_equal_unrolled_cell_f64_wide() -> Result<()> {
     fused_lstm_gradients_equal_unrolled_cell(DType::F64, (37, 6), 1e-12)
 }
 
+/// On a pool of three threads the fused layer runs its batch in three blocks of rows (12, 12
+/// and 13), each through every step on a thread of its own: the same gradients, to 1e-12.
+#[test]
+fn fused_lstm_gradients_equal_unrolled_cell_in_row_blocks() -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("a pool");
+    pool.install(|| fused_lstm_gradients_equal_unrolled_cell(DType::F64, (37, 6), 1e-12))?;
+    pool.install(|| fused_lstm_gradients_equal_unrolled_cell(DType::F32, (24, 17), 2e-5))
+}
+
 /// The half types take the composed path: same outputs as f32 within bf16's rounding.
 #[test]
 fn lstm_in_bf16_runs_composed() -> Result<()> {

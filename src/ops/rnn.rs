@@ -9,26 +9,53 @@ use crate::autograd::{Gradients, MultiOperation, apply_multi, no_grad};
 use crate::{DType, Device, Error, Result, Tensor};
 use std::sync::Mutex;
 
-/// What the forward keeps for the backward, in step order (`k`, not time).
+/// What the forward keeps for the backward of one block of batch rows, in step order (`k`,
+/// not time).
 struct Saved {
     /// The state before step `k` and, last, after the final step: `T + 1` of each.
     h: Vec<Tensor>,
     c: Vec<Tensor>,
-    /// σ(i), σ(f), tanh(g), σ(o) of step `k`, `[N, 4H]`.
+    /// σ(i), σ(f), tanh(g), σ(o) of step `k`, `[rows, 4H]`.
     acts: Vec<Tensor>,
 }
 
 /// Inputs `xg [T, N, 4H]` (the input projection with both biases), `w_hh [4H, H]`, `h0`,
 /// `c0 [N, H]`; outputs `y [T, N, H]` (in time order), `h_T`, `c_T`.
+///
+/// The batch rows of an LSTM never meet through the recurrence, so the layer runs as blocks of
+/// rows (`blocks`, first row and count), one per thread on the CPU, each through every step on
+/// its own thread: no fork or join per step, where splitting each step's small kernels
+/// would pay one for each.
 struct LstmLayer {
     reverse: bool,
-    saved: Mutex<Option<Saved>>,
+    blocks: Vec<(usize, usize)>,
+    saved: Mutex<Option<Vec<Saved>>>,
+}
+
+/// Rows of a block below which the rows are not split across threads: each step's product
+/// then is large enough to split by itself.
+const MIN_BLOCK_ROWS: usize = 8;
+
+/// The blocks of batch rows for `n` rows on `device`: one per thread of the CPU pool with at
+/// least [`MIN_BLOCK_ROWS`] each, else one.
+fn row_blocks(device: Device, n: usize) -> Vec<(usize, usize)> {
+    let threads = if device == Device::Cpu { rayon::current_num_threads() } else { 1 };
+    let count = threads.min(n / MIN_BLOCK_ROWS).max(1);
+    (0..count).map(|b| (b * n / count, (b + 1) * n / count - b * n / count)).collect()
 }
 
 impl LstmLayer {
     /// The time index of step `k` of `t_len`.
     fn time(&self, k: usize, t_len: usize) -> usize {
         if self.reverse { t_len - 1 - k } else { k }
+    }
+
+    /// `[T·N, X]`: `piece(t, b)`, each `[rows of block b, X]`, in time order and, within a
+    /// time, block order, which is row order. One copy, with no per-step reshapes.
+    fn gather(&self, t_len: usize, piece: impl Fn(usize, usize) -> Tensor) -> Result<Tensor> {
+        let pieces: Vec<Tensor> =
+            (0..t_len).flat_map(|t| (0..self.blocks.len()).map(move |b| (t, b))).map(|(t, b)| piece(t, b)).collect();
+        Tensor::cat(&pieces.iter().collect::<Vec<_>>(), 0)
     }
 }
 
@@ -51,19 +78,24 @@ fn cell_backward(acts: &Tensor, rest: [&Tensor; 5]) -> Result<[Tensor; 2]> {
     Ok([Tensor::from_contiguous(dg, (n, h4)), Tensor::from_contiguous(dc, (n, h4 / 4))])
 }
 
-/// Runs a step loop on a thread of the CPU pool for CPU tensors (see `backend::cpu::on_pool`:
-/// each step's small GEMM and cell kernel then split across the cores), with recording off
-/// and the caller's autocast setting.
-fn step_loop<R: Send>(device: Device, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    if device != Device::Cpu {
-        return f();
-    }
+/// Runs `f(b)` for each of `blocks` blocks of rows with recording off and the caller's
+/// autocast setting. On the CPU they run on the pool (see `backend::cpu::on_pool`): several
+/// blocks each on a thread of their own, alone; a single block's small kernels split across
+/// the cores instead.
+fn for_blocks<R: Send>(device: Device, blocks: usize, f: impl Fn(usize) -> Result<R> + Sync) -> Result<Vec<R>> {
     let cast = crate::amp::autocast_dtype();
-    crate::backend::cpu::on_pool(move || {
+    let run = |b: usize| {
         no_grad(|| match cast {
-            Some(d) => crate::amp::autocast(d, f),
-            None => f(),
+            Some(d) => crate::amp::autocast(d, || f(b)),
+            None => f(b),
         })
+    };
+    if device != Device::Cpu {
+        return (0..blocks).map(run).collect();
+    }
+    crate::backend::cpu::on_pool(|| match blocks {
+        1 => run(0).map(|r| vec![r]),
+        _ => crate::backend::cpu::parallel::run_alone(blocks, run).into_iter().collect(),
     })
 }
 
@@ -78,11 +110,12 @@ impl MultiOperation for LstmLayer {
         // W_hhᵀ copied once per sequence: the GEMM then reads it in place at every step instead
         // of packing the transposed view again.
         let wt = w_hh.t()?.contiguous()?;
-        let saved = step_loop(xg.device(), || {
-            let (mut h, mut c) = (x[2].clone(), x[3].clone());
+        let parts = for_blocks(xg.device(), self.blocks.len(), |b| {
+            let (r0, rows) = self.blocks[b];
+            let (mut h, mut c) = (x[2].narrow(0, r0, rows)?, x[3].narrow(0, r0, rows)?);
             let mut saved = Saved { h: vec![h.clone()], c: vec![c.clone()], acts: Vec::with_capacity(t_len) };
             for k in 0..t_len {
-                let xg_t = xg.narrow(0, self.time(k, t_len), 1)?.squeeze(0)?;
+                let xg_t = xg.narrow(0, self.time(k, t_len), 1)?.squeeze(0)?.narrow(0, r0, rows)?;
                 let [h2, c2, acts] = cell(&xg_t, &h.matmul(&wt)?, &c)?;
                 (h, c) = (h2, c2);
                 saved.h.push(h.clone());
@@ -91,32 +124,35 @@ impl MultiOperation for LstmLayer {
             }
             Ok(saved)
         })?;
-        let (h, c) = (saved.h[t_len].clone(), saved.c[t_len].clone());
-        let mut ys: Vec<&Tensor> = saved.h[1..].iter().collect();
-        if self.reverse {
-            ys.reverse();
-        }
-        let y = Tensor::stack(&ys, 0)?;
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        let last =
+            |s: fn(&Saved) -> &Vec<Tensor>| Tensor::cat(&parts.iter().map(|p| &s(p)[t_len]).collect::<Vec<_>>(), 0);
+        let (h, c) = (last(|p| &p.h)?, last(|p| &p.c)?);
+        let hidden = w_hh.dims()[1];
+        let y = self.gather(t_len, |t, b| parts[b].h[self.time(t, t_len) + 1].clone())?;
+        let y = y.reshape((t_len, xg.dims()[1], hidden))?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(parts);
         Ok(vec![y, h, c])
     }
 
     fn backward(&self, x: &[Tensor], _: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
         // Kept (not taken), so a graph can be walked backward more than once.
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let saved = guard.as_ref().ok_or_else(|| Error::Autograd("lstm: backward before forward".into()))?;
+        let parts = guard.as_ref().ok_or_else(|| Error::Autograd("lstm: backward before forward".into()))?;
         let (xg, w_hh, h0, c0) = (&x[0], &x[1], &x[2], &x[3]);
         let t_len = xg.dims()[0];
-        let zeros = Tensor::zeros(h0.shape().clone(), h0.dtype(), h0.device())?;
-        let (dh, dc, dgates) = step_loop(xg.device(), || {
-            let mut dh = g[1].clone().unwrap_or_else(|| zeros.clone());
-            let mut dc = g[2].clone().unwrap_or_else(|| zeros.clone());
+        let hidden = w_hh.dims()[1];
+        let blocks = for_blocks(xg.device(), self.blocks.len(), |b| {
+            let (r0, rows) = self.blocks[b];
+            let saved = &parts[b];
+            let zeros = Tensor::zeros((rows, hidden), h0.dtype(), h0.device())?;
+            let state = |g: &Option<Tensor>| g.as_ref().map_or(Ok(zeros.clone()), |g| g.narrow(0, r0, rows));
+            let (mut dh, mut dc) = (state(&g[1])?, state(&g[2])?);
             // d_gates in time order (the order of xg's rows).
             let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
             for k in (0..t_len).rev() {
                 let t = self.time(k, t_len);
                 let dy = match &g[0] {
-                    Some(gy) => gy.narrow(0, t, 1)?.squeeze(0)?,
+                    Some(gy) => gy.narrow(0, t, 1)?.squeeze(0)?.narrow(0, r0, rows)?,
                     None => zeros.clone(),
                 };
                 let [dg, dcp] = cell_backward(&saved.acts[k], [&saved.c[k], &saved.c[k + 1], &dh, &dy, &dc])?;
@@ -124,29 +160,27 @@ impl MultiOperation for LstmLayer {
                 dc = dcp;
                 dgates[t] = Some(dg);
             }
+            let dgates: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("every step ran")).collect();
             Ok((dh, dc, dgates))
         })?;
-        let dgates: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("every step ran")).collect();
-        let dxg = Tensor::stack(&dgates.iter().collect::<Vec<_>>(), 0)?;
+        let dxg = self.gather(t_len, |t, b| blocks[b].2[t].clone())?;
         if w_hh.tracks_grad() {
             // dW_hh = Σ_t d_gates_tᵀ · h_(t−1), as one [4H, T·N] × [T·N, H] product; the state
-            // before the step at time t is saved.h[k] for that step's k.
-            let mut hprev: Vec<&Tensor> = saved.h[..t_len].iter().collect();
-            if self.reverse {
-                hprev.reverse();
-            }
-            let (n, h4) = (xg.dims()[1], xg.dims()[2]);
-            let hp = Tensor::stack(&hprev, 0)?.reshape((t_len * n, h4 / 4))?;
-            grads.accumulate(w_hh, dxg.reshape((t_len * n, h4))?.t()?.matmul(&hp)?)?;
+            // before the step at time t is saved h[k] for that step's k.
+            let hp = self.gather(t_len, |t, b| parts[b].h[self.time(t, t_len)].clone())?;
+            grads.accumulate(w_hh, dxg.t()?.matmul(&hp)?)?;
         }
         if xg.tracks_grad() {
-            grads.accumulate(xg, dxg)?;
+            grads.accumulate(xg, dxg.reshape(xg.shape().clone())?)?;
         }
+        let state = |s: fn(&(Tensor, Tensor, Vec<Tensor>)) -> &Tensor| {
+            Tensor::cat(&blocks.iter().map(s).collect::<Vec<_>>(), 0)
+        };
         if h0.tracks_grad() {
-            grads.accumulate(h0, dh)?;
+            grads.accumulate(h0, state(|b| &b.0)?)?;
         }
         if c0.tracks_grad() {
-            grads.accumulate(c0, dc)?;
+            grads.accumulate(c0, state(|b| &b.1)?)?;
         }
         Ok(())
     }
@@ -184,7 +218,7 @@ pub(crate) fn lstm_layer(
     for t in [w_hh, h0, c0] {
         super::same_dtype(OP, xg, t)?;
     }
-    let op = LstmLayer { reverse, saved: Mutex::new(None) };
+    let op = LstmLayer { reverse, blocks: row_blocks(xg.device(), n), saved: Mutex::new(None) };
     let [y, h, c]: [Tensor; 3] = apply_multi(op, &[&xg.contiguous()?, w_hh, &h0.contiguous()?, &c0.contiguous()?])?
         .try_into()
         .map_err(|_| Error::Autograd("lstm: expected three outputs".into()))?;

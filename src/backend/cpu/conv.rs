@@ -2,7 +2,7 @@
 
 use super::float::{CpuFloat, Float};
 use super::gemm::{GemmElem, MatRef, PackB, PackedA, copy_row, gemm_packed_a, prefetch_hint};
-use super::{CpuStorage, contiguous, map, with_float_vec};
+use super::{CpuStorage, contiguous, copy_segments, map, with_float_vec};
 use crate::backend::Window2d;
 use crate::{Error, Layout, Result, Shape, WithDType};
 use std::mem::MaybeUninit;
@@ -503,22 +503,6 @@ impl<T> ImplicitCols<'_, T> {
         let row = self.image[(ci * self.h + next) * self.w + x0..][..len].as_ptr().cast::<u8>();
         for at in (0..len * size_of::<T>()).step_by(64).chain([len * size_of::<T>() - 1]) {
             prefetch_hint(row.wrapping_add(at));
-        }
-    }
-}
-
-/// `dst` as segments of `len` elements (`BYTES` bytes each), segment `s` copied from
-/// `src[s·step..]`.
-#[inline(always)]
-fn copy_segments<T: Copy, const BYTES: usize>(dst: &mut [T], src: &[T], len: usize, step: usize) {
-    debug_assert_eq!(len * size_of::<T>(), BYTES);
-    for (s, seg) in dst.chunks_exact_mut(len).enumerate() {
-        let from = &src[s * step..s * step + len];
-        // SAFETY: both ranges hold `len` elements, `BYTES` bytes; unaligned reads and writes of
-        // plain data.
-        unsafe {
-            let v = from.as_ptr().cast::<[u8; BYTES]>().read_unaligned();
-            seg.as_mut_ptr().cast::<[u8; BYTES]>().write_unaligned(v);
         }
     }
 }

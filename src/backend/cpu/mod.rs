@@ -11,7 +11,7 @@ pub mod gemm;
 mod index;
 mod matmul;
 mod optim;
-mod parallel;
+pub(crate) mod parallel;
 pub mod pool;
 pub mod random;
 mod reduce;
@@ -139,9 +139,10 @@ pub(crate) const OUTSIDE_POOL_FACTOR: usize = 4;
 /// The amount of work from which splitting across the rayon pool pays, given `on_pool`, the
 /// bar for a caller on one of the pool's threads: [`OUTSIDE_POOL_FACTOR`] times that for a
 /// caller outside the pool, and `None` (never) with a pool of one thread, where handing the
-/// work over costs a wake-up and gains nothing.
+/// work over costs a wake-up and gains nothing, and inside a task of
+/// [`parallel::run_alone`], whose siblings hold the other threads.
 pub(crate) fn splitting_bar(on_pool: usize) -> Option<usize> {
-    if rayon::current_num_threads() < 2 {
+    if rayon::current_num_threads() < 2 || parallel::alone() {
         None
     } else if rayon::current_thread_index().is_some() {
         Some(on_pool)
@@ -153,6 +154,22 @@ pub(crate) fn splitting_bar(on_pool: usize) -> Option<usize> {
 /// Whether a kernel over `work` elements splits across the rayon pool (see [`splitting_bar`]).
 pub(crate) fn worth_splitting(work: usize) -> bool {
     splitting_bar(PAR_THRESHOLD).is_some_and(|bar| work >= bar)
+}
+
+/// `dst` as segments of `len` elements (`BYTES` bytes each), segment `s` copied from
+/// `src[s·step..]`.
+#[inline(always)]
+pub(crate) fn copy_segments<T: Copy, const BYTES: usize>(dst: &mut [T], src: &[T], len: usize, step: usize) {
+    debug_assert_eq!(len * size_of::<T>(), BYTES);
+    for (s, seg) in dst.chunks_exact_mut(len).enumerate() {
+        let from = &src[s * step..s * step + len];
+        // SAFETY: both ranges hold `len` elements, `BYTES` bytes; unaligned reads and writes of
+        // plain data.
+        unsafe {
+            let v = from.as_ptr().cast::<[u8; BYTES]>().read_unaligned();
+            seg.as_mut_ptr().cast::<[u8; BYTES]>().write_unaligned(v);
+        }
+    }
 }
 
 /// Runs `f` on a thread of the rayon pool (the caller waits), unless it already is on one or

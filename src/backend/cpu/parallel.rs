@@ -30,7 +30,7 @@ pub(crate) fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
 /// [`for_each_task`] with per-thread state: every thread that takes part calls `init` once
 /// and hands the state to each task it runs (scratch buffers, say).
 pub(crate) fn for_each_task_init<S>(tasks: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) + Sync) {
-    let threads = rayon::current_num_threads().min(tasks);
+    let threads = if alone() { 1 } else { rayon::current_num_threads().min(tasks) };
     if threads < 2 {
         let mut s = init();
         (0..tasks).for_each(|i| f(&mut s, i));
@@ -52,6 +52,36 @@ pub(crate) fn for_each_task_init<S>(tasks: usize, init: impl Fn() -> S + Sync, f
         }
     };
     fork(threads - 1, &take_part);
+}
+
+thread_local! {
+    /// Whether this thread runs a task of [`run_alone`]: its kernels then stay on it.
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the kernels called on this thread run on it alone (inside [`run_alone`]).
+pub(crate) fn alone() -> bool {
+    ALONE.get()
+}
+
+/// Runs `f(i)` for every `i in 0..tasks` as [`for_each_task`] does, and returns the results in
+/// task order; each task runs whole on one thread, and the kernels it calls do not split. For
+/// work made of a few long independent tasks (an LSTM's batch rows through every time step),
+/// which would otherwise pay a fork and a join for each of their many small kernels.
+pub(crate) fn run_alone<R: Send>(tasks: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ALONE.set(self.0);
+        }
+    }
+    let results: Vec<std::sync::Mutex<Option<R>>> = (0..tasks).map(|_| std::sync::Mutex::new(None)).collect();
+    for_each_task(tasks, |i| {
+        let _restore = Restore(ALONE.replace(true));
+        let r = f(i);
+        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    });
+    results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every task ran")).collect()
 }
 
 /// Splits `out` into `chunk`-long pieces (the last may be shorter) and runs `f(i, piece i)` on
@@ -213,6 +243,9 @@ pub(crate) fn poll_until(done: &AtomicBool) {
     }
 }
 
+/// Workers lingering now (see [`linger`]).
+static LINGERERS: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
     /// Whether this worker is already lingering further up its stack.
     static LINGERING: Cell<bool> = const { Cell::new(false) };
@@ -225,6 +258,14 @@ fn linger() {
     if budget.is_zero() || LINGERING.get() {
         return;
     }
+    // A caller outside the pool takes part in its sections, so `threads - 1` workers awake
+    // are all it can use; one more spinning worker would share a core with the caller, and
+    // every serial stretch of the caller's would then run at a fraction of its speed.
+    let wanted = rayon::current_num_threads().saturating_sub(1);
+    if LINGERERS.fetch_add(1, Relaxed) >= wanted {
+        LINGERERS.fetch_sub(1, Relaxed);
+        return;
+    }
     LINGERING.set(true);
     let mut last = Instant::now();
     while last.elapsed() < budget {
@@ -235,6 +276,7 @@ fn linger() {
         }
     }
     LINGERING.set(false);
+    LINGERERS.fetch_sub(1, Relaxed);
 }
 
 #[cfg(test)]
@@ -287,6 +329,20 @@ mod tests {
         let total = AtomicUsize::new(0);
         pool(2).install(|| for_each_task(8, |_| for_each_task(8, |j| _ = total.fetch_add(j, Relaxed))));
         assert_eq!(total.load(Relaxed), 8 * 28);
+    }
+
+    /// Tasks of `run_alone` come back in order, and kernels inside them do not split.
+    #[test]
+    fn tasks_alone_keep_their_kernels() {
+        let r = pool(2).install(|| {
+            run_alone(5, |i| {
+                let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+                for_each_task(64, |_| _ = threads.lock().unwrap().insert(std::thread::current().id()));
+                (i, threads.into_inner().unwrap().len(), alone())
+            })
+        });
+        assert_eq!(r, (0..5).map(|i| (i, 1, true)).collect::<Vec<_>>());
+        assert!(!alone());
     }
 
     /// A panicking task reaches the caller, wherever it ran.

@@ -6,9 +6,11 @@
 //! over, so when the last tensor viewing a large buffer is dropped, the buffer goes here, and
 //! the next allocation of that size class takes it back without touching the kernel.
 //!
-//! Buffers under [`MIN_BYTES`] (128 KiB) are left to the system allocator, whose heap reuses
-//! them well. Above that, glibc maps each buffer afresh: a 256 KiB output cost its 64 page
-//! faults on every call (an add and an exp over 65 536 f32 took 160–190 µs; 38–56 µs cached).
+//! Buffers under [`MIN_BYTES`] (4 KiB, a page) are left to the system allocator. Above that,
+//! glibc maps a buffer of 128 KiB or more afresh on every call (a 256 KiB output cost its 64
+//! page faults each time), and smaller ones come from a heap whose top it hands back to the
+//! kernel whenever a step frees its activations: an LSTM step's 16 KiB gate gradients then
+//! faulted their pages in anew at every step (docs/PERFORMANCE.md, "Seventeenth session").
 //! Sizes are rounded up to classes at most 1/8 apart, so nearby sizes share buffers. The cache
 //! holds at most `TENSORFORGE_CPU_CACHE_MB` (default 1024) MiB; [`empty_cache`] frees it.
 
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 /// Smaller buffers go straight to the system allocator.
-pub const MIN_BYTES: usize = 1 << 17;
+pub const MIN_BYTES: usize = 1 << 12;
 
 #[derive(Default)]
 struct Cache {

@@ -262,8 +262,11 @@ mod avx512 {
     unsafe fn tanh16(x: __m512) -> __m512 {
         // SAFETY: the caller runs with AVX-512F and FMA.
         unsafe {
-            let sign = _mm512_set1_ps(-0.0);
-            let a = _mm512_andnot_ps(sign, x);
+            // |x| and x's sign bit by integer masks: the float forms of these are AVX-512DQ,
+            // which the callers' features leave out (they would stay outlined calls).
+            let bits = _mm512_castps_si512(x);
+            let sign = _mm512_set1_epi32(i32::MIN);
+            let a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, bits));
             let z = _mm512_mul_ps(x, x);
             let mut p = _mm512_set1_ps(-5.704_988_7e-3);
             for k in [2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1] {
@@ -273,7 +276,7 @@ mod avx512 {
             let e = exp16(_mm512_add_ps(a, a));
             let one = _mm512_set1_ps(1.0);
             let big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)));
-            let big = _mm512_or_ps(big, _mm512_and_ps(sign, x));
+            let big = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(big), _mm512_and_si512(sign, bits)));
             let near = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(0.625));
             _mm512_mask_blend_ps(near, big, small)
         }

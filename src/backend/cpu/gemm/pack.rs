@@ -3,6 +3,7 @@
 //! source such as conv's implicit im2col matrix.
 
 use super::*;
+use crate::backend::cpu::copy_segments;
 /// The B operand as the packed GEMM reads it: in `kb × nb` blocks, packed into `nr`-wide
 /// micro-panels. A strided matrix is one kind; conv's implicit im2col matrix, packed straight
 /// from the image, is another, so the columns are never written out whole.
@@ -356,9 +357,19 @@ pub(super) unsafe fn pack_a<T: GemmElem>(
     } else if a.row_stride == 1 {
         // Column-major A (a transposed view, as in a weight gradient xᵀ·g): each depth step's
         // mb rows are contiguous.
-        for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
-            let at = a.offset + ir + (pc + p) * a.col_stride;
-            col[..mb].copy_from_slice(&a.data[at..at + mb]);
+        let src = &a.data[a.offset + ir + pc * a.col_stride..];
+        let step = a.col_stride;
+        // A full panel's runs have the kernel's constant size: one vector move each, where a
+        // `copy_from_slice` of a run-time length is a call to memmove per depth step.
+        match size_of::<T>() * mr {
+            24 if mb == mr => copy_segments::<T, 24>(dst, src, mr, step),
+            48 if mb == mr => copy_segments::<T, 48>(dst, src, mr, step),
+            96 if mb == mr => copy_segments::<T, 96>(dst, src, mr, step),
+            _ => {
+                for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
+                    col[..mb].copy_from_slice(&src[p * step..p * step + mb]);
+                }
+            }
         }
     } else {
         for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
