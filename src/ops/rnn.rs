@@ -110,12 +110,15 @@ impl MultiOperation for LstmLayer {
         // W_hhᵀ copied once per sequence: the GEMM then reads it in place at every step instead
         // of packing the transposed view again.
         let wt = w_hh.t()?.contiguous()?;
+        // `[T·N, 4H]`: a step's rows of a block are then one narrow, not three view ops.
+        let n = xg.dims()[1];
+        let xg_rows = xg.reshape((t_len * n, xg.dims()[2]))?;
         let parts = for_blocks(xg.device(), self.blocks.len(), |b| {
             let (r0, rows) = self.blocks[b];
             let (mut h, mut c) = (x[2].narrow(0, r0, rows)?, x[3].narrow(0, r0, rows)?);
             let mut saved = Saved { h: vec![h.clone()], c: vec![c.clone()], acts: Vec::with_capacity(t_len) };
             for k in 0..t_len {
-                let xg_t = xg.narrow(0, self.time(k, t_len), 1)?.squeeze(0)?.narrow(0, r0, rows)?;
+                let xg_t = xg_rows.narrow(0, self.time(k, t_len) * n + r0, rows)?;
                 let [h2, c2, acts] = cell(&xg_t, &h.matmul(&wt)?, &c)?;
                 (h, c) = (h2, c2);
                 saved.h.push(h.clone());
@@ -129,7 +132,7 @@ impl MultiOperation for LstmLayer {
         let (h, c) = (last(|p| &p.h)?, last(|p| &p.c)?);
         let hidden = w_hh.dims()[1];
         let y = self.gather(t_len, |t, b| parts[b].h[self.time(t, t_len) + 1].clone())?;
-        let y = y.reshape((t_len, xg.dims()[1], hidden))?;
+        let y = y.reshape((t_len, n, hidden))?;
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(parts);
         Ok(vec![y, h, c])
     }
@@ -141,6 +144,8 @@ impl MultiOperation for LstmLayer {
         let (xg, w_hh, h0, c0) = (&x[0], &x[1], &x[2], &x[3]);
         let t_len = xg.dims()[0];
         let hidden = w_hh.dims()[1];
+        let n = xg.dims()[1];
+        let gy_rows = g[0].as_ref().map(|gy| gy.reshape((t_len * n, hidden))).transpose()?;
         let blocks = for_blocks(xg.device(), self.blocks.len(), |b| {
             let (r0, rows) = self.blocks[b];
             let saved = &parts[b];
@@ -151,8 +156,8 @@ impl MultiOperation for LstmLayer {
             let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
             for k in (0..t_len).rev() {
                 let t = self.time(k, t_len);
-                let dy = match &g[0] {
-                    Some(gy) => gy.narrow(0, t, 1)?.squeeze(0)?.narrow(0, r0, rows)?,
+                let dy = match &gy_rows {
+                    Some(gy) => gy.narrow(0, t * n + r0, rows)?,
                     None => zeros.clone(),
                 };
                 let [dg, dcp] = cell_backward(&saved.acts[k], [&saved.c[k], &saved.c[k + 1], &dh, &dy, &dc])?;

@@ -1,6 +1,6 @@
 //! Indexing kernels: index_select, gather, and their adjoints scatter_add and index_add.
 
-use super::{CpuStorage, map};
+use super::{CpuStorage, map, pool};
 use crate::{Error, Layout, Result, Shape, WithDType};
 use half::{bf16, f16};
 
@@ -87,7 +87,7 @@ pub fn index_select(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, a
         let inner = inner_count(shape, axis);
         if axis == 0 && l.is_contiguous() {
             // Row gather (embedding lookup): one slice copy per id.
-            let mut out = Vec::with_capacity(shape.elem_count());
+            let mut out = pool::alloc(shape.elem_count());
             for &i in ids {
                 let s = l.offset() + i * inner;
                 out.extend_from_slice(&v[s..s + inner]);
@@ -98,7 +98,7 @@ pub fn index_select(s: &CpuStorage, l: &Layout, ids: &CpuStorage, il: &Layout, a
         let st = l.strides()[axis];
         let outer = Layout::new(Shape::from(l.dims()[..axis].to_vec()), l.strides()[..axis].to_vec(), l.offset());
         let inner_view = Layout::new(Shape::from(l.dims()[axis + 1..].to_vec()), l.strides()[axis + 1..].to_vec(), 0);
-        let mut out = Vec::with_capacity(shape.elem_count());
+        let mut out = pool::alloc(shape.elem_count());
         for o in 0..outer.elem_count() {
             let ob = outer.offset_of(o);
             for &id in ids {

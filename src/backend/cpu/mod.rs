@@ -263,14 +263,32 @@ pub(crate) fn concat(parts: &[(&CpuStorage, &Layout)], axis: usize) -> Result<Cp
     fn go<T: WithDType>(parts: &[(&[T], &Layout)], axis: usize, outer: usize) -> Vec<T> {
         let dense: Vec<std::borrow::Cow<'_, [T]>> = parts.iter().map(|&(v, l)| contiguous(v, l)).collect();
         let blocks: Vec<usize> = parts.iter().map(|(_, l)| l.dims()[axis..].iter().product()).collect();
-        let total = blocks.iter().sum::<usize>() * outer;
-        let mut out = pool::alloc(total);
-        for o in 0..outer {
-            for (d, &b) in dense.iter().zip(&blocks) {
-                out.extend_from_slice(&d[o * b..(o + 1) * b]);
+        let row = blocks.iter().sum::<usize>();
+        // Where each part's block starts in a row of the output.
+        let starts: Vec<usize> = blocks.iter().scan(0, |at, &b| Some(std::mem::replace(at, *at + b))).collect();
+        let total = row * outer;
+        fill_new(total, |out| {
+            let base = parallel::SendPtr(out.as_mut_ptr());
+            // Segment t: part t % parts of row t / parts. A large concatenation splits across
+            // the pool by segments (the pieces of an LSTM's per-step outputs, rows of a cat
+            // along an inner axis), each copied by whichever thread takes it.
+            let segment = |t: usize| {
+                let (o, j) = (t / dense.len(), t % dense.len());
+                let b = blocks[j];
+                // SAFETY: segment (o, j) covers output elements o·row + starts[j] .. + b, inside
+                // the `total` of `out` and disjoint from every other segment's.
+                unsafe {
+                    let dst = base.get().add(o * row + starts[j]).cast::<T>();
+                    std::ptr::copy_nonoverlapping(dense[j][o * b..(o + 1) * b].as_ptr(), dst, b);
+                }
+            };
+            let segments = outer * dense.len();
+            if worth_splitting(total) {
+                parallel::for_each_task(segments, segment);
+            } else {
+                (0..segments).for_each(segment);
             }
-        }
-        out
+        })
     }
     macro_rules! typed {
         ($($v:ident),*) => {
