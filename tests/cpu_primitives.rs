@@ -685,3 +685,25 @@ fn where_with_scalars_and_broadcasts_over_many_rows() -> Result<()> {
     }
     Ok(())
 }
+
+/// Concatenations large enough to split across the pool by segments: many pieces along the
+/// first axis (an LSTM's per-step outputs) and a few along an inner axis, one of them a
+/// strided view, against the elements placed by hand.
+#[test]
+fn large_concatenations_place_every_segment() -> Result<()> {
+    let piece = |r: usize, c: usize, k: usize| {
+        let v: Vec<f32> = (0..r * c).map(|i| (k * 100_000 + i) as f32).collect();
+        Tensor::from_vec(v, (r, c), Device::Cpu)
+    };
+    let pieces: Vec<Tensor> = (0..96).map(|k| piece(16 + k % 3, 256, k)).collect::<Result<_>>()?;
+    let got = Tensor::cat(&pieces.iter().collect::<Vec<_>>(), 0)?.to_vec2::<f32>()?;
+    let want: Vec<Vec<f32>> = pieces.iter().map(|p| p.to_vec2::<f32>()).collect::<Result<Vec<_>>>()?.concat();
+    assert_eq!(got, want);
+    let (a, b) = (piece(2048, 40, 1)?, piece(30, 2048, 2)?.t()?);
+    let got = Tensor::cat(&[&a, &b, &a], 1)?.to_vec2::<f32>()?;
+    let (ra, rb) = (a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+    for (i, row) in got.iter().enumerate() {
+        assert_eq!(*row, [&ra[i][..], &rb[i][..], &ra[i][..]].concat(), "row {i}");
+    }
+    Ok(())
+}
