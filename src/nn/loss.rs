@@ -11,7 +11,9 @@
 //! # Ok::<(), tensorforge::Error>(())
 //! ```
 
+use crate::autograd::{Gradients, Operation};
 use crate::{DType, Error, Result, Tensor};
+use std::sync::Mutex;
 
 /// How per-element losses become the result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -251,6 +253,43 @@ fn nll_per_sample(logp: &Tensor, target: &Tensor, smoothing: f64) -> Result<Tens
     picked.mul_scalar(-(1.0 - smoothing))?.sub(&uniform.mul_scalar(smoothing)?)
 }
 
+/// Cross-entropy per sample from logits `[N, C]` (no class weights, nothing ignored) as one
+/// tape node. Its gradient is `(softmax − (1−ε)·onehot(t) − ε/C) · g` per row: three passes
+/// (exp, scale, scatter), where the composed log-softmax, gather and smoothing backward made
+/// seven and as many buffers.
+struct CrossEntropyPerSample {
+    target: Tensor,
+    smoothing: f64,
+    /// The forward's log-probabilities, for the backward's softmax.
+    logp: Mutex<Option<Tensor>>,
+}
+
+impl Operation for CrossEntropyPerSample {
+    fn name(&self) -> &str {
+        "cross_entropy"
+    }
+
+    fn forward(&self, x: &[&Tensor]) -> Result<Tensor> {
+        let logp = x[0].log_softmax(1)?;
+        let per = nll_per_sample(&logp, &self.target, self.smoothing)?;
+        *self.logp.lock().unwrap_or_else(|e| e.into_inner()) = Some(logp);
+        Ok(per)
+    }
+
+    fn backward(&self, x: &[Tensor], _: &Tensor, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let logp = self.logp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let logp = logp.ok_or_else(|| Error::Autograd("cross_entropy: backward before forward".into()))?;
+        let per_row = g.unsqueeze(1)?;
+        let mut dx = logp.exp()?.mul(&per_row)?;
+        if self.smoothing != 0.0 {
+            let classes = x[0].dims()[1] as f64;
+            dx = dx.sub(&per_row.mul_scalar(self.smoothing / classes)?)?;
+        }
+        let at_target = per_row.mul_scalar(-(1.0 - self.smoothing))?;
+        grads.accumulate(&x[0], dx.scatter_add(1, &self.target.unsqueeze(1)?, &at_target)?)
+    }
+}
+
 /// Cross-entropy from unnormalized logits and i64 class indices: `log_softmax` then NLL, with
 /// PyTorch's options: label smoothing, class `weight`s and an `ignore_index`. Logits are
 /// `[.., C]` with targets `[..]`, or PyTorch's `[N, C, d1, …]` with targets `[N, d1, …]`.
@@ -289,7 +328,8 @@ impl Loss for CrossEntropyLoss {
         let logits = classes_last(logits, target)?;
         let (x, t) = flatten_class_input("cross_entropy", &logits, target)?;
         if self.weight.is_none() && self.ignore_index.is_none() {
-            let per = nll_per_sample(&x.log_softmax(1)?, &t, self.label_smoothing)?;
+            let op = CrossEntropyPerSample { target: t, smoothing: self.label_smoothing, logp: Mutex::new(None) };
+            let per = crate::autograd::apply(op, &[&x])?;
             return self.reduction.apply(&per.reshape(target.shape())?);
         }
         let (per, count) =
