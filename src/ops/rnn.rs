@@ -137,7 +137,7 @@ impl MultiOperation for LstmLayer {
         Ok(vec![y, h, c])
     }
 
-    fn backward(&self, x: &[Tensor], _: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, x: &[Tensor], outs: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
         // Kept (not taken), so a graph can be walked backward more than once.
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let parts = guard.as_ref().ok_or_else(|| Error::Autograd("lstm: backward before forward".into()))?;
@@ -170,10 +170,21 @@ impl MultiOperation for LstmLayer {
         })?;
         let dxg = self.gather(t_len, |t, b| blocks[b].2[t].clone())?;
         if w_hh.tracks_grad() {
-            // dW_hh = Σ_t d_gates_tᵀ · h_(t−1), as one [4H, T·N] × [T·N, H] product; the state
-            // before the step at time t is saved h[k] for that step's k.
-            let hp = self.gather(t_len, |t, b| parts[b].h[self.time(t, t_len)].clone())?;
-            grads.accumulate(w_hh, dxg.t()?.matmul(&hp)?)?;
+            // dW_hh = Σ_t d_gates_tᵀ · h_(t−1). The states before the steps are the output y
+            // one step back (h0 before the first step), so two products over views of dxg and
+            // y stand in for a third gather: [4H, N]·h0 and [4H, (T−1)·N] × [(T−1)·N, H].
+            let ys = outs[0].reshape((t_len * n, hidden))?;
+            let rows = |t: usize, len: usize| (t * n, len * n);
+            let (first, (g0, len), (y0, _)) = if self.reverse {
+                (t_len - 1, rows(0, t_len - 1), rows(1, t_len - 1))
+            } else {
+                (0, rows(1, t_len - 1), rows(0, t_len - 1))
+            };
+            let mut dw = dxg.narrow(0, first * n, n)?.t()?.matmul(h0)?;
+            if t_len > 1 {
+                dw = dw.add(&dxg.narrow(0, g0, len)?.t()?.matmul(&ys.narrow(0, y0, len)?)?)?;
+            }
+            grads.accumulate(w_hh, dw)?;
         }
         if xg.tracks_grad() {
             grads.accumulate(xg, dxg.reshape(xg.shape().clone())?)?;
