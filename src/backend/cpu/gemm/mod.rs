@@ -170,9 +170,10 @@ const IN_PLACE_B_BYTES: usize = 512 * 1024;
 /// The least work (multiply-adds) of a task of a product split into many row blocks.
 const MIN_TASK_MNK: usize = 1 << 18;
 
-/// Below this many multiply-adds the packing overhead dominates: use the
-/// direct loop.
-const SMALL_MNK: usize = 32 * 1024;
+/// Up to this many multiply-adds (8×8×8) the direct loop wins; above it the packed kernels do
+/// even for thin products, since the direct loop is compiled without the CPU's vector
+/// extensions (docs/PERFORMANCE.md, seventeenth session).
+const SMALL_MNK: usize = 512;
 /// Below this many multiply-adds splitting across threads costs more than it
 /// gains, on a thread of the rayon pool (more elsewhere: `super::splitting_bar`).
 const PAR_MIN_MNK: usize = 64 * 64 * 64;
