@@ -110,3 +110,23 @@ fn steps_on_the_pool_with_joins_inside_finish() {
         }
     });
 }
+
+/// A panic inside `on_pool` (a bug in a user's step, a failed write to a closed pipe) reaches
+/// the caller: the workers kept polling for the step's kernels are released while it unwinds.
+#[test]
+fn a_panic_on_the_pool_reaches_the_caller() {
+    let caught = within("a panic inside on_pool", || {
+        let x = Tensor::ones((256, 256), tensorforge::DType::F32, Device::Cpu).unwrap();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tensorforge::backend::cpu::on_pool(|| {
+                let s = x.matmul(&x).unwrap().sum_all().unwrap().item().unwrap();
+                if s > 0.0 {
+                    panic!("the step failed");
+                }
+                s
+            })
+        }))
+        .is_err()
+    });
+    assert!(caught);
+}

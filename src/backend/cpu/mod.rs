@@ -212,9 +212,16 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 });
             }
         }
-        let r = f();
-        done.store(true, std::sync::atomic::Ordering::Release);
-        r
+        // Set also when `f` unwinds: the keepers would otherwise poll forever, and the scope,
+        // which waits for them before it passes the panic on, would never return.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
+        f()
     })
 }
 

@@ -138,28 +138,44 @@ fn reduce_leading<T: CpuFloat>(
 ) -> Vec<T::Acc> {
     /// Rows folded in order into one partial row before it joins the cascade.
     const ROWS_PER_BLOCK: usize = 64;
-    let fold_cols = |c0: usize, acc: &mut [T::Acc]| {
-        let mut c = RowCascade::new();
-        for r0 in (0..rows).step_by(ROWS_PER_BLOCK) {
-            let mut part = super::pool::filled(acc.len(), init);
-            for r in r0..(r0 + ROWS_PER_BLOCK).min(rows) {
-                let row = &v[r * cols + c0..r * cols + c0 + acc.len()];
-                for (a, &x) in part.iter_mut().zip(row) {
-                    *a = f(*a, x.to_acc());
-                }
+    // Columns c0..c0+len of rows r0..r0+ROWS_PER_BLOCK, folded in order.
+    let block = |r0: usize, c0: usize, len: usize| {
+        let mut part = super::pool::filled(len, init);
+        for r in r0..(r0 + ROWS_PER_BLOCK).min(rows) {
+            let row = &v[r * cols + c0..r * cols + c0 + len];
+            for (a, &x) in part.iter_mut().zip(row) {
+                *a = f(*a, x.to_acc());
             }
-            c.push(part, &f);
         }
+        part
+    };
+    // The blocks' partial rows join the cascade in row order, whichever thread made them:
+    // the same bits on any number of threads.
+    let join = |parts: &mut dyn Iterator<Item = Vec<T::Acc>>, acc: &mut [T::Acc]| {
+        let mut c = RowCascade::new();
+        parts.for_each(|part| c.push(part, &f));
         if let Some(total) = c.finish(&f) {
             acc.copy_from_slice(&total);
         }
     };
     let mut acc = super::pool::filled(cols, init);
     const COLS_PER_TASK: usize = 256;
+    // A row block worth a task of its own (narrower rows: the tasks cost more than they save).
+    const MIN_BLOCK_WORK: usize = 8192;
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK);
     if worth_splitting(rows * cols) && cols >= 2 * COLS_PER_TASK {
-        super::parallel::for_each_chunk(&mut acc, COLS_PER_TASK, |i, a| fold_cols(i * COLS_PER_TASK, a));
+        super::parallel::for_each_chunk(&mut acc, COLS_PER_TASK, |i, a| {
+            let (c0, len) = (i * COLS_PER_TASK, a.len());
+            join(&mut (0..blocks).map(|b| block(b * ROWS_PER_BLOCK, c0, len)), a)
+        });
+    } else if worth_splitting(rows * cols) && blocks >= 2 && ROWS_PER_BLOCK * cols >= MIN_BLOCK_WORK {
+        // Narrow rows (a bias gradient, `[N·T, 4H]` summed over its rows): the row blocks
+        // split across threads instead of the columns.
+        let mut parts: Vec<Vec<T::Acc>> = (0..blocks).map(|_| Vec::new()).collect();
+        super::parallel::for_each_chunk(&mut parts, 1, |b, p| p[0] = block(b * ROWS_PER_BLOCK, 0, cols));
+        join(&mut parts.into_iter(), &mut acc);
     } else {
-        fold_cols(0, &mut acc);
+        join(&mut (0..blocks).map(|b| block(b * ROWS_PER_BLOCK, 0, cols)), &mut acc);
     }
     acc
 }
