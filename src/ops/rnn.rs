@@ -145,7 +145,13 @@ impl MultiOperation for LstmLayer {
         let t_len = xg.dims()[0];
         let hidden = w_hh.dims()[1];
         let n = xg.dims()[1];
-        let gy_rows = g[0].as_ref().map(|gy| gy.reshape((t_len * n, hidden))).transpose()?;
+        // A contiguous gradient of y as `[T·N, H]` rows, one narrow per step. A strided one
+        // (y viewed batch-first) is read through its views instead: each block's cell kernel
+        // copies its own few rows, on its thread, where a reshape would copy all of it first.
+        let gy_rows = match &g[0] {
+            Some(gy) if gy.is_contiguous() => Some(gy.reshape((t_len * n, hidden))?),
+            _ => None,
+        };
         let blocks = for_blocks(xg.device(), self.blocks.len(), |b| {
             let (r0, rows) = self.blocks[b];
             let saved = &parts[b];
@@ -156,9 +162,10 @@ impl MultiOperation for LstmLayer {
             let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
             for k in (0..t_len).rev() {
                 let t = self.time(k, t_len);
-                let dy = match &gy_rows {
-                    Some(gy) => gy.narrow(0, t * n + r0, rows)?,
-                    None => zeros.clone(),
+                let dy = match (&gy_rows, &g[0]) {
+                    (Some(rows_of), _) => rows_of.narrow(0, t * n + r0, rows)?,
+                    (None, Some(gy)) => gy.narrow(0, t, 1)?.squeeze(0)?.narrow(0, r0, rows)?,
+                    (None, None) => zeros.clone(),
                 };
                 let [dg, dcp] = cell_backward(&saved.acts[k], [&saved.c[k], &saved.c[k + 1], &dh, &dy, &dc])?;
                 dh = dg.matmul(w_hh)?;
