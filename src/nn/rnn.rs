@@ -163,16 +163,20 @@ impl CellWeights {
     /// `x·W_ihᵀ + b_ih` for `x` of shape `[…, I]`.
     fn input_projection(&self, x: &Tensor, kind: CellKind) -> Result<Tensor> {
         let y = x.matmul(&self.w_ih.t()?)?;
-        // RNN and LSTM add both biases to one sum, so b_hh joins here: once per sequence
-        // instead of once per step. GRU's b_hn sits inside r ⊙ (W_hn·h + b_hn): it stays.
-        let b = match (&self.b_ih, &self.b_hh) {
-            (Some(bi), Some(bh)) if !matches!(kind, CellKind::Gru) => Some(bi.add(bh)?),
-            (bi, _) => bi.clone(),
-        };
-        match b {
+        match self.projection_bias(kind)? {
             Some(b) => y.add(&b),
             None => Ok(y),
         }
+    }
+
+    /// The bias added with the input projection: RNN and LSTM add both biases to one sum, so
+    /// b_hh joins here, once per sequence instead of once per step. GRU's b_hn sits inside
+    /// r ⊙ (W_hn·h + b_hn): it stays out.
+    fn projection_bias(&self, kind: CellKind) -> Result<Option<Tensor>> {
+        Ok(match (&self.b_ih, &self.b_hh) {
+            (Some(bi), Some(bh)) if !matches!(kind, CellKind::Gru) => Some(bi.add(bh)?),
+            (bi, _) => bi.clone(),
+        })
     }
 
     /// One step from the projected input `xp` `[N, G·H]` and the state `h` (and `c`).
@@ -355,14 +359,10 @@ impl Stack {
         let mut layer_in = x;
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for l in 0..self.opts.num_layers {
-            let feats = layer_in.dims()[2];
-            // One GEMM projects every step of the sequence at once.
-            let flat = layer_in.reshape((t_len * n, feats))?;
             let mut outs = Vec::with_capacity(d);
             for dir in 0..d {
                 let idx = l * d + dir;
                 let cell = &self.cells[idx];
-                let xp = cell.input_projection(&flat, self.kind)?.reshape((t_len, n, self.kind.gates() * hs))?;
                 let mut h = match h0 {
                     Some(s) => s.narrow(0, idx, 1)?.squeeze(0)?,
                     None => zeros_state(&layer_in, n, hs)?,
@@ -373,15 +373,28 @@ impl Stack {
                     (true, None) => Some(zeros_state(&layer_in, n, hs)?),
                 };
                 if let Some(c0) = &c
-                    && crate::ops::rnn::lstm_layer_supports(xp.dtype())
+                    && crate::ops::rnn::lstm_layer_supports(layer_in.dtype())
                 {
-                    // The fused layer: one GEMM and one cell kernel per step, forward and back.
-                    let (y, h_t, c_t) = crate::ops::rnn::lstm_layer(&xp, &cell.w_hh, &h, c0, dir == 1)?;
+                    // The fused layer: the input projection, then one GEMM and one cell kernel
+                    // per step, forward and back (under autocast its products are lowered).
+                    let bias = cell.projection_bias(self.kind)?;
+                    let (y, h_t, c_t) = crate::ops::rnn::lstm_layer(
+                        &layer_in,
+                        &cell.w_ih,
+                        bias.as_ref(),
+                        &cell.w_hh,
+                        &h,
+                        c0,
+                        dir == 1,
+                    )?;
                     outs.push(y);
                     h_n.push(h_t);
                     c_n.push(c_t);
                     continue;
                 }
+                // One GEMM projects every step of the sequence at once.
+                let flat = layer_in.reshape((t_len * n, layer_in.dims()[2]))?;
+                let xp = cell.input_projection(&flat, self.kind)?.reshape((t_len, n, self.kind.gates() * hs))?;
                 let mut hs_t: Vec<Option<Tensor>> = vec![None; t_len];
                 for k in 0..t_len {
                     let t = if dir == 1 { t_len - 1 - k } else { k };

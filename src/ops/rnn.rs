@@ -1,8 +1,9 @@
-//! A whole LSTM layer pass (one direction) as one op: per step one `h·W_hhᵀ` GEMM and one
-//! fused cell kernel (`lstm_cell`); the backward walks the steps in reverse with the cell's
-//! adjoint kernel and one `d_gates·W_hh` GEMM per step, then forms `dW_hh` as a single GEMM
-//! over all steps. Composed from per-step tensor ops, the same layer records about fifteen
-//! tape nodes per step, each with its own buffers and dispatch.
+//! A whole LSTM layer pass (one direction) as one op: the input projection of every step as
+//! one GEMM, then per step one `h·W_hhᵀ` GEMM and one fused cell kernel (`lstm_cell`); the
+//! backward walks the steps in reverse with the cell's adjoint kernel and one `d_gates·W_hh`
+//! GEMM per step, then forms the weights' gradients and the input's as one GEMM each over
+//! all steps. Composed from per-step tensor ops, the same layer records about fifteen tape
+//! nodes per step, each with its own buffers and dispatch.
 
 use super::same_device;
 use crate::autograd::{Gradients, MultiOperation, apply_multi, no_grad};
@@ -12,6 +13,8 @@ use std::sync::Mutex;
 /// What the forward keeps for the backward of one block of batch rows, in step order (`k`,
 /// not time).
 struct Saved {
+    /// The block's inputs, `[T·rows, I]` in time order.
+    x: Tensor,
     /// The state before step `k` and, last, after the final step: `T + 1` of each.
     h: Vec<Tensor>,
     c: Vec<Tensor>,
@@ -19,13 +22,25 @@ struct Saved {
     acts: Vec<Tensor>,
 }
 
-/// Inputs `xg [T, N, 4H]` (the input projection with both biases), `w_hh [4H, H]`, `h0`,
-/// `c0 [N, H]`; outputs `y [T, N, H]` (in time order), `h_T`, `c_T`.
+/// One block's share of the gradients: its rows' `dh0`, `dc0` and `dx` (`[T, rows, I]`), and
+/// its partial sums of the weights' and the bias's (absent where not tracked).
+struct BlockGrads {
+    dh0: Tensor,
+    dc0: Tensor,
+    dx: Option<Tensor>,
+    dw_ih: Option<Tensor>,
+    dw_hh: Option<Tensor>,
+    db: Option<Tensor>,
+}
+
+/// Inputs `x [T, N, I]`, `w_ih [4H, I]`, `w_hh [4H, H]`, `h0`, `c0 [N, H]` and optionally the
+/// bias `b [4H]` (`b_ih + b_hh`); outputs `y [T, N, H]` (in time order), `h_T`, `c_T`.
 ///
 /// The batch rows of an LSTM never meet through the recurrence, so the layer runs as blocks of
 /// rows (`blocks`, first row and count), one per thread on the CPU, each through every step on
 /// its own thread: no fork or join per step, where splitting each step's small kernels
-/// would pay one for each.
+/// would pay one for each. Each block projects its own inputs and, backward, forms its share
+/// of the weights' gradients from the gate gradients it made, so those never cross threads.
 struct LstmLayer {
     reverse: bool,
     blocks: Vec<(usize, usize)>,
@@ -105,20 +120,24 @@ impl MultiOperation for LstmLayer {
     }
 
     fn forward(&self, x: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let (xg, w_hh) = (x[0], x[1]);
-        let t_len = xg.dims()[0];
+        let (xs, w_ih, w_hh, bias) = (x[0], x[1], x[2], x.get(5).copied());
+        let (t_len, n, inputs) = (xs.dims()[0], xs.dims()[1], xs.dims()[2]);
         // W_hhᵀ copied once per sequence: the GEMM then reads it in place at every step instead
         // of packing the transposed view again.
         let wt = w_hh.t()?.contiguous()?;
-        // `[T·N, 4H]`: a step's rows of a block are then one narrow, not three view ops.
-        let n = xg.dims()[1];
-        let xg_rows = xg.reshape((t_len * n, xg.dims()[2]))?;
-        let parts = for_blocks(xg.device(), self.blocks.len(), |b| {
+        let parts = for_blocks(xs.device(), self.blocks.len(), |b| {
             let (r0, rows) = self.blocks[b];
-            let (mut h, mut c) = (x[2].narrow(0, r0, rows)?, x[3].narrow(0, r0, rows)?);
-            let mut saved = Saved { h: vec![h.clone()], c: vec![c.clone()], acts: Vec::with_capacity(t_len) };
+            // The block's inputs time-major, `[T·rows, I]`, and their projection `[T·rows, 4H]`
+            // (one GEMM on this thread): a step's rows are then one narrow.
+            let xb = xs.narrow(1, r0, rows)?.contiguous()?.reshape((t_len * rows, inputs))?;
+            let mut xg = xb.matmul(&w_ih.t()?)?;
+            if let Some(bias) = bias {
+                xg = xg.add(bias)?;
+            }
+            let (mut h, mut c) = (x[3].narrow(0, r0, rows)?, x[4].narrow(0, r0, rows)?);
+            let mut saved = Saved { x: xb, h: vec![h.clone()], c: vec![c.clone()], acts: Vec::with_capacity(t_len) };
             for k in 0..t_len {
-                let xg_t = xg_rows.narrow(0, self.time(k, t_len) * n + r0, rows)?;
+                let xg_t = xg.narrow(0, self.time(k, t_len) * rows, rows)?;
                 let [h2, c2, acts] = cell(&xg_t, &h.matmul(&wt)?, &c)?;
                 (h, c) = (h2, c2);
                 saved.h.push(h.clone());
@@ -137,14 +156,13 @@ impl MultiOperation for LstmLayer {
         Ok(vec![y, h, c])
     }
 
-    fn backward(&self, x: &[Tensor], outs: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, x: &[Tensor], _: &[Tensor], g: &[Option<Tensor>], grads: &mut Gradients) -> Result<()> {
         // Kept (not taken), so a graph can be walked backward more than once.
         let guard = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let parts = guard.as_ref().ok_or_else(|| Error::Autograd("lstm: backward before forward".into()))?;
-        let (xg, w_hh, h0, c0) = (&x[0], &x[1], &x[2], &x[3]);
-        let t_len = xg.dims()[0];
+        let (xs, w_ih, w_hh, h0, c0, bias) = (&x[0], &x[1], &x[2], &x[3], &x[4], x.get(5));
+        let (t_len, n, inputs) = (xs.dims()[0], xs.dims()[1], xs.dims()[2]);
         let hidden = w_hh.dims()[1];
-        let n = xg.dims()[1];
         // A contiguous gradient of y as `[T·N, H]` rows, one narrow per step. A strided one
         // (y viewed batch-first) is read through its views instead: each block's cell kernel
         // copies its own few rows, on its thread, where a reshape would copy all of it first.
@@ -152,13 +170,13 @@ impl MultiOperation for LstmLayer {
             Some(gy) if gy.is_contiguous() => Some(gy.reshape((t_len * n, hidden))?),
             _ => None,
         };
-        let blocks = for_blocks(xg.device(), self.blocks.len(), |b| {
+        let blocks = for_blocks(xs.device(), self.blocks.len(), |b| {
             let (r0, rows) = self.blocks[b];
             let saved = &parts[b];
             let zeros = Tensor::zeros((rows, hidden), h0.dtype(), h0.device())?;
             let state = |g: &Option<Tensor>| g.as_ref().map_or(Ok(zeros.clone()), |g| g.narrow(0, r0, rows));
             let (mut dh, mut dc) = (state(&g[1])?, state(&g[2])?);
-            // d_gates in time order (the order of xg's rows).
+            // d_gates in time order (the order of the block's projected rows).
             let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
             for k in (0..t_len).rev() {
                 let t = self.time(k, t_len);
@@ -173,37 +191,49 @@ impl MultiOperation for LstmLayer {
                 dgates[t] = Some(dg);
             }
             let dgates: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("every step ran")).collect();
-            Ok((dh, dc, dgates))
-        })?;
-        let dxg = self.gather(t_len, |t, b| blocks[b].2[t].clone())?;
-        if w_hh.tracks_grad() {
-            // dW_hh = Σ_t d_gates_tᵀ · h_(t−1). The states before the steps are the output y
-            // one step back (h0 before the first step), so two products over views of dxg and
-            // y stand in for a third gather: [4H, N]·h0 and [4H, (T−1)·N] × [(T−1)·N, H].
-            let ys = outs[0].reshape((t_len * n, hidden))?;
-            let rows = |t: usize, len: usize| (t * n, len * n);
-            let (first, (g0, len), (y0, _)) = if self.reverse {
-                (t_len - 1, rows(0, t_len - 1), rows(1, t_len - 1))
+            let dxg = Tensor::cat(&dgates.iter().collect::<Vec<_>>(), 0)?;
+            // dW_hh = Σ_t d_gates_tᵀ · h_(t−1): the states before each time's step, in time order.
+            let dw_hh = if w_hh.tracks_grad() {
+                let hp: Vec<&Tensor> = (0..t_len).map(|t| &saved.h[self.time(t, t_len)]).collect();
+                Some(dxg.t()?.matmul(&Tensor::cat(&hp, 0)?)?)
             } else {
-                (0, rows(1, t_len - 1), rows(0, t_len - 1))
+                None
             };
-            let mut dw = dxg.narrow(0, first * n, n)?.t()?.matmul(h0)?;
-            if t_len > 1 {
-                dw = dw.add(&dxg.narrow(0, g0, len)?.t()?.matmul(&ys.narrow(0, y0, len)?)?)?;
-            }
+            Ok(BlockGrads {
+                dh0: dh,
+                dc0: dc,
+                dx: xs.tracks_grad().then(|| dxg.matmul(w_ih)?.reshape((t_len, rows, inputs))).transpose()?,
+                dw_ih: w_ih.tracks_grad().then(|| dxg.t()?.matmul(&saved.x)).transpose()?,
+                dw_hh,
+                db: bias.filter(|b| b.tracks_grad()).map(|_| dxg.sum(0)).transpose()?,
+            })
+        })?;
+        // The blocks' partial sums, added in block order.
+        let total = |part: fn(&BlockGrads) -> &Option<Tensor>| -> Result<Option<Tensor>> {
+            let mut parts = blocks.iter().filter_map(|b| part(b).as_ref());
+            let Some(first) = parts.next() else { return Ok(None) };
+            parts.try_fold(first.clone(), |acc, p| acc.add(p)).map(Some)
+        };
+        let pieces = |part: fn(&BlockGrads) -> Option<&Tensor>, axis| {
+            Tensor::cat(&blocks.iter().filter_map(part).collect::<Vec<_>>(), axis)
+        };
+        if let Some(dw) = total(|b| &b.dw_ih)? {
+            grads.accumulate(w_ih, dw)?;
+        }
+        if let Some(dw) = total(|b| &b.dw_hh)? {
             grads.accumulate(w_hh, dw)?;
         }
-        if xg.tracks_grad() {
-            grads.accumulate(xg, dxg.reshape(xg.shape().clone())?)?;
+        if let (Some(bias), Some(db)) = (bias, total(|b| &b.db)?) {
+            grads.accumulate(bias, db)?;
         }
-        let state = |s: fn(&(Tensor, Tensor, Vec<Tensor>)) -> &Tensor| {
-            Tensor::cat(&blocks.iter().map(s).collect::<Vec<_>>(), 0)
-        };
+        if xs.tracks_grad() {
+            grads.accumulate(xs, pieces(|b| b.dx.as_ref(), 1)?)?;
+        }
         if h0.tracks_grad() {
-            grads.accumulate(h0, state(|b| &b.0)?)?;
+            grads.accumulate(h0, pieces(|b| Some(&b.dh0), 0)?)?;
         }
         if c0.tracks_grad() {
-            grads.accumulate(c0, state(|b| &b.1)?)?;
+            grads.accumulate(c0, pieces(|b| Some(&b.dc0), 0)?)?;
         }
         Ok(())
     }
@@ -215,22 +245,29 @@ pub(crate) fn lstm_layer_supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F64)
 }
 
-/// One direction of an LSTM layer over a sequence: `xg [T, N, 4H]` is `x·W_ihᵀ + b_ih + b_hh`,
-/// `w_hh [4H, H]`, `h0`/`c0` `[N, H]`; returns `(y [T, N, H], h_T, c_T)`, with `reverse`
-/// running from the last step to the first (`y` stays in time order).
+/// One direction of an LSTM layer over a sequence: `x [T, N, I]`, `w_ih [4H, I]`, `w_hh [4H, H]`,
+/// `bias [4H]` (`b_ih + b_hh`, if any), `h0`/`c0` `[N, H]`; returns `(y [T, N, H], h_T, c_T)`,
+/// with `reverse` running from the last step to the first (`y` stays in time order).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lstm_layer(
-    xg: &Tensor,
+    x: &Tensor,
+    w_ih: &Tensor,
+    bias: Option<&Tensor>,
     w_hh: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
     reverse: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "lstm";
-    same_device(OP, &[xg, w_hh, h0, c0])?;
+    let mut all = vec![x, w_ih, w_hh, h0, c0];
+    all.extend(bias);
+    same_device(OP, &all)?;
     let bad = |msg: String| Error::BadShape { op: OP, msg };
-    let (xd, wd) = (xg.dims(), w_hh.dims());
-    if xd.len() != 3 || wd.len() != 2 || xd[2] != wd[0] || wd[0] != 4 * wd[1] || xd[0] == 0 {
-        return Err(bad(format!("needs xg [T > 0, N, 4H] and w_hh [4H, H], got {xd:?} and {wd:?}")));
+    let (xd, wi, wd) = (x.dims(), w_ih.dims(), w_hh.dims());
+    if xd.len() != 3 || wi.len() != 2 || wd.len() != 2 || xd[0] == 0 || wi != [wd[0], xd[2]] || wd[0] != 4 * wd[1] {
+        return Err(bad(format!(
+            "needs x [T > 0, N, I], w_ih [4H, I] and w_hh [4H, H], got {xd:?}, {wi:?} and {wd:?}"
+        )));
     }
     let (n, h) = (xd[1], wd[1]);
     for s in [h0, c0] {
@@ -238,12 +275,19 @@ pub(crate) fn lstm_layer(
             return Err(bad(format!("states must be [{n}, {h}], got {:?}", s.dims())));
         }
     }
-    for t in [w_hh, h0, c0] {
-        super::same_dtype(OP, xg, t)?;
+    if let Some(b) = bias
+        && b.dims() != [4 * h]
+    {
+        return Err(bad(format!("the bias must be [{}], got {:?}", 4 * h, b.dims())));
     }
-    let op = LstmLayer { reverse, blocks: row_blocks(xg.device(), n), saved: Mutex::new(None) };
-    let [y, h, c]: [Tensor; 3] = apply_multi(op, &[&xg.contiguous()?, w_hh, &h0.contiguous()?, &c0.contiguous()?])?
-        .try_into()
-        .map_err(|_| Error::Autograd("lstm: expected three outputs".into()))?;
+    for t in &all[1..] {
+        super::same_dtype(OP, x, t)?;
+    }
+    let op = LstmLayer { reverse, blocks: row_blocks(x.device(), n), saved: Mutex::new(None) };
+    let (h0, c0) = (h0.contiguous()?, c0.contiguous()?);
+    let mut inputs = vec![x, w_ih, w_hh, &h0, &c0];
+    inputs.extend(bias);
+    let [y, h, c]: [Tensor; 3] =
+        apply_multi(op, &inputs)?.try_into().map_err(|_| Error::Autograd("lstm: expected three outputs".into()))?;
     Ok((y, h, c))
 }
