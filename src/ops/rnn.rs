@@ -176,8 +176,9 @@ impl MultiOperation for LstmLayer {
             let zeros = Tensor::zeros((rows, hidden), h0.dtype(), h0.device())?;
             let state = |g: &Option<Tensor>| g.as_ref().map_or(Ok(zeros.clone()), |g| g.narrow(0, r0, rows));
             let (mut dh, mut dc) = (state(&g[1])?, state(&g[2])?);
-            // d_gates in time order (the order of the block's projected rows).
-            let mut dgates: Vec<Option<Tensor>> = vec![None; t_len];
+            // d_gates in step order from the last step back, turned into time order (the order
+            // of the block's projected rows) below.
+            let mut dgates = Vec::with_capacity(t_len);
             for k in (0..t_len).rev() {
                 let t = self.time(k, t_len);
                 let dy = match (&gy_rows, &g[0]) {
@@ -188,9 +189,12 @@ impl MultiOperation for LstmLayer {
                 let [dg, dcp] = cell_backward(&saved.acts[k], [&saved.c[k], &saved.c[k + 1], &dh, &dy, &dc])?;
                 dh = dg.matmul(w_hh)?;
                 dc = dcp;
-                dgates[t] = Some(dg);
+                dgates.push(dg);
             }
-            let dgates: Vec<Tensor> = dgates.into_iter().map(|d| d.expect("every step ran")).collect();
+            // Steps k = T−1 … 0 ran at times T−1 … 0 forward, at 0 … T−1 in reverse.
+            if !self.reverse {
+                dgates.reverse();
+            }
             let dxg = Tensor::cat(&dgates.iter().collect::<Vec<_>>(), 0)?;
             // dW_hh = Σ_t d_gates_tᵀ · h_(t−1): the states before each time's step, in time order.
             let dw_hh = if w_hh.tracks_grad() {

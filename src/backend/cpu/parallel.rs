@@ -75,13 +75,12 @@ pub(crate) fn run_alone<R: Send>(tasks: usize, f: impl Fn(usize) -> R + Sync) ->
             ALONE.set(self.0);
         }
     }
-    let results: Vec<std::sync::Mutex<Option<R>>> = (0..tasks).map(|_| std::sync::Mutex::new(None)).collect();
-    for_each_task(tasks, |i| {
+    let mut results: Vec<Option<R>> = (0..tasks).map(|_| None).collect();
+    for_each_chunk(&mut results, 1, |i, r| {
         let _restore = Restore(ALONE.replace(true));
-        let r = f(i);
-        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        r[0] = Some(f(i));
     });
-    results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every task ran")).collect()
+    results.into_iter().map(|r| r.expect("for_each_chunk runs every task")).collect()
 }
 
 /// Splits `out` into `chunk`-long pieces (the last may be shorter) and runs `f(i, piece i)` on
