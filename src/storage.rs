@@ -363,6 +363,28 @@ impl Storage {
             (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
         }
     }
+    /// Autocast's convolution weight gradient (see
+    /// [`BackendStorage::conv2d_weight_grad_lowered`]).
+    pub fn conv2d_weight_grad_lowered(
+        &self,
+        l: &Layout,
+        g: &Storage,
+        gl: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Storage> {
+        match (self, g) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Ok(Storage::Cpu(cpu_guard("conv2d", || a.conv2d_weight_grad_lowered(l, b, gl, window, low))?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(a), Storage::Cuda(b)) => {
+                Ok(Storage::Cuda(a.conv2d_weight_grad_lowered(l, b, gl, window, low)?))
+            }
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(mismatch("conv2d", a.device(), b.device())),
+        }
+    }
     /// Autocast's convolution of f32 operands (see [`BackendStorage::conv2d_lowered`]).
     pub fn conv2d_lowered(
         &self,

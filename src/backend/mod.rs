@@ -239,6 +239,21 @@ pub(crate) fn conv2d_by_casts<S: BackendStorage>(
     y.cast(&Layout::contiguous((n, cout, oh, ow)), DType::F32)
 }
 
+/// [`BackendStorage::conv2d_weight_grad_lowered`] from casts and a weight gradient in `low`.
+pub(crate) fn conv2d_weight_grad_by_casts<S: BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    g: &S,
+    lg: &Layout,
+    window: &Window2d,
+    low: DType,
+) -> Result<S> {
+    let [_, c, _, _, cout, _, _] = window.conv2d_weight_grad_dims(lx, lg)?;
+    let (cx, cg) = (Layout::contiguous(lx.shape().clone()), Layout::contiguous(lg.shape().clone()));
+    let dw = x.cast(lx, low)?.conv2d_weight_grad(&cx, &g.cast(lg, low)?, &cg, window)?;
+    dw.cast(&Layout::contiguous((cout, c * window.kernel.0 * window.kernel.1)), DType::F32)
+}
+
 /// The primitive kernels over one backend's storage. Layouts describe which elements of the
 /// storage an operand is (views are free); outputs are fresh contiguous storages unless the
 /// method says otherwise. The `Tensor` layer has already checked shapes, dtypes and devices
@@ -351,6 +366,19 @@ pub trait BackendStorage: Sized + Send + Sync {
         window: &Window2d,
     ) -> Result<Self> {
         conv2d_weight_grad_by_columns(self, layout, grad, grad_layout, window)
+    }
+    /// [`conv2d_weight_grad`](Self::conv2d_weight_grad) of f32 operands with the products in
+    /// `low` (bf16 or f16): the weight gradient of [`conv2d_lowered`](Self::conv2d_lowered),
+    /// f32 `[Cout, C·kh·kw]`. By default the operands are cast and the gradient cast back.
+    fn conv2d_weight_grad_lowered(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Self> {
+        conv2d_weight_grad_by_casts(self, layout, grad, grad_layout, window, low)
     }
     /// Max pooling's argument: for each output pixel `(oy, ox)` of `[N, C, H, W]` (output size
     /// `out`, which may come from `ceil_mode`), the flat index `y·W + x` within its plane of

@@ -213,26 +213,12 @@ fn conv_backward(window: &Window2d, x: &[Tensor], g: &Tensor, grads: &mut Gradie
         grads.accumulate(x, dx)?;
     }
     if w.tracks_grad() {
-        let gw = match product {
-            Products::Native => {
-                let s = x.storage().conv2d_weight_grad(x.layout(), &g4.storage(), g4.layout(), window)?;
-                Tensor::from_contiguous(s, w.shape().clone())
-            }
-            Products::Lowered(_) => {
-                let (n, l) = (d[0], g.dims()[2]);
-                let cols = x.im2col(*window, 0.0)?; // [N, K, L]
-                let k = cols.dims()[1];
-                if cols.elem_count() <= crate::backend::ONE_PRODUCT_DW_MAX {
-                    // As `conv2d_weight_grad_by_columns`: one product over all images.
-                    let g2 = g.transpose(0, 1)?.contiguous()?.reshape((cout, n * l))?;
-                    let c2 = cols.transpose(0, 1)?.contiguous()?.reshape((k, n * l))?;
-                    matmul(&g2, &c2.t()?)?
-                } else {
-                    matmul(&g, &cols.transpose(1, 2)?)?.sum([0])?
-                }
-            }
+        let (xs, gs) = (x.storage(), g4.storage());
+        let s = match product {
+            Products::Native => xs.conv2d_weight_grad(x.layout(), &gs, g4.layout(), window)?,
+            Products::Lowered(low) => xs.conv2d_weight_grad_lowered(x.layout(), &gs, g4.layout(), window, low)?,
         };
-        grads.accumulate(w, gw.reshape(w.shape().clone())?)?;
+        grads.accumulate(w, Tensor::from_contiguous(s, w.shape().clone()))?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod cascade;
 mod conv;
+mod conv_bf16;
 mod conv_grad;
 pub(crate) mod ctc;
 mod elementwise;
@@ -619,6 +620,49 @@ impl BackendStorage for CpuStorage {
     }
     fn conv2d(&self, layout: &Layout, weight: &Self, weight_layout: &Layout, window: &Window2d) -> Result<Self> {
         conv::conv2d(self, layout, weight, weight_layout, window)
+    }
+    fn conv2d_lowered(
+        &self,
+        layout: &Layout,
+        weight: &Self,
+        weight_layout: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Self> {
+        match (self, weight) {
+            // The columns rounded to bf16 as they are gathered, f32 sums: no casts.
+            (CpuStorage::F32(x), CpuStorage::F32(w)) if low == DType::BF16 && conv_bf16::available() => {
+                let dims = window.conv2d_dims(layout, weight_layout)?;
+                Ok(CpuStorage::F32(conv_bf16::conv2d(
+                    &contiguous(x, layout),
+                    &contiguous(w, weight_layout),
+                    dims,
+                    window,
+                )))
+            }
+            _ => crate::backend::conv2d_by_casts(self, layout, weight, weight_layout, window, low),
+        }
+    }
+    fn conv2d_weight_grad_lowered(
+        &self,
+        layout: &Layout,
+        grad: &Self,
+        grad_layout: &Layout,
+        window: &Window2d,
+        low: DType,
+    ) -> Result<Self> {
+        match (self, grad) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) if low == DType::BF16 && conv_bf16::available() => {
+                let dims = window.conv2d_weight_grad_dims(layout, grad_layout)?;
+                Ok(CpuStorage::F32(conv_bf16::weight_grad(
+                    &contiguous(x, layout),
+                    &contiguous(g, grad_layout),
+                    dims,
+                    window,
+                )))
+            }
+            _ => crate::backend::conv2d_weight_grad_by_casts(self, layout, grad, grad_layout, window, low),
+        }
     }
     fn conv2d_weight_grad(
         &self,

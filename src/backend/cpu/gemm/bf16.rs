@@ -134,6 +134,13 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     // one row read in order.
     let pack_transposed = |g: usize, panels: &mut [MaybeUninit<u32>]| {
         for (dq, panel) in panels.chunks_mut(kp * NR).enumerate() {
+            let j0 = (g * GROUP + dq) * NR;
+            if k.is_multiple_of(2) {
+                // Whole pairs: word p of row j is `b`'s bytes as they lie, gathered NR rows at
+                // a time. SAFETY: `available()` holds; rows j0.. below n hold k elements.
+                unsafe { gather_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), panel.as_mut_ptr().cast()) };
+                continue;
+            }
             for jj in 0..NR {
                 let j = (g * GROUP + dq) * NR + jj;
                 if j >= n {
@@ -161,9 +168,19 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
-    let rows_task = |t: usize, c: &mut [MaybeUninit<O>]| {
-        let r0 = t * mc;
-        let rows = mc.min(m - r0);
+    let tasks = m.div_ceil(mc);
+    // Too few row blocks for the threads (a product with few rows and many columns: a
+    // convolution's): each block's panels are split into groups as well.
+    let groups = if threads > 1 && tasks < 2 * threads { (2 * threads).div_ceil(tasks).min(panels) } else { 1 };
+    let per_group = panels.div_ceil(groups);
+    let base = super::super::parallel::SendPtr(c.as_mut_ptr());
+    let task = |i: usize| {
+        let (t, g) = (i / groups, i % groups);
+        let (r0, q0) = (t * mc, g * per_group);
+        let (rows, q1) = (mc.min(m - r0), (q0 + per_group).min(panels));
+        if q0 >= q1 {
+            return;
+        }
         // Kept per worker thread: fresh zeroed buffers per task cost a few percent.
         // With more than one depth block, the sums so far (f32) between blocks: written by
         // the first block's tiles before any reads them, so the buffer starts uninitialized
@@ -180,7 +197,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
                 let kb = KCP.min(kp - p0);
                 pack_a(&a[r0 * 2 * kp..], kp, rows, p0, kb, ap);
                 let stage = Stage { first: p0 == 0, last: p0 + kb == kp };
-                for q in 0..panels {
+                for q in q0..q1 {
                     let cols = NR.min(n - q * NR);
                     let panel = &bp[(q * kp + p0) * NR..(q * kp + p0 + kb) * NR];
                     for i0 in (0..rows).step_by(MR) {
@@ -188,21 +205,14 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
                         let at = &ap[i0 * AP_PITCH..(i0 + MR) * AP_PITCH];
                         let c0 = i0 * n + q * NR;
                         // SAFETY: `available()` holds; `at` holds `kb * MR` pair words,
-                        // `panel` `kb * NR`; `c` (this task's rows) and `part` (when there
-                        // is more than one block) hold `mr` rows `n` apart with `cols`
-                        // elements each from c0.
+                        // `panel` `kb * NR`; C from row r0 (this task's rows and panels,
+                        // which no other task writes) and `part` (when there is more than
+                        // one block) hold `mr` rows `n` apart with `cols` elements each from
+                        // c0.
                         unsafe {
                             let part = if kp > KCP { part.as_mut_ptr().add(c0) } else { std::ptr::null_mut() };
-                            tile(
-                                at,
-                                panel,
-                                kb,
-                                part,
-                                Out { at: c[c0..].as_mut_ptr().cast(), f32: O::F32 },
-                                n,
-                                [mr, cols],
-                                stage,
-                            )
+                            let at_c = base.get().add(r0 * n + c0);
+                            tile(at, panel, kb, part, Out { at: at_c.cast(), f32: O::F32 }, n, [mr, cols], stage)
                         };
                     }
                 }
@@ -210,11 +220,10 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         });
         crate::backend::cpu::pool::recycle_vec(part);
     };
-    let tasks = m.div_ceil(mc);
-    if parallel && tasks > 1 && super::super::worth_splitting(m * n * k) {
-        super::super::parallel::for_each_chunk(&mut c[..m * n], mc * n, rows_task);
+    if parallel && tasks * groups > 1 && super::super::worth_splitting(m * n * k) {
+        super::super::parallel::for_each_task(tasks * groups, task);
     } else {
-        c[..m * n].chunks_mut(mc * n).enumerate().for_each(|(t, c)| rows_task(t, c));
+        (0..tasks * groups).for_each(task);
     }
     // Back to the pool: a fresh buffer per product cost its page faults every call.
     crate::backend::cpu::pool::recycle_vec(bp);
@@ -230,9 +239,9 @@ fn pack_a(a: &[bf16], kp: usize, rows: usize, p0: usize, kb: usize, ap: &mut [u3
             continue;
         }
         let src = &a[row * 2 * kp + 2 * p0..][..2 * kb];
-        for (w, pair) in dst[..kb].iter_mut().zip(src.chunks_exact(2)) {
-            *w = pair[0].to_bits() as u32 | ((pair[1].to_bits() as u32) << 16);
-        }
+        // SAFETY: `src` holds 2·kb bf16 and `dst` kb words: the same 4·kb bytes, which on a
+        // little-endian CPU are the words with the even element in the low half.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), dst.as_mut_ptr().cast::<u8>(), 4 * kb) };
     }
 }
 
@@ -274,6 +283,49 @@ unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32) {
             _mm512_storeu_si512(out.add(16 * h).cast(), _mm512_or_si512(l, _mm512_slli_epi32(u, 16)));
         }
     }
+}
+
+/// `out[p·NR + j] = word p of row j` for `rows ≤ NR` rows of `kp` words each (a transposed
+/// B's pairs), columns from `rows` on as zeros.
+///
+/// # Safety
+/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
+    use std::arch::x86_64::*;
+    debug_assert!(b.len() >= rows * 2 * kp && kp < (1 << 25));
+    let base = b.as_ptr().cast::<u8>();
+    let step = kp as i32;
+    let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let masks: [u16; 2] = std::array::from_fn(|h| {
+        let r = rows.saturating_sub(16 * h).min(16);
+        ((1u32 << r) - 1) as u16
+    });
+    let idx = [
+        _mm512_mullo_epi32(lanes, _mm512_set1_epi32(step)),
+        _mm512_mullo_epi32(_mm512_add_epi32(lanes, _mm512_set1_epi32(16)), _mm512_set1_epi32(step)),
+    ];
+    for p in 0..kp {
+        for h in 0..NR / 16 {
+            // SAFETY: lanes under the mask read word p of a row below `rows`; the others read
+            // nothing and give zeros.
+            unsafe {
+                let v = _mm512_mask_i32gather_epi32::<4>(
+                    _mm512_setzero_si512(),
+                    masks[h],
+                    idx[h],
+                    base.wrapping_add(4 * p).cast(),
+                );
+                _mm512_storeu_si512(out.add(p * NR + 16 * h).cast(), v);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gather_pairs(_: &[bf16], _: usize, _: usize, _: *mut u32) {
+    unreachable!("available() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -451,6 +503,8 @@ mod tests {
             (5, 100, 1),
             (30, 40, 2101),
             (13, 64, 1026),
+            // Bᵀ gathered in several groups of panels, the last one partial.
+            (7, 300, 6),
         ];
         for &(m, n, k) in &shapes {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
