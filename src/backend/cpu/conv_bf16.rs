@@ -277,9 +277,13 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], dims: [usize; 7], window: &Windo
     dw
 }
 
-/// `v` rounded to bf16.
-fn rounded(v: &[f32]) -> Vec<bf16> {
-    // SAFETY: `available()` holds (checked by the callers); both runs hold v.len() elements.
+/// `v` rounded to bf16 (denormals flushed to zero).
+///
+/// # Panics
+/// If [`available`] is false.
+pub(super) fn rounded(v: &[f32]) -> Vec<bf16> {
+    assert!(available(), "conv_bf16 needs AVX512_BF16");
+    // SAFETY: `available()` holds; both runs hold v.len() elements.
     super::fill_new(v.len(), |out| unsafe { round_run(v, out) })
 }
 

@@ -83,6 +83,11 @@ pub(crate) trait ToBf16: Copy + Send + Sync + 'static {
     fn as_bf16(v: &[Self]) -> Option<&[bf16]>;
     /// Rounds to bf16 as `bf16::from_f32` does.
     fn to_bf16(self) -> bf16;
+    /// A contiguous run rounded to bf16 (for the products: denormals may come out as zero,
+    /// which `vdpbf16ps` reads them as anyway).
+    fn rounded(v: &[Self]) -> Vec<bf16> {
+        super::map(v, &Layout::contiguous(v.len()), Self::to_bf16)
+    }
 }
 impl ToBf16 for bf16 {
     fn as_bf16(v: &[bf16]) -> Option<&[bf16]> {
@@ -99,13 +104,21 @@ impl ToBf16 for f32 {
     fn to_bf16(self) -> bf16 {
         bf16::from_f32(self)
     }
+    fn rounded(v: &[f32]) -> Vec<bf16> {
+        // `vcvtneps2bf16`, sixteen at a time: `from_f32` element by element cost more than
+        // the product itself for a small network's layers.
+        if super::conv_bf16::available() {
+            return super::conv_bf16::rounded(v);
+        }
+        super::map(v, &Layout::contiguous(v.len()), f32::to_bf16)
+    }
 }
 
 /// `v[s..e]` as bf16, borrowed when it already is.
 fn bf16_range<T: ToBf16>(v: &[T], (s, e): (usize, usize)) -> std::borrow::Cow<'_, [bf16]> {
     match T::as_bf16(&v[s..e]) {
         Some(x) => std::borrow::Cow::Borrowed(x),
-        None => std::borrow::Cow::Owned(super::map(&v[s..e], &Layout::contiguous(e - s), T::to_bf16)),
+        None => std::borrow::Cow::Owned(T::rounded(&v[s..e])),
     }
 }
 
