@@ -8,7 +8,9 @@
 //! f32 in and out (its backward products are lowered too): on a CPU with AVX512_BF16 its
 //! kernel rounds the f32 operands to bf16 while packing them and writes the f32 sums, so
 //! no casts run at all; elsewhere it casts, multiplies in the low dtype and casts back. A
-//! convolution is likewise one op, `LoweredConv2d` in `ops/conv.rs` (its bias added in f32).
+//! convolution is likewise one op, `LoweredConv2d` in `ops/conv.rs` (its bias added in f32):
+//! on AVX512_BF16 its kernels write im2col's columns in bf16 straight from the f32 images
+//! and multiply them with f32 sums, forward and for the weight gradient.
 //! (PyTorch's autocast returns the low-precision result and lets the next op decide; here
 //! every op outside the list runs in f32, as it would in PyTorch's f32 list.)
 //!

@@ -10,6 +10,7 @@
 //! `bf16::from_f32`, except that it flushes denormals, which `vdpbf16ps` reads as zero anyway;
 //! so the products are those of operands rounded by `bf16::from_f32` first.
 
+use super::conv_grad::images_per_block;
 use super::gemm::gemm_bf16;
 use crate::backend::Window2d;
 use half::bf16;
@@ -169,17 +170,10 @@ impl<'a> Padded<'a> {
     }
 }
 
-/// Images per block of the product: about `BLOCK_COLUMNS` output positions. Each block's
-/// columns, product and output stay on one thread (moving them between threads costs more
-/// than the products of a small network's convolutions); the block size depends on the shape
-/// only, so the weight gradient's sums do not depend on the number of threads.
-fn images_per_block(n: usize, l: usize) -> usize {
-    const BLOCK_COLUMNS: usize = 1024;
-    (BLOCK_COLUMNS / l.max(1)).clamp(1, n.max(1))
-}
-
 /// `y = conv2d(x, w)` for contiguous f32 `x` `[N, C, H, W]` and `w` `[Cout, C, kh, kw]`, the
-/// products in bf16 and the result f32 `[N, Cout, OH, OW]`.
+/// products in bf16 and the result f32 `[N, Cout, OH, OW]`. Blocks of images as the weight
+/// gradient's ([`images_per_block`]): each block's columns, product and output stay on one
+/// thread (moving them between threads costs more than a small network's products).
 ///
 /// # Panics
 /// If [`available`] is false.

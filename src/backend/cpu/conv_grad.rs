@@ -6,6 +6,7 @@ use super::gemm::{GemmElem, MatRef, PackB, gemm_packed};
 use super::{CpuStorage, contiguous};
 use crate::backend::Window2d;
 use crate::{Layout, Result, Shape};
+use std::mem::MaybeUninit;
 
 /// The transposed im2col matrix of all images, `[N·OH·OW, C·kh·kw]`: row `(n, oy, ox)`,
 /// column `(c, i, j)` holds `x[n, c, oy·sh + i·dh, ox·sw + j·dw]` of the padded images. Both
@@ -128,31 +129,71 @@ unsafe fn gather_avx512<T: GemmElem>(src: &[T], bases: &[usize], offsets: &[usiz
     }
 }
 
+/// Images per block of the weight gradient: about `BLOCK_COLUMNS` output positions. Each
+/// block's copies and product stay on one thread, and the partial sums are added in block
+/// order; the block size follows the shape only, so the bits do not depend on the threads.
+pub(super) fn images_per_block(n: usize, l: usize) -> usize {
+    const BLOCK_COLUMNS: usize = 1024;
+    (BLOCK_COLUMNS / l.max(1)).clamp(1, n.max(1))
+}
+
 fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
-    // g as [Cout, N·L]: image-major along the product's depth.
-    let mut g2 = super::pool::filled(cout * n * l, T::ZERO);
-    for (img, part) in g.chunks_exact(cout * l).enumerate() {
-        for (co, row) in part.chunks_exact(l).enumerate() {
-            g2[co * n * l + img * l..][..l].copy_from_slice(row);
-        }
-    }
-    let padded =
-        if window.padding == (0, 0) { None } else { Some(super::conv::zero_padded(x, n * c, h, wd, window.padding)) };
+    let per = images_per_block(n, l);
+    let blocks = n.div_ceil(per).max(1);
+    // One block: the threads share its product instead.
+    let inner = blocks == 1;
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
-    let cols = TransposedCols {
-        padded: padded.as_deref().unwrap_or(x),
-        image: c * hp * wp,
-        width: wp,
-        plane: hp * wp,
-        l,
-        ow,
-        window: *window,
+    // Block b's share, `Σ g[n] · im2col(x[n])ᵀ` over its images.
+    let block = |b: usize, part: &mut [MaybeUninit<T>]| {
+        let (first, nb) = (b * per, per.min(n - b * per));
+        // g as [Cout, nb·L]: image-major along the product's depth.
+        let mut g2 = super::pool::alloc::<T>(cout * nb * l);
+        for (img, part) in g[first * cout * l..(first + nb) * cout * l].chunks_exact(cout * l).enumerate() {
+            for (co, row) in part.chunks_exact(l).enumerate() {
+                // SAFETY: `g2` has room for Cout·nb·L elements; every one is written once.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), g2.as_mut_ptr().add(co * nb * l + img * l), l) };
+            }
+        }
+        // SAFETY: every element was written above.
+        unsafe { g2.set_len(cout * nb * l) };
+        let images = &x[first * c * h * wd..(first + nb) * c * h * wd];
+        let padded = if window.padding == (0, 0) {
+            None
+        } else {
+            Some(super::conv::zero_padded(images, nb * c, h, wd, window.padding))
+        };
+        let cols = TransposedCols {
+            padded: padded.as_deref().unwrap_or(images),
+            image: c * hp * wp,
+            width: wp,
+            plane: hp * wp,
+            l,
+            ow,
+            window: *window,
+        };
+        let a = MatRef { data: &g2, offset: 0, row_stride: nb * l, col_stride: 1 };
+        gemm_packed(cout, k, nb * l, a, &cols, part, inner);
+        super::pool::recycle_vec(g2);
+        if let Some(p) = padded {
+            super::pool::recycle_vec(p);
+        }
     };
-    let a = MatRef { data: &g2, offset: 0, row_stride: n * l, col_stride: 1 };
-    super::fill_new(cout * k, |out| gemm_packed(cout, k, n * l, a, &cols, out, true))
+    if inner {
+        return super::fill_new(cout * k, |out| block(0, out));
+    }
+    let parts: Vec<T> = super::fill_new(blocks * cout * k, |parts| {
+        super::parallel::for_each_chunk(parts, cout * k, block);
+    });
+    let dw = super::fill_new(cout * k, |dw| {
+        for (i, v) in dw.iter_mut().enumerate() {
+            v.write(parts.chunks_exact(cout * k).skip(1).fold(parts[i], |s, p| s + p[i]));
+        }
+    });
+    super::pool::recycle_vec(parts);
+    dw
 }
 
 /// `Σₙ g[n] · im2col(x[n])ᵀ` for `x` `[N, C, H, W]` and `g` `[N, Cout, OH, OW]`, as
@@ -203,8 +244,10 @@ mod tests {
         ];
         let value = |i: usize| ((i * 7919 % 1009) as f64) / 1009.0 - 0.5;
         for (wi, window) in windows.iter().enumerate() {
-            // The last shape has more than 2²⁰ column elements: the per-image branch.
-            for &[n, c, h, w, cout] in &[[3, 2, 7, 9, 5], [1, 4, 5, 5, 37], [9, 8, 40, 41, 3]] {
+            // The last shape has more than 2²⁰ column elements (the reference's per-image
+            // branch) and one image per block; the one before it two blocks of several images
+            // (the second partial).
+            for &[n, c, h, w, cout] in &[[3, 2, 7, 9, 5], [1, 4, 5, 5, 37], [40, 2, 6, 7, 4], [9, 8, 40, 41, 3]] {
                 if wi > 0 && n == 9 {
                     continue;
                 }
