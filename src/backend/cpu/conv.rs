@@ -598,6 +598,10 @@ pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: 
             CpuStorage::F64(conv2d_gemm(&contiguous(x, lx), &contiguous(w, lw), dims, window))
         }
         (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(widened(x, lx, w, lw, dims, window)),
+        // Products on `vdpbf16ps` where the CPU has it (f32 sums, rounded once).
+        (CpuStorage::BF16(x), CpuStorage::BF16(w)) if super::conv_bf16::available() => CpuStorage::BF16(
+            super::conv_bf16::conv2d::<half::bf16, half::bf16>(&contiguous(x, lx), &contiguous(w, lw), dims, window),
+        ),
         (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(widened(x, lx, w, lw, dims, window)),
         (x, w) if x.dtype() != w.dtype() => {
             return Err(Error::DTypeMismatch { op: "conv2d", lhs: x.dtype(), rhs: w.dtype() });

@@ -8,10 +8,12 @@
 //! The images are rounded to bf16 once, into a zero-padded copy, so a row of the columns is a
 //! run of plain copies. The rounding is `vcvtneps2bf16`'s: to nearest even, as
 //! `bf16::from_f32`, except that it flushes denormals, which `vdpbf16ps` reads as zero anyway;
-//! so the products are those of operands rounded by `bf16::from_f32` first.
+//! so the products are those of operands rounded by `bf16::from_f32` first, but for the f32
+//! denormals within half a unit of the smallest normal, which `from_f32` rounds up to it
+//! (a difference of at most 2⁻¹²⁶ times the other operand per product).
 
 use super::conv_grad::images_per_block;
-use super::gemm::gemm_bf16;
+use super::gemm::{ProductOut, gemm_bf16};
 use crate::backend::Window2d;
 use half::bf16;
 use std::mem::MaybeUninit;
@@ -45,12 +47,12 @@ struct Padded<'a> {
 }
 
 impl<'a> Padded<'a> {
-    /// `x` `[n, C, H, W]` (f32, contiguous; `dims` gives the rest of the shape) rounded and
-    /// padded, across the pool's threads when `parallel`.
-    fn new(
+    /// `x` `[n, C, H, W]` (contiguous; `dims` gives the rest of the shape) rounded and padded,
+    /// across the pool's threads when `parallel`.
+    fn new<T: Operand>(
         n: usize,
         [_, c, h, w, _, oh, ow]: [usize; 7],
-        x: &[f32],
+        x: &[T],
         window: &'a Window2d,
         parallel: bool,
     ) -> Padded<'a> {
@@ -66,7 +68,7 @@ impl<'a> Padded<'a> {
                     };
                     // SAFETY: `available()` holds (checked by the callers); columns pw..pw + W
                     // of `src` are row iy of image i.
-                    unsafe { padded_row(src, inside, row) };
+                    unsafe { T::padded_row(src, inside, row) };
                 }
             };
             if parallel && super::worth_splitting(n * c * hp * wp) {
@@ -170,14 +172,15 @@ impl<'a> Padded<'a> {
     }
 }
 
-/// `y = conv2d(x, w)` for contiguous f32 `x` `[N, C, H, W]` and `w` `[Cout, C, kh, kw]`, the
-/// products in bf16 and the result f32 `[N, Cout, OH, OW]`. Blocks of images as the weight
+/// `y = conv2d(x, w)` for contiguous `x` `[N, C, H, W]` and `w` `[Cout, C, kh, kw]` (f32,
+/// rounded, or bf16), the products in bf16 and the result `[N, Cout, OH, OW]` in `O` (f32: the
+/// sums; bf16: rounded once). Blocks of images as the weight
 /// gradient's ([`images_per_block`]): each block's columns, product and output stay on one
 /// thread (moving them between threads costs more than a small network's products).
 ///
 /// # Panics
 /// If [`available`] is false.
-pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) -> Vec<f32> {
+pub(super) fn conv2d<T: Operand, O: ProductOut>(x: &[T], w: &[T], dims: [usize; 7], window: &Window2d) -> Vec<O> {
     assert!(available(), "conv_bf16 needs AVX512_BF16");
     let [n, c, h, wd, cout, oh, ow] = dims;
     let l = oh * ow;
@@ -187,15 +190,15 @@ pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) 
     let wb = rounded(w);
     let per = images_per_block(n, l);
     let blocks = n.div_ceil(per);
-    // One block: the threads share its stages instead.
-    let inner = blocks == 1;
-    let block = |b: usize, y: &mut [MaybeUninit<f32>]| {
+    // Fewer blocks than threads: the blocks one after the other, each across the threads.
+    let inner = blocks < rayon::current_num_threads();
+    let block = |b: usize, y: &mut [MaybeUninit<O>]| {
         let nb = y.len() / (cout * l);
         let padded = Padded::new(nb, dims, &x[b * per * c * h * wd..][..nb * c * h * wd], window, inner);
         let (k, nl) = (padded.k(), padded.cols());
         let cols = padded.columns(inner);
         // [Cout, nb·L], then each image's [Cout, L] in place.
-        let y_all: Vec<f32> = super::fill_new(cout * nl, |c| gemm_bf16(cout, nl, k, &wb, &cols, false, c, inner));
+        let y_all: Vec<O> = super::fill_new(cout * nl, |c| gemm_bf16(cout, nl, k, &wb, &cols, false, c, inner));
         for (img, y) in y.chunks_mut(cout * l).enumerate() {
             for (co, run) in y.chunks_mut(l).enumerate() {
                 for (d, &v) in run.iter_mut().zip(&y_all[co * nl + img * l..][..l]) {
@@ -210,7 +213,7 @@ pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) 
     };
     let y = super::fill_new(n * cout * l, |y| {
         if inner {
-            block(0, y);
+            y.chunks_mut(per * cout * l).enumerate().for_each(|(b, y)| block(b, y));
         } else {
             super::parallel::for_each_chunk(y, per * cout * l, block);
         }
@@ -219,19 +222,25 @@ pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) 
     y
 }
 
-/// The weight gradient `Σₙ g[n] · im2col(x[n])ᵀ` `[Cout, C·kh·kw]` for contiguous f32 `x`
-/// `[N, C, H, W]` and `g` `[N, Cout, OH, OW]`, the products in bf16 and the result f32: a
-/// partial sum per block of images (see [`images_per_block`]), added in block order.
+/// The weight gradient `Σₙ g[n] · im2col(x[n])ᵀ` `[Cout, C·kh·kw]` for contiguous `x`
+/// `[N, C, H, W]` and `g` `[N, Cout, OH, OW]` (f32, rounded, or bf16), the products in bf16
+/// and the sums f32: a partial sum per block of images (see [`images_per_block`]), added in
+/// block order.
 ///
 /// # Panics
 /// If [`available`] is false.
-pub(super) fn weight_grad(x: &[f32], g: &[f32], dims: [usize; 7], window: &Window2d) -> Vec<f32> {
+pub(super) fn weight_grad<T: Operand>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2d) -> Vec<f32> {
     assert!(available(), "conv_bf16 needs AVX512_BF16");
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (l, k) = (oh * ow, c * window.kernel.0 * window.kernel.1);
+    if n * l == 0 || k * cout == 0 {
+        // An empty sum (no images) or an empty gradient.
+        return super::pool::filled(cout * k, 0.0);
+    }
     let per = images_per_block(n, l);
     let blocks = n.div_ceil(per);
-    let inner = blocks == 1;
+    // Fewer blocks than threads: the blocks one after the other, each across the threads.
+    let inner = blocks < rayon::current_num_threads();
     // Block b's dWᵀ [K, Cout].
     let block = |b: usize, dwt: &mut [MaybeUninit<f32>]| {
         let nb = per.min(n - b * per);
@@ -243,7 +252,7 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], dims: [usize; 7], window: &Windo
             for (co, row) in gt.chunks_mut(nl).enumerate() {
                 for (img, part) in row.chunks_mut(l).enumerate() {
                     // SAFETY: `available()` holds; both runs hold L elements.
-                    unsafe { round_run(&g[((b * per + img) * cout + co) * l..][..l], part) };
+                    unsafe { T::round_run(&g[((b * per + img) * cout + co) * l..][..l], part) };
                 }
             }
         });
@@ -254,7 +263,7 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], dims: [usize; 7], window: &Windo
     };
     let parts: Vec<f32> = super::fill_new(blocks * k * cout, |parts| {
         if inner {
-            block(0, parts);
+            parts.chunks_mut(k * cout).enumerate().for_each(|(b, p)| block(b, p));
         } else {
             super::parallel::for_each_chunk(parts, k * cout, block);
         }
@@ -275,10 +284,73 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], dims: [usize; 7], window: &Windo
 ///
 /// # Panics
 /// If [`available`] is false.
-pub(super) fn rounded(v: &[f32]) -> Vec<bf16> {
+pub(super) fn rounded<T: Operand>(v: &[T]) -> Vec<bf16> {
     assert!(available(), "conv_bf16 needs AVX512_BF16");
     // SAFETY: `available()` holds; both runs hold v.len() elements.
-    super::fill_new(v.len(), |out| unsafe { round_run(v, out) })
+    super::fill_new(v.len(), |out| unsafe { T::round_run(v, out) })
+}
+
+/// An operand the kernels read: f32, rounded on the way in, or bf16 as it is.
+pub(super) trait Operand: Copy + Send + Sync + 'static {
+    /// `dst[u] = bf16(*src.add(u))` for `u` in `lo..hi`, zero elsewhere: a padded row.
+    ///
+    /// # Safety
+    /// [`available`] holds; `src.add(u)` is readable for `u` in `lo..hi` (other lanes are
+    /// not read).
+    unsafe fn padded_row(src: *const Self, inside: (usize, usize), dst: &mut [MaybeUninit<bf16>]);
+    /// `dst[i] = bf16(src[i])`.
+    ///
+    /// # Safety
+    /// [`available`] holds; `dst` holds `src.len()` elements.
+    unsafe fn round_run(src: &[Self], dst: &mut [MaybeUninit<bf16>]);
+}
+
+impl Operand for f32 {
+    unsafe fn padded_row(src: *const f32, inside: (usize, usize), dst: &mut [MaybeUninit<bf16>]) {
+        // SAFETY: forwarded.
+        unsafe { padded_row(src, inside, dst) }
+    }
+    unsafe fn round_run(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
+        // SAFETY: forwarded.
+        unsafe { round_run(src, dst) }
+    }
+}
+
+impl Operand for bf16 {
+    unsafe fn padded_row(src: *const bf16, inside: (usize, usize), dst: &mut [MaybeUninit<bf16>]) {
+        // SAFETY: forwarded.
+        unsafe { padded_row_bf16(src, inside, dst) }
+    }
+    unsafe fn round_run(src: &[bf16], dst: &mut [MaybeUninit<bf16>]) {
+        // SAFETY: the caller vouches that `dst` holds src.len() elements.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
+    }
+}
+
+/// [`Operand::padded_row`] of bf16: thirty-two lanes per masked copy.
+///
+/// # Safety
+/// As [`Operand::padded_row`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn padded_row_bf16(src: *const bf16, (lo, hi): (usize, usize), dst: &mut [MaybeUninit<bf16>]) {
+    use std::arch::x86_64::*;
+    let d = dst.as_mut_ptr().cast::<u16>();
+    for c0 in (0..dst.len()).step_by(32) {
+        let lanes = (dst.len() - c0).min(32);
+        let (a, b) = (lo.clamp(c0, c0 + lanes) - c0, hi.clamp(c0, c0 + lanes) - c0);
+        let ones = |n: usize| if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+        // SAFETY: the load mask selects lanes in lo..hi; the store covers `dst`'s lanes.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi16(ones(b) & !ones(a), src.wrapping_add(c0).cast());
+            _mm512_mask_storeu_epi16(d.add(c0).cast(), ones(lanes), v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn padded_row_bf16(_: *const bf16, _: (usize, usize), _: &mut [MaybeUninit<bf16>]) {
+    unreachable!("available() is false off x86_64")
 }
 
 /// `dst[u] = bf16(*src.add(u))` for `u` in `lo..hi`, zero elsewhere: a padded row.
@@ -359,7 +431,9 @@ mod tests {
     fn as_f64(s: &CpuStorage) -> Vec<f64> {
         match s {
             CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            _ => unreachable!("f32 results"),
+            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            CpuStorage::F64(v) => v.clone(),
+            _ => unreachable!("float results"),
         }
     }
 
@@ -373,7 +447,8 @@ mod tests {
         CpuStorage::F32(v.iter().map(|&x| r(x)).collect())
     }
 
-    /// The forward product and the weight gradient equal the f32 kernels' on rounded operands
+    /// The forward product and the weight gradient, of f32 (autocast's) and of bf16 tensors,
+    /// equal the f32 kernels' on rounded operands (the bf16 results rounded once)
     /// up to the order of the f32 sums (on a CPU without AVX512_BF16, up to the cast path's
     /// rounding of the results): odd depths, padding, strides, dilation, one image and
     /// several, output rows wider than a vector.
@@ -416,12 +491,50 @@ mod tests {
                     xr.conv2d_weight_grad(&lx, &gr, &lg, &window),
                 ),
             ];
-            for (name, got, want) in pairs {
+            // bf16 tensors: the same products, the results rounded once to bf16 (a sum on the
+            // other side of a rounding tie may land one unit, at most 2⁻⁷ relative, away).
+            let bf = |v: &[f32]| CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect());
+            let (xb, wb, gb) = (bf(&x), bf(&wt), bf(&g));
+            let native = [
+                ("y bf16", xb.conv2d(&lx, &wb, &lw, &window), xr.conv2d(&lx, &wr, &lw, &window)),
+                (
+                    "dw bf16",
+                    xb.conv2d_weight_grad(&lx, &gb, &lg, &window),
+                    xr.conv2d_weight_grad(&lx, &gr, &lg, &window),
+                ),
+            ];
+            for (rounding, (name, got, want)) in
+                pairs.into_iter().map(|p| (0.0, p)).chain(native.into_iter().map(|p| (1.0 / 128.0, p)))
+            {
                 let (got, want) = (as_f64(&got.unwrap()), as_f64(&want.unwrap()));
                 assert_eq!(got.len(), want.len(), "case {case} {name}");
                 let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() <= tol * scale, "case {case} {name}[{i}]: {a} vs {b}");
+                    assert!((a - b).abs() <= tol * scale + rounding * b.abs(), "case {case} {name}[{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// No images gives a zero weight gradient and no channels an empty one, in every dtype
+    /// and path (several blocks included), instead of a panic.
+    #[test]
+    fn empty_batches_and_channels() {
+        let window = Window2d { kernel: (3, 3), stride: (1, 1), padding: (1, 1), dilation: (1, 1) };
+        for (n, c, cout) in [(0, 2, 3), (40, 0, 4), (3, 2, 0)] {
+            let (lx, lg) = (Layout::contiguous((n, c, 6, 7)), Layout::contiguous((n, cout, 6, 7)));
+            let k = c * 9;
+            for dt in [DType::F32, DType::F64, DType::BF16] {
+                let zeros = |len: usize| CpuStorage::full(len, dt, 0.5);
+                let (x, g) = (zeros(n * c * 42), zeros(n * cout * 42));
+                let mut got = vec![x.conv2d_weight_grad(&lx, &g, &lg, &window).unwrap()];
+                if dt == DType::F32 {
+                    got.push(x.conv2d_weight_grad_lowered(&lx, &g, &lg, &window, DType::BF16).unwrap());
+                }
+                for dw in got {
+                    let v = as_f64(&dw);
+                    assert_eq!(v.len(), cout * k, "{dt:?} n {n} c {c} cout {cout}");
+                    assert!(v.iter().all(|&x| x == 0.0), "{dt:?} n {n} c {c} cout {cout}: {v:?}");
                 }
             }
         }

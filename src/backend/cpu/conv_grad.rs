@@ -141,10 +141,13 @@ fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
+    if cout * k == 0 {
+        return Vec::new();
+    }
     let per = images_per_block(n, l);
     let blocks = n.div_ceil(per).max(1);
-    // One block: the threads share its product instead.
-    let inner = blocks == 1;
+    // Fewer blocks than threads: the blocks one after the other, each across the threads.
+    let inner = blocks < rayon::current_num_threads();
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     // Block b's share, `Σ g[n] · im2col(x[n])ᵀ` over its images.
     let block = |b: usize, part: &mut [MaybeUninit<T>]| {
@@ -181,11 +184,15 @@ fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2
             super::pool::recycle_vec(p);
         }
     };
-    if inner {
+    if blocks == 1 {
         return super::fill_new(cout * k, |out| block(0, out));
     }
     let parts: Vec<T> = super::fill_new(blocks * cout * k, |parts| {
-        super::parallel::for_each_chunk(parts, cout * k, block);
+        if inner {
+            parts.chunks_mut(cout * k).enumerate().for_each(|(b, p)| block(b, p));
+        } else {
+            super::parallel::for_each_chunk(parts, cout * k, block);
+        }
     });
     let dw = super::fill_new(cout * k, |dw| {
         for (i, v) in dw.iter_mut().enumerate() {
@@ -215,6 +222,13 @@ pub fn conv2d_weight_grad(
         }
         (CpuStorage::F64(x), CpuStorage::F64(g)) => {
             CpuStorage::F64(weight_grad(&contiguous(x, lx), &contiguous(g, lg), dims, window))
+        }
+        // Products on `vdpbf16ps` where the CPU has it: f32 sums, rounded once at the end.
+        (CpuStorage::BF16(x), CpuStorage::BF16(g)) if super::conv_bf16::available() => {
+            let dw = super::conv_bf16::weight_grad(&contiguous(x, lx), &contiguous(g, lg), dims, window);
+            let out = super::map(&dw, &Layout::contiguous(dw.len()), half::bf16::from_f32);
+            super::pool::recycle_vec(dw);
+            CpuStorage::BF16(out)
         }
         _ => return Ok(None),
     }))

@@ -83,8 +83,9 @@ pub(crate) trait ToBf16: Copy + Send + Sync + 'static {
     fn as_bf16(v: &[Self]) -> Option<&[bf16]>;
     /// Rounds to bf16 as `bf16::from_f32` does.
     fn to_bf16(self) -> bf16;
-    /// A contiguous run rounded to bf16 (for the products: denormals may come out as zero,
-    /// which `vdpbf16ps` reads them as anyway).
+    /// A contiguous run rounded to bf16 for the products: denormals may come out as zero,
+    /// which `vdpbf16ps` reads them as anyway (see `conv_bf16`'s note on the few that
+    /// `from_f32` rounds up to the smallest normal).
     fn rounded(v: &[Self]) -> Vec<bf16> {
         super::map(v, &Layout::contiguous(v.len()), Self::to_bf16)
     }

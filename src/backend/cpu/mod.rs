@@ -633,7 +633,7 @@ impl BackendStorage for CpuStorage {
             // The columns rounded to bf16 as they are gathered, f32 sums: no casts.
             (CpuStorage::F32(x), CpuStorage::F32(w)) if low == DType::BF16 && conv_bf16::available() => {
                 let dims = window.conv2d_dims(layout, weight_layout)?;
-                Ok(CpuStorage::F32(conv_bf16::conv2d(
+                Ok(CpuStorage::F32(conv_bf16::conv2d::<f32, f32>(
                     &contiguous(x, layout),
                     &contiguous(w, weight_layout),
                     dims,

@@ -135,7 +135,8 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     let pack_transposed = |g: usize, panels: &mut [MaybeUninit<u32>]| {
         for (dq, panel) in panels.chunks_mut(kp * NR).enumerate() {
             let j0 = (g * GROUP + dq) * NR;
-            if k.is_multiple_of(2) {
+            // Whole pairs, and lane offsets (up to 31 rows of kp words) that fit in i32.
+            if k.is_multiple_of(2) && 31 * kp <= i32::MAX as usize {
                 // Whole pairs: word p of row j is `b`'s bytes as they lie, gathered NR rows at
                 // a time. SAFETY: `available()` holds; rows j0.. below n hold k elements.
                 unsafe { gather_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), panel.as_mut_ptr().cast()) };
@@ -289,12 +290,13 @@ unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32) {
 /// B's pairs), columns from `rows` on as zeros.
 ///
 /// # Safety
-/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words.
+/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words;
+/// `31 · kp` fits in i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
     use std::arch::x86_64::*;
-    debug_assert!(b.len() >= rows * 2 * kp && kp < (1 << 25));
+    debug_assert!(b.len() >= rows * 2 * kp && 31 * kp <= i32::MAX as usize);
     let base = b.as_ptr().cast::<u8>();
     let step = kp as i32;
     let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
