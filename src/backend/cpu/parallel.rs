@@ -36,19 +36,30 @@ pub(crate) fn for_each_task_init<S>(tasks: usize, init: impl Fn() -> S + Sync, f
         (0..tasks).for_each(|i| f(&mut s, i));
         return;
     }
-    // Claims of several tasks at once when there are many (cheap chunks of an elementwise
+    // Each thread first runs its own share of the tasks, in order: the caller the first, the
+    // helpers the others in the order they arrive. Consecutive kernels over tensors of one
+    // shape (a batch's activations) then find their data in the cache of the thread that
+    // wrote it, instead of wherever a free-for-all claim sent it. A thread done with its
+    // share takes what is left of the others', so a late helper holds up nothing. Claims
+    // are of several tasks at once when there are many (cheap chunks of an elementwise
     // kernel): fewer contended atomic updates, still ~8 claims per thread to even out.
     let grain = (tasks / (threads * 8)).max(1);
-    let next = AtomicUsize::new(0);
+    let shares: Vec<(AtomicUsize, usize)> =
+        (0..threads).map(|t| (AtomicUsize::new(t * tasks / threads), (t + 1) * tasks / threads)).collect();
+    let arrived = AtomicUsize::new(1);
+    let caller = std::thread::current().id();
     let take_part = || {
+        let first = if std::thread::current().id() == caller { 0 } else { arrived.fetch_add(1, Relaxed) % threads };
         let mut state = None;
-        loop {
-            let start = next.fetch_add(grain, Relaxed);
-            if start >= tasks {
-                break;
+        for (next, end) in (0..threads).map(|d| &shares[(first + d) % threads]) {
+            loop {
+                let start = next.fetch_add(grain, Relaxed);
+                if start >= *end {
+                    break;
+                }
+                let s = state.get_or_insert_with(&init);
+                (start..(start + grain).min(*end)).for_each(|i| f(s, i));
             }
-            let s = state.get_or_insert_with(&init);
-            (start..(start + grain).min(tasks)).for_each(|i| f(s, i));
         }
     };
     fork(threads - 1, &take_part);
