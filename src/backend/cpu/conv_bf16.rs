@@ -12,7 +12,7 @@
 //! denormals within half a unit of the smallest normal, which `from_f32` rounds up to it
 //! (a difference of at most 2⁻¹²⁶ times the other operand per product).
 
-use super::conv_grad::images_per_block;
+use super::conv_grad::Blocks;
 use super::gemm::{ProductOut, gemm_bf16};
 use crate::backend::Window2d;
 use half::bf16;
@@ -174,9 +174,8 @@ impl<'a> Padded<'a> {
 
 /// `y = conv2d(x, w)` for contiguous `x` `[N, C, H, W]` and `w` `[Cout, C, kh, kw]` (f32,
 /// rounded, or bf16), the products in bf16 and the result `[N, Cout, OH, OW]` in `O` (f32: the
-/// sums; bf16: rounded once). Blocks of images as the weight
-/// gradient's ([`images_per_block`]): each block's columns, product and output stay on one
-/// thread (moving them between threads costs more than a small network's products).
+/// sums; bf16: rounded once), in [`Blocks`] of images as the weight gradient's: each block's
+/// columns, product and output on one thread.
 ///
 /// # Panics
 /// If [`available`] is false.
@@ -188,13 +187,11 @@ pub(super) fn conv2d<T: Operand, O: ProductOut>(x: &[T], w: &[T], dims: [usize; 
         return Vec::new();
     }
     let wb = rounded(w);
-    let per = images_per_block(n, l);
-    let blocks = n.div_ceil(per);
-    // Fewer blocks than threads: the blocks one after the other, each across the threads.
-    let inner = blocks < rayon::current_num_threads();
+    let blocks = Blocks::new(n, l);
+    let inner = blocks.inner;
     let block = |b: usize, y: &mut [MaybeUninit<O>]| {
-        let nb = y.len() / (cout * l);
-        let padded = Padded::new(nb, dims, &x[b * per * c * h * wd..][..nb * c * h * wd], window, inner);
+        let (first, nb) = blocks.images(n, b);
+        let padded = Padded::new(nb, dims, &x[first * c * h * wd..][..nb * c * h * wd], window, inner);
         let (k, nl) = (padded.k(), padded.cols());
         let cols = padded.columns(inner);
         // [Cout, nb·L], then each image's [Cout, L] in place.
@@ -211,21 +208,16 @@ pub(super) fn conv2d<T: Operand, O: ProductOut>(x: &[T], w: &[T], dims: [usize; 
         }
         super::pool::recycle_vec(y_all);
     };
-    let y = super::fill_new(n * cout * l, |y| {
-        if inner {
-            y.chunks_mut(per * cout * l).enumerate().for_each(|(b, y)| block(b, y));
-        } else {
-            super::parallel::for_each_chunk(y, per * cout * l, block);
-        }
-    });
+    let per = blocks.images(n, 0).1;
+    let y = super::fill_new(n * cout * l, |y| blocks.run(y, per * cout * l, block));
     super::pool::recycle_vec(wb);
     y
 }
 
 /// The weight gradient `Σₙ g[n] · im2col(x[n])ᵀ` `[Cout, C·kh·kw]` for contiguous `x`
 /// `[N, C, H, W]` and `g` `[N, Cout, OH, OW]` (f32, rounded, or bf16), the products in bf16
-/// and the sums f32: a partial sum per block of images (see [`images_per_block`]), added in
-/// block order.
+/// and the sums f32: a partial sum per block of images (see [`Blocks`]), added in block
+/// order.
 ///
 /// # Panics
 /// If [`available`] is false.
@@ -237,14 +229,12 @@ pub(super) fn weight_grad<T: Operand>(x: &[T], g: &[T], dims: [usize; 7], window
         // An empty sum (no images) or an empty gradient.
         return super::pool::filled(cout * k, 0.0);
     }
-    let per = images_per_block(n, l);
-    let blocks = n.div_ceil(per);
-    // Fewer blocks than threads: the blocks one after the other, each across the threads.
-    let inner = blocks < rayon::current_num_threads();
-    // Block b's dWᵀ [K, Cout].
-    let block = |b: usize, dwt: &mut [MaybeUninit<f32>]| {
-        let nb = per.min(n - b * per);
-        let padded = Padded::new(nb, dims, &x[b * per * c * h * wd..][..nb * c * h * wd], window, inner);
+    let blocks = Blocks::new(n, l);
+    let inner = blocks.inner;
+    // dWᵀ [K, Cout], block b's share of it from its images.
+    let dwt = blocks.sum(k * cout, |b, dwt| {
+        let (first, nb) = blocks.images(n, b);
+        let padded = Padded::new(nb, dims, &x[first * c * h * wd..][..nb * c * h * wd], window, inner);
         let nl = padded.cols();
         let cols = padded.columns(inner);
         // g as [Cout, nb·L]: the product's B, transposed (its pairs run along the positions).
@@ -252,7 +242,7 @@ pub(super) fn weight_grad<T: Operand>(x: &[T], g: &[T], dims: [usize; 7], window
             for (co, row) in gt.chunks_mut(nl).enumerate() {
                 for (img, part) in row.chunks_mut(l).enumerate() {
                     // SAFETY: `available()` holds; both runs hold L elements.
-                    unsafe { T::round_run(&g[((b * per + img) * cout + co) * l..][..l], part) };
+                    unsafe { T::round_run(&g[((first + img) * cout + co) * l..][..l], part) };
                 }
             }
         });
@@ -260,23 +250,15 @@ pub(super) fn weight_grad<T: Operand>(x: &[T], g: &[T], dims: [usize; 7], window
         for v in [cols, gt, padded.x] {
             super::pool::recycle_vec(v);
         }
-    };
-    let parts: Vec<f32> = super::fill_new(blocks * k * cout, |parts| {
-        if inner {
-            parts.chunks_mut(k * cout).enumerate().for_each(|(b, p)| block(b, p));
-        } else {
-            super::parallel::for_each_chunk(parts, k * cout, block);
-        }
     });
     let dw = super::fill_new(cout * k, |dw| {
         for (co, row) in dw.chunks_mut(k).enumerate() {
             for (t, v) in row.iter_mut().enumerate() {
-                let at = t * cout + co;
-                v.write(parts.chunks_exact(k * cout).skip(1).fold(parts[at], |s, p| s + p[at]));
+                v.write(dwt[t * cout + co]);
             }
         }
     });
-    super::pool::recycle_vec(parts);
+    super::pool::recycle_vec(dwt);
     dw
 }
 

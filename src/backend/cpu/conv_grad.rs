@@ -129,12 +129,66 @@ unsafe fn gather_avx512<T: GemmElem>(src: &[T], bases: &[usize], offsets: &[usiz
     }
 }
 
-/// Images per block of the weight gradient: about `BLOCK_COLUMNS` output positions. Each
-/// block's copies and product stay on one thread, and the partial sums are added in block
-/// order; the block size follows the shape only, so the bits do not depend on the threads.
-pub(super) fn images_per_block(n: usize, l: usize) -> usize {
-    const BLOCK_COLUMNS: usize = 1024;
-    (BLOCK_COLUMNS / l.max(1)).clamp(1, n.max(1))
+/// A convolution's images in blocks of about `BLOCK_COLUMNS` output positions, each block's
+/// copies and product on one thread (moving them between threads cost more than a small
+/// network's products). The block size follows the shape only, so sums of the blocks'
+/// partial results, added in block order, do not depend on the threads.
+pub(super) struct Blocks {
+    /// Images per block (the last block may hold fewer).
+    per: usize,
+    /// Blocks: at least one, empty when there are no images.
+    count: usize,
+    /// Fewer blocks than threads: they run one after the other, each product across the
+    /// threads.
+    pub(super) inner: bool,
+}
+
+impl Blocks {
+    /// The blocks of `n` images of `l` output positions each.
+    pub(super) fn new(n: usize, l: usize) -> Blocks {
+        const BLOCK_COLUMNS: usize = 1024;
+        let per = (BLOCK_COLUMNS / l.max(1)).clamp(1, n.max(1));
+        let count = n.div_ceil(per).max(1);
+        Blocks { per, count, inner: count < rayon::current_num_threads() }
+    }
+
+    /// Block `b`'s first image and number of images, of `n`.
+    pub(super) fn images(&self, n: usize, b: usize) -> (usize, usize) {
+        (b * self.per, self.per.min(n - b * self.per))
+    }
+
+    /// `block(b, part)` for each block, `part` the `b`-th `chunk` elements of `out`.
+    pub(super) fn run<U: Send>(
+        &self,
+        out: &mut [MaybeUninit<U>],
+        chunk: usize,
+        block: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync,
+    ) {
+        if self.inner {
+            out.chunks_mut(chunk).enumerate().for_each(|(b, part)| block(b, part));
+        } else {
+            super::parallel::for_each_chunk(out, chunk, block);
+        }
+    }
+
+    /// The sum, in block order, of every block's `len` elements that `block(b, part)` writes.
+    pub(super) fn sum<T: Copy + std::ops::Add<Output = T> + Send + 'static>(
+        &self,
+        len: usize,
+        block: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+    ) -> Vec<T> {
+        if self.count == 1 {
+            return super::fill_new(len, |out| block(0, out));
+        }
+        let parts: Vec<T> = super::fill_new(self.count * len, |parts| self.run(parts, len, block));
+        let total = super::fill_new(len, |total| {
+            for (i, v) in total.iter_mut().enumerate() {
+                v.write(parts.chunks_exact(len).skip(1).fold(parts[i], |s, p| s + p[i]));
+            }
+        });
+        super::pool::recycle_vec(parts);
+        total
+    }
 }
 
 fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
@@ -144,14 +198,11 @@ fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2
     if cout * k == 0 {
         return Vec::new();
     }
-    let per = images_per_block(n, l);
-    let blocks = n.div_ceil(per).max(1);
-    // Fewer blocks than threads: the blocks one after the other, each across the threads.
-    let inner = blocks < rayon::current_num_threads();
+    let blocks = Blocks::new(n, l);
     let (hp, wp) = (h + 2 * window.padding.0, wd + 2 * window.padding.1);
     // Block b's share, `Σ g[n] · im2col(x[n])ᵀ` over its images.
-    let block = |b: usize, part: &mut [MaybeUninit<T>]| {
-        let (first, nb) = (b * per, per.min(n - b * per));
+    blocks.sum(cout * k, |b, part| {
+        let (first, nb) = blocks.images(n, b);
         // g as [Cout, nb·L]: image-major along the product's depth.
         let mut g2 = super::pool::alloc::<T>(cout * nb * l);
         for (img, part) in g[first * cout * l..(first + nb) * cout * l].chunks_exact(cout * l).enumerate() {
@@ -178,29 +229,12 @@ fn weight_grad<T: GemmElem>(x: &[T], g: &[T], dims: [usize; 7], window: &Window2
             window: *window,
         };
         let a = MatRef { data: &g2, offset: 0, row_stride: nb * l, col_stride: 1 };
-        gemm_packed(cout, k, nb * l, a, &cols, part, inner);
+        gemm_packed(cout, k, nb * l, a, &cols, part, blocks.inner);
         super::pool::recycle_vec(g2);
         if let Some(p) = padded {
             super::pool::recycle_vec(p);
         }
-    };
-    if blocks == 1 {
-        return super::fill_new(cout * k, |out| block(0, out));
-    }
-    let parts: Vec<T> = super::fill_new(blocks * cout * k, |parts| {
-        if inner {
-            parts.chunks_mut(cout * k).enumerate().for_each(|(b, p)| block(b, p));
-        } else {
-            super::parallel::for_each_chunk(parts, cout * k, block);
-        }
-    });
-    let dw = super::fill_new(cout * k, |dw| {
-        for (i, v) in dw.iter_mut().enumerate() {
-            v.write(parts.chunks_exact(cout * k).skip(1).fold(parts[i], |s, p| s + p[i]));
-        }
-    });
-    super::pool::recycle_vec(parts);
-    dw
+    })
 }
 
 /// `Σₙ g[n] · im2col(x[n])ᵀ` for `x` `[N, C, H, W]` and `g` `[N, Cout, OH, OW]`, as
