@@ -8,8 +8,11 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
+/// The depth of the rows widened at a time before a register transpose.
+const WIDE_DEPTH: usize = 64;
+
 thread_local! {
-    /// Rows widened before a register transpose (`kb × mr` or `kb × nr` of them).
+    /// Rows widened before a register transpose (`WIDE_DEPTH × mr` or `× nr` of them).
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -115,6 +118,7 @@ fn widen_rows<const AVX: bool>(src: &[f16], lda: usize, rows: usize, kb: usize, 
 
 /// Element (i, p) of `rows` widened contiguous rows into `dst[p*width + i]`, the register
 /// panel layout: the f32 transpose when the panel is full, a plain loop otherwise.
+#[inline(always)]
 fn transpose_into(wide: &[f32], rows: usize, kb: usize, width: usize, dst: &mut [f32]) {
     if rows == width {
         // SAFETY: `wide` holds `rows` rows of `kb`, `dst` holds `kb*width` elements.
@@ -169,19 +173,36 @@ impl WidenF16<'_> {
     ) {
         let data = self.0.data;
         if across == 1 {
-            // The depth runs along memory: widen each of the `count` runs, then transpose.
+            // The depth runs along memory: widen each of the `count` runs, then transpose, a
+            // depth chunk at a time so that the widened rows stay in L1 until transposed (whole
+            // rows of a 1024-deep block are 48 KiB, and went out to L2 and back).
             WIDE.with(|w| {
                 let mut w = w.borrow_mut();
-                if w.len() < count * kb {
-                    w.resize(count * kb, 0.0);
+                if w.len() < count * WIDE_DEPTH {
+                    w.resize(count * WIDE_DEPTH, 0.0);
                 }
-                widen_rows::<AVX>(&data[first..], along, count, kb, &mut w);
-                transpose_into(&w, count, kb, width, dst);
+                for p0 in (0..kb).step_by(WIDE_DEPTH) {
+                    let d = WIDE_DEPTH.min(kb - p0);
+                    widen_rows::<AVX>(&data[first + p0..], along, count, d, &mut w);
+                    transpose_into(&w, count, d, width, &mut dst[p0 * width..]);
+                }
             });
         } else if along == 1 {
-            // The panel's width runs along memory: each depth step is one contiguous run.
+            // The panel's width runs along memory: each depth step is one contiguous run, from a
+            // row of its own. As in the f32 packing, the rows PACK_B_AHEAD_ROWS ahead are
+            // fetched meanwhile: each run is one line, too short for the hardware prefetcher.
             for p in 0..kb {
+                let pf = data.as_ptr().wrapping_add(first + (p + PACK_B_AHEAD_ROWS) * across);
+                prefetch_hint(pf);
+                prefetch_hint(pf.wrapping_add(count - 1));
                 let row = &mut dst[p * width..(p + 1) * width];
+                if AVX && count == 32 && width == 32 {
+                    // The AVX-512 kernel's whole panel width: two conversions, no loop.
+                    let (d, s): (&mut [f32; 32], &[f16; 32]) =
+                        (row.try_into().unwrap(), data[first + p * across..][..32].try_into().unwrap());
+                    widen::<AVX>(&mut d[..], &s[..]);
+                    continue;
+                }
                 widen::<AVX>(&mut row[..count], &data[first + p * across..][..count]);
                 row[count..].fill(0.0);
             }
