@@ -67,26 +67,32 @@ fn convolutions_autocast_and_backward_ignores_the_setting() {
     assert_eq!(g.to_vec_f64().unwrap(), w.grad().unwrap().to_vec_f64().unwrap());
 }
 
-/// Products whose operands are views: a weight shared by a batch (broadcast, cast once), and
-/// a weight gradient `xᵀ·g` with few columns (on AVX512_BF16 computed as `(gᵀ·x)ᵀ`).
+/// Products whose operands are views: a weight shared by a batch (broadcast, cast once), a
+/// weight gradient `xᵀ·g` with few columns (on AVX512_BF16 computed as `(gᵀ·x)ᵀ`), and a
+/// linear layer's `x·uᵀ`, whose weight gradient `gᵀ·x` copies `gᵀ` transposed and rounded.
 #[test]
 fn lowered_products_of_broadcast_and_transposed_views() {
     let x = randn(&[4, 7, 9], 13).requires_grad();
     let w = randn(&[9, 5], 14).requires_grad();
     let tall = randn(&[200, 64], 15);
     let v = randn(&[64, 5], 16).requires_grad();
+    let xs = randn(&[32, 24], 17);
+    let u = randn(&[40, 24], 18).requires_grad();
     let run = |low: Option<DType>| {
-        for t in [&x, &w, &v] {
+        for t in [&x, &w, &v, &u] {
             t.zero_grad();
         }
-        let f = || -> tensorforge::Result<(Tensor, Tensor)> { Ok((x.matmul(&w)?, tall.matmul(&v)?)) };
+        let f = || -> tensorforge::Result<(Tensor, Tensor)> {
+            let linear = xs.matmul(&u.t()?)?.sqr()?.sum_all()?;
+            Ok((x.matmul(&w)?, tall.matmul(&v)?.sqr()?.sum_all()?.add(&linear)?))
+        };
         let (y, z) = match low {
             Some(low) => amp::autocast(low, f),
             None => f(),
         }
         .unwrap();
-        y.sqr().unwrap().sum_all().unwrap().add(&z.sqr().unwrap().sum_all().unwrap()).unwrap().backward().unwrap();
-        (y, z, x.grad().unwrap(), w.grad().unwrap(), v.grad().unwrap())
+        y.sqr().unwrap().sum_all().unwrap().add(&z).unwrap().backward().unwrap();
+        (y, z, x.grad().unwrap(), w.grad().unwrap(), v.grad().unwrap(), u.grad().unwrap())
     };
     let exact = run(None);
     for (low, tol) in [(DType::BF16, 3e-2), (DType::F16, 4e-3)] {
@@ -97,6 +103,7 @@ fn lowered_products_of_broadcast_and_transposed_views() {
             ("dx", &got.2, &exact.2),
             ("dw", &got.3, &exact.3),
             ("dv", &got.4, &exact.4),
+            ("du", &got.5, &exact.5),
         ];
         for (name, g, e) in pairs {
             assert_eq!(g.dtype(), DType::F32, "{low:?} {name}");

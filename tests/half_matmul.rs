@@ -44,6 +44,7 @@ fn half_products_match_f64_on_every_view() -> Result<()> {
         check(&r(&[63, 130])?.t()?, &r(&[63, 3])?, dt, "xᵀ·g, odd depth")?;
         check(&a.narrow(0, 5, 20)?.narrow(1, 3, 20)?, &r(&[20, 17])?, dt, "offset view")?;
         check(&r(&[3, 2, 9, 11])?, &r(&[3, 2, 11, 7])?, dt, "batches")?;
+        check(&r(&[3, 30, 20])?.transpose(1, 2)?, &r(&[3, 30, 7])?, dt, "batches of transposed storage")?;
         check(&r(&[4, 9, 11])?, &r(&[11, 7])?.unsqueeze(0)?.broadcast_as((4, 11, 7))?, dt, "broadcast batch")?;
     }
     Ok(())

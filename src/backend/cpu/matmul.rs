@@ -1,7 +1,9 @@
 //! Batched matrix products over strided views, on top of the packed GEMM in `gemm/`.
 
 use super::float::CpuFloat;
-use super::gemm::{GemmElem, MatRef, ProductOut, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit};
+use super::gemm::{
+    GemmElem, MatRef, ProductOut, bf16_gemm_available, gemm_bf16, gemm_f16, gemm_uninit, transposed_rounded,
+};
 use super::{CpuStorage, worth_splitting};
 use crate::{Error, Layout, Result, Shape};
 use half::{bf16, f16};
@@ -89,6 +91,27 @@ pub(crate) trait ToBf16: Copy + Send + Sync + 'static {
     fn rounded(v: &[Self]) -> Vec<bf16> {
         super::map(v, &Layout::contiguous(v.len()), Self::to_bf16)
     }
+    /// `v` as `rows × cols` row-major matrices one after another, each transposed and
+    /// rounded as [`ToBf16::rounded`] rounds: a weight gradient's `gᵀ`, copied for the kernel.
+    fn transposed(v: &[Self], rows: usize, cols: usize) -> Vec<bf16> {
+        transposed_by_elements(v, rows, cols)
+    }
+}
+
+/// [`ToBf16::transposed`] one element at a time, columns of 16 rows at a time so that each
+/// line read is used 16 times while it is in L1.
+fn transposed_by_elements<T: ToBf16>(v: &[T], rows: usize, cols: usize) -> Vec<bf16> {
+    super::fill_new(v.len(), |out| {
+        for (src, dst) in v.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
+            for i0 in (0..rows).step_by(16) {
+                for j in 0..cols {
+                    for i in i0..(i0 + 16).min(rows) {
+                        dst[j * rows + i].write(src[i * cols + j].to_bf16());
+                    }
+                }
+            }
+        }
+    })
 }
 impl ToBf16 for bf16 {
     fn as_bf16(v: &[bf16]) -> Option<&[bf16]> {
@@ -113,6 +136,16 @@ impl ToBf16 for f32 {
         }
         super::map(v, &Layout::contiguous(v.len()), f32::to_bf16)
     }
+    fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<bf16> {
+        if !super::conv_bf16::available() {
+            return transposed_by_elements(v, rows, cols);
+        }
+        super::fill_new(v.len(), |out| {
+            for (src, dst) in v.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
+                transposed_rounded(src, rows, cols, dst);
+            }
+        })
+    }
 }
 
 /// `v[s..e]` as bf16, borrowed when it already is.
@@ -125,10 +158,17 @@ fn bf16_range<T: ToBf16>(v: &[T], (s, e): (usize, usize)) -> std::borrow::Cow<'_
 
 /// The view `l` of `v` as contiguous bf16, borrowed when it already is.
 fn bf16_view<'a, T: ToBf16>(v: &'a [T], l: &Layout) -> std::borrow::Cow<'a, [bf16]> {
-    match l.contiguous_range() {
-        Some(r) => bf16_range(v, r),
-        None => std::borrow::Cow::Owned(super::map(v, l, T::to_bf16)),
+    if let Some(range) = l.contiguous_range() {
+        return bf16_range(v, range);
     }
+    let r = l.rank();
+    if r >= 2
+        && let Some((s, e)) = transposed_range(l)
+    {
+        // The storage holds each matrix transposed (`k × m` for an `m × k` view), row-major.
+        return std::borrow::Cow::Owned(T::transposed(&v[s..e], l.dims()[r - 1], l.dims()[r - 2]));
+    }
+    std::borrow::Cow::Owned(super::map(v, l, T::to_bf16))
 }
 
 /// bf16 products on a CPU with AVX512_BF16 (`vdpbf16ps`: pairs of bf16 products summed in

@@ -33,6 +33,10 @@ const KCP: usize = 1024;
 const AP_PITCH: usize = KCP + 16;
 /// The most rows one task takes, which bounds the per-thread copy of A.
 const MC_MAX: usize = 44 * MR;
+/// Below this many multiply-adds a product runs on its caller's thread: four times the f32
+/// GEMM's bar, twice for `vdpbf16ps`'s doubled multiply-adds per instruction and twice for the
+/// cross-core traffic of a split (docs/PERFORMANCE.md, nineteenth session).
+const PAR_MIN_MNK: usize = 1 << 20;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512F with AVX512_BF16).
 pub(crate) fn available() -> bool {
@@ -106,12 +110,12 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     // Packed a group of panels at a time, pair by pair: each pass reads `GROUP · NR` columns
     // of two rows (whole cache lines, in order) instead of one panel's 64 bytes per row.
     const GROUP: usize = 4;
-    let pack = |g: usize, panels: &mut [MaybeUninit<u32>]| {
+    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
         let count = panels.len() / (kp * NR);
         for p in 0..kp {
             let (lo, hi) = (&b[2 * p * n..], if 2 * p + 1 < k { Some(&b[(2 * p + 1) * n..]) } else { None });
             for dq in 0..count {
-                let j0 = (g * GROUP + dq) * NR;
+                let j0 = (q0 + dq) * NR;
                 let row = &mut panels[(dq * kp + p) * NR..][..NR];
                 if j0 + NR <= n
                     && let Some(hi) = hi
@@ -132,18 +136,17 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     };
     // Bᵀ row-major: a pair is two neighbours in a row of Bᵀ, so each column of a panel is
     // one row read in order.
-    let pack_transposed = |g: usize, panels: &mut [MaybeUninit<u32>]| {
+    let pack_transposed = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
         for (dq, panel) in panels.chunks_mut(kp * NR).enumerate() {
-            let j0 = (g * GROUP + dq) * NR;
-            // Whole pairs, and lane offsets (up to 31 rows of kp words) that fit in i32.
-            if k.is_multiple_of(2) && 31 * kp <= i32::MAX as usize {
-                // Whole pairs: word p of row j is `b`'s bytes as they lie, gathered NR rows at
-                // a time. SAFETY: `available()` holds; rows j0.. below n hold k elements.
-                unsafe { gather_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), panel.as_mut_ptr().cast()) };
+            let j0 = (q0 + dq) * NR;
+            if k.is_multiple_of(2) {
+                // Whole pairs: word p of row j is `b`'s bytes as they lie, transposed NR rows
+                // at a time. SAFETY: `available()` holds; rows j0.. below n hold k elements.
+                unsafe { transpose_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), panel.as_mut_ptr().cast()) };
                 continue;
             }
             for jj in 0..NR {
-                let j = (g * GROUP + dq) * NR + jj;
+                let j = j0 + jj;
                 if j >= n {
                     (0..kp).for_each(|p| _ = panel[p * NR + jj].write(0));
                     continue;
@@ -155,25 +158,32 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
             }
         }
     };
-    let words = &mut bp.spare_capacity_mut()[..panels * kp * NR];
-    let pack = |g: usize, panels: &mut [MaybeUninit<u32>]| {
-        if b_transposed { pack_transposed(g, panels) } else { pack(g, panels) }
+    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
+        if b_transposed { pack_transposed(q0, panels) } else { pack(q0, panels) }
     };
-    if parallel && super::super::worth_splitting(k * n) {
-        super::super::parallel::for_each_chunk(words, GROUP * kp * NR, pack);
-    } else {
-        words.chunks_mut(GROUP * kp * NR).enumerate().for_each(|(g, group)| pack(g, group));
-    }
-    // SAFETY: the packing above wrote every word.
-    unsafe { bp.set_len(panels * kp * NR) };
     // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    let mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
+    let mut mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
+    // Too few row blocks for the threads (a product with few rows: a small layer's or a
+    // convolution's): tasks over all rows and a group of panels each, which packs its own
+    // panels, so that no panel packed on one core is read on another.
+    let own_panels = threads > 1 && m.div_ceil(mc) < 2 * threads;
+    let groups = if own_panels { (2 * threads).min(panels) } else { 1 };
+    if own_panels {
+        mc = m;
+    }
     let tasks = m.div_ceil(mc);
-    // Too few row blocks for the threads (a product with few rows and many columns: a
-    // convolution's): each block's panels are split into groups as well.
-    let groups = if threads > 1 && tasks < 2 * threads { (2 * threads).div_ceil(tasks).min(panels) } else { 1 };
     let per_group = panels.div_ceil(groups);
+    let words = super::super::parallel::SendPtr(bp.spare_capacity_mut().as_mut_ptr());
+    if !own_panels {
+        // SAFETY: the buffer has room for every panel; nothing else addresses it meanwhile.
+        let words = unsafe { std::slice::from_raw_parts_mut(words.get(), panels * kp * NR) };
+        if parallel && super::super::worth_splitting(k * n) {
+            super::super::parallel::for_each_chunk(words, GROUP * kp * NR, |g, chunk| pack(g * GROUP, chunk));
+        } else {
+            words.chunks_mut(GROUP * kp * NR).enumerate().for_each(|(g, chunk)| pack(g * GROUP, chunk));
+        }
+    }
     let base = super::super::parallel::SendPtr(c.as_mut_ptr());
     let task = |i: usize| {
         let (t, g) = (i / groups, i % groups);
@@ -182,6 +192,14 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         if q0 >= q1 {
             return;
         }
+        if own_panels {
+            // SAFETY: panels q0..q1 are this task's alone (one row task), inside the buffer.
+            let mine = unsafe { std::slice::from_raw_parts_mut(words.get().add(q0 * kp * NR), (q1 - q0) * kp * NR) };
+            pack(q0, mine);
+        }
+        // SAFETY: panels q0..q1 were packed, above or before the tasks started.
+        let packed: &[u32] =
+            unsafe { std::slice::from_raw_parts(words.get().add(q0 * kp * NR).cast(), (q1 - q0) * kp * NR) };
         // Kept per worker thread: fresh zeroed buffers per task cost a few percent.
         // With more than one depth block, the sums so far (f32) between blocks: written by
         // the first block's tiles before any reads them, so the buffer starts uninitialized
@@ -200,7 +218,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
                 let stage = Stage { first: p0 == 0, last: p0 + kb == kp };
                 for q in q0..q1 {
                     let cols = NR.min(n - q * NR);
-                    let panel = &bp[(q * kp + p0) * NR..(q * kp + p0 + kb) * NR];
+                    let panel = &packed[((q - q0) * kp + p0) * NR..((q - q0) * kp + p0 + kb) * NR];
                     for i0 in (0..rows).step_by(MR) {
                         let mr = MR.min(rows - i0);
                         let at = &ap[i0 * AP_PITCH..(i0 + MR) * AP_PITCH];
@@ -221,7 +239,8 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         });
         crate::backend::cpu::pool::recycle_vec(part);
     };
-    if parallel && tasks * groups > 1 && super::super::worth_splitting(m * n * k) {
+    let split = super::super::splitting_bar(PAR_MIN_MNK).is_some_and(|bar| m * n * k >= bar);
+    if parallel && tasks * groups > 1 && split {
         super::super::parallel::for_each_task(tasks * groups, task);
     } else {
         (0..tasks * groups).for_each(task);
@@ -287,46 +306,117 @@ unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32) {
 }
 
 /// `out[p·NR + j] = word p of row j` for `rows ≤ NR` rows of `kp` words each (a transposed
-/// B's pairs), columns from `rows` on as zeros.
+/// B's pairs), columns from `rows` on as zeros: 16 × 16 blocks of words loaded row by row and
+/// transposed in registers, four times cheaper than gathering each panel row's words.
 ///
 /// # Safety
-/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words;
-/// `31 · kp` fits in i32.
+/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
+unsafe fn transpose_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
     use std::arch::x86_64::*;
-    debug_assert!(b.len() >= rows * 2 * kp && 31 * kp <= i32::MAX as usize);
-    let base = b.as_ptr().cast::<u8>();
-    let step = kp as i32;
-    let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    let masks: [u16; 2] = std::array::from_fn(|h| {
-        let r = rows.saturating_sub(16 * h).min(16);
-        ((1u32 << r) - 1) as u16
-    });
-    let idx = [
-        _mm512_mullo_epi32(lanes, _mm512_set1_epi32(step)),
-        _mm512_mullo_epi32(_mm512_add_epi32(lanes, _mm512_set1_epi32(16)), _mm512_set1_epi32(step)),
-    ];
-    for p in 0..kp {
-        for h in 0..NR / 16 {
-            // SAFETY: lanes under the mask read word p of a row below `rows`; the others read
-            // nothing and give zeros.
-            unsafe {
-                let v = _mm512_mask_i32gather_epi32::<4>(
-                    _mm512_setzero_si512(),
-                    masks[h],
-                    idx[h],
-                    base.wrapping_add(4 * p).cast(),
-                );
-                _mm512_storeu_si512(out.add(p * NR + 16 * h).cast(), v);
+    debug_assert!(b.len() >= rows * 2 * kp);
+    let words = b.as_ptr().cast::<u32>();
+    for h in 0..NR / 16 {
+        let live = rows.saturating_sub(16 * h).min(16);
+        for p0 in (0..kp).step_by(16) {
+            let w = (kp - p0).min(16);
+            let mask = ((1u32 << w) - 1) as u16;
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (i, r) in r.iter_mut().enumerate().take(live) {
+                // SAFETY: row 16h + i is below `rows`; the mask keeps to its words p0..p0 + w.
+                *r = unsafe { _mm512_maskz_loadu_epi32(mask, words.add((16 * h + i) * kp + p0).cast()) };
+            }
+            let cols = transpose16(r);
+            for (c, col) in cols.iter().enumerate().take(w) {
+                // SAFETY: pair p0 + c < kp, so the 16 words lie inside `out`'s kp · NR.
+                unsafe { _mm512_storeu_si512(out.add((p0 + c) * NR + 16 * h).cast(), *col) };
             }
         }
     }
 }
 
+/// `dst[j·rows + i] = bf16(src[i·cols + j])`: the transpose of a row-major `rows × cols` f32
+/// matrix, rounded as `vcvtneps2bf16` does, in 16 × 16 blocks transposed in registers (a
+/// strided copy element by element cost more than the product it fed).
+///
+/// # Panics
+/// If [`available`] is false, or a slice is shorter than `rows · cols`.
+pub(crate) fn transposed_rounded(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<bf16>]) {
+    assert!(available(), "transposed_rounded needs AVX512_BF16");
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transposed_rounded: slices shorter than the matrix");
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::incompatible_msrv)]
+    unsafe fn run(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<bf16>]) {
+        use std::arch::x86_64::*;
+        let d = dst.as_mut_ptr().cast::<u16>();
+        for i0 in (0..rows).step_by(16) {
+            let h = (rows - i0).min(16);
+            let store = ((1u32 << h) - 1) as u16;
+            for j0 in (0..cols).step_by(16) {
+                let w = (cols - j0).min(16);
+                let load = ((1u32 << w) - 1) as u16;
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (i, r) in r.iter_mut().enumerate().take(h) {
+                    // SAFETY: row i0 + i < rows; the mask keeps to its columns j0..j0 + w.
+                    *r = unsafe { _mm512_maskz_loadu_epi32(load, src.as_ptr().add((i0 + i) * cols + j0).cast()) };
+                }
+                for (j, col) in transpose16(r).iter().enumerate().take(w) {
+                    // SAFETY: column j0 + j < cols; the mask keeps to its rows i0..i0 + h.
+                    unsafe {
+                        let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_castsi512_ps(*col)));
+                        _mm256_mask_storeu_epi16(d.add((j0 + j) * rows + i0).cast(), store, b);
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run(_: &[f32], _: usize, _: usize, _: &mut [MaybeUninit<bf16>]) {
+        unreachable!("available() is false off x86_64")
+    }
+    // SAFETY: `available()` holds and both slices hold the matrix.
+    unsafe { run(src, rows, cols, dst) }
+}
+
+/// The 16 × 16 transpose of 32-bit words: `out[j]` lane `i` is `r[i]` lane `j`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // t: rows 2i and 2i+1 interleaved, columns 4L, 4L+1 (even t) or 4L+2, 4L+3 (odd t) of
+    // each 128-bit lane L.
+    let t: [__m512i; 16] = std::array::from_fn(|j| {
+        let (a, b) = (r[j & !1], r[j | 1]);
+        if j % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+    });
+    // u[4g + c]: rows 4g..4g+4 of column 4L + c in lane L.
+    let u: [__m512i; 16] = std::array::from_fn(|j| {
+        let (g, c) = (j / 4, j % 4);
+        let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+        if c % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+    });
+    // Lanes 0 and 2 (`EVEN`) or 1 and 3 (`ODD`) of two vectors, gathered twice, put the four
+    // row groups of one column side by side.
+    const EVEN: i32 = 0b10_00_10_00;
+    const ODD: i32 = 0b11_01_11_01;
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let v = _mm512_shuffle_i32x4::<EVEN>(u[c], u[4 + c]);
+        let w = _mm512_shuffle_i32x4::<ODD>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_i32x4::<EVEN>(u[8 + c], u[12 + c]);
+        let w2 = _mm512_shuffle_i32x4::<ODD>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<EVEN>(v, v2);
+        out[8 + c] = _mm512_shuffle_i32x4::<ODD>(v, v2);
+        out[4 + c] = _mm512_shuffle_i32x4::<EVEN>(w, w2);
+        out[12 + c] = _mm512_shuffle_i32x4::<ODD>(w, w2);
+    }
+    out
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn gather_pairs(_: &[bf16], _: usize, _: usize, _: *mut u32) {
+unsafe fn transpose_pairs(_: &[bf16], _: usize, _: usize, _: *mut u32) {
     unreachable!("available() is false off x86_64")
 }
 
@@ -505,8 +595,11 @@ mod tests {
             (5, 100, 1),
             (30, 40, 2101),
             (13, 64, 1026),
-            // Bᵀ gathered in several groups of panels, the last one partial.
+            // Bᵀ transposed in several groups of panels, the last one partial.
             (7, 300, 6),
+            // Whole and partial 16 × 16 word blocks of Bᵀ, live rows on both halves of a panel.
+            (5, 17, 32),
+            (4, 50, 40),
         ];
         for &(m, n, k) in &shapes {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
@@ -582,6 +675,27 @@ mod tests {
             }
             for (x, g) in v.iter().zip(got).take(chunk.len()) {
                 assert_eq!(g, bf16::from_f32(*x).to_bits(), "{:#010x}", x.to_bits());
+            }
+        }
+    }
+
+    /// The register transpose puts every element where a plain transpose does, rounded as
+    /// `bf16::from_f32` rounds normal numbers: whole and partial 16 × 16 blocks both ways.
+    #[test]
+    fn transposed_rounded_is_the_rounded_transpose() {
+        if !available() {
+            return;
+        }
+        for (rows, cols) in [(1, 1), (1, 17), (17, 1), (16, 16), (15, 33), (40, 23), (64, 32)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin() * 3.0 + 0.001).collect();
+            let mut dst = vec![MaybeUninit::new(bf16::NAN); rows * cols];
+            transposed_rounded(&src, rows, cols, &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    // SAFETY: every element was written (they started as NaN anyway).
+                    let got = unsafe { dst[j * rows + i].assume_init() };
+                    assert_eq!(got.to_bits(), bf16::from_f32(src[i * cols + j]).to_bits(), "{rows}x{cols} [{i},{j}]");
+                }
             }
         }
     }

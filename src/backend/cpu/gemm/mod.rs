@@ -38,7 +38,7 @@ pub use pack::{PackA, PackB, PackedA};
 pub(crate) use pack::{copy_row, prefetch_hint};
 use schedule::*;
 
-pub(crate) use bf16::{ProductOut, available as bf16_gemm_available, gemm_bf16};
+pub(crate) use bf16::{ProductOut, available as bf16_gemm_available, gemm_bf16, transposed_rounded};
 pub(crate) use f16::{gemm_f16, narrow as narrow_f16};
 
 mod sealed {
