@@ -61,6 +61,33 @@ fn matmul(c: &mut Criterion) {
     let (a, b) = (randn((64, 128, 128)), randn((64, 128, 128)));
     g.throughput(Throughput::Elements((2 * 64 * 128 * 128 * 128) as u64));
     g.bench_function("batched_64x128x128x128", |bch| bch.iter(|| black_box(a.matmul(&b).unwrap())));
+    // Half-precision tensors: bf16 on `vdpbf16ps` where the CPU has AVX512_BF16 (widened to
+    // f32 elsewhere), f16 widened while packed.
+    let (a, b) = (randn((1024, 1024)), randn((1024, 1024)));
+    g.throughput(Throughput::Elements(2 * 1024 * 1024 * 1024));
+    for dt in [DType::BF16, DType::F16] {
+        let (ah, bh) = (a.to_dtype(dt).unwrap(), b.to_dtype(dt).unwrap());
+        g.bench_function(format!("{dt:?}_gemm_1024").to_lowercase(), |bch| {
+            bch.iter(|| black_box(ah.matmul(&bh).unwrap()))
+        });
+    }
+    // Autocast's products of a small MLP layer (batch 32, 64 → 256): forward `x·wᵀ` and the
+    // weight gradient `gᵀ·x`, whose transposed view is copied rounded.
+    let (x, w, gr) = (randn((32, 64)), randn((256, 64)), randn((32, 256)));
+    let (wt, gt) = (w.t().unwrap(), gr.t().unwrap());
+    g.throughput(Throughput::Elements(2 * 32 * 64 * 256));
+    for (name, low) in [("f32", None), ("autocast_bf16", Some(DType::BF16))] {
+        let run = |f: &dyn Fn() -> Tensor| match low {
+            Some(low) => tensorforge::amp::autocast(low, f),
+            None => f(),
+        };
+        g.bench_function(format!("mlp_forward_32x64x256_{name}"), |bch| {
+            bch.iter(|| black_box(run(&|| x.matmul(&wt).unwrap())))
+        });
+        g.bench_function(format!("mlp_weight_grad_256x32x64_{name}"), |bch| {
+            bch.iter(|| black_box(run(&|| gt.matmul(&x).unwrap())))
+        });
+    }
     g.finish();
 }
 
@@ -72,6 +99,10 @@ fn conv(c: &mut Criterion) {
     let opt = tensorforge::ops::Conv2dOptions { padding: (1, 1), ..Default::default() };
     g.throughput(Throughput::Elements(2 * 32 * 64 * 64 * 9 * 32 * 32_u64));
     g.bench_function("conv2d_n32_c64_32x32_k64_3x3_p1", |b| b.iter(|| black_box(x.conv2d(&w, None, opt).unwrap())));
+    // The same convolution under autocast: bf16 operands and f32 sums on AVX512_BF16.
+    g.bench_function("conv2d_n32_c64_32x32_k64_3x3_p1_autocast_bf16", |b| {
+        b.iter(|| black_box(tensorforge::amp::autocast(DType::BF16, || x.conv2d(&w, None, opt).unwrap())))
+    });
     g.throughput(Throughput::Bytes((4 * 32 * 64 * 32 * 32) as u64));
     g.bench_function("max_pool2d_2x2_n32_c64_32x32", |b| {
         b.iter(|| black_box(x.max_pool2d((2, 2), (2, 2), (0, 0)).unwrap()))
