@@ -535,7 +535,7 @@ pub(super) fn zero_padded<T: GemmElem>(img: &[T], c: usize, h: usize, wd: usize,
 }
 
 /// `y[n] = W · im2col(x[n])` for every image, with the columns packed straight from `x`.
-fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
+pub(super) fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window: &Window2d) -> Vec<T> {
     let [n, c, h, wd, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
@@ -573,6 +573,15 @@ fn conv2d_gemm<T: GemmElem + Default>(x: &[T], w: &[T], dims: [usize; 7], window
     })
 }
 
+/// [`conv2d_gemm`] in f32, where the tile reads the image in place when it can
+/// ([`super::conv_direct`]).
+fn conv2d_f32(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) -> Vec<f32> {
+    if super::conv_direct::applies(dims, window) {
+        return super::conv_direct::conv2d(x, w, dims, window);
+    }
+    conv2d_gemm(x, w, dims, window)
+}
+
 /// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]` (one group); f16/bf16 are
 /// widened to f32 for the product.
 pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: &Window2d) -> Result<CpuStorage> {
@@ -586,13 +595,13 @@ pub fn conv2d(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, window: 
         win: &Window2d,
     ) -> Vec<T> {
         let (x, w) = (map(x, lx, |v: T| v.to_acc()), map(w, lw, |v: T| v.to_acc()));
-        let y = conv2d_gemm(&x, &w, d, win);
+        let y = conv2d_f32(&x, &w, d, win);
         // Narrowed by the parallel, vectorized map (a plain collect ran on one thread).
         map(&y, &Layout::contiguous(y.len()), T::from_acc)
     }
     Ok(match (x, w) {
         (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-            CpuStorage::F32(conv2d_gemm(&contiguous(x, lx), &contiguous(w, lw), dims, window))
+            CpuStorage::F32(conv2d_f32(&contiguous(x, lx), &contiguous(w, lw), dims, window))
         }
         (CpuStorage::F64(x), CpuStorage::F64(w)) => {
             CpuStorage::F64(conv2d_gemm(&contiguous(x, lx), &contiguous(w, lw), dims, window))

@@ -4,6 +4,7 @@
 mod cascade;
 mod conv;
 mod conv_bf16;
+mod conv_direct;
 mod conv_grad;
 pub(crate) mod ctc;
 mod elementwise;

@@ -144,6 +144,20 @@ impl<T: GemmElem> PackedA<T> {
     }
 }
 
+impl<T> PackedA<T> {
+    /// The depth of its blocks and the height of its register panels (`kc`, `mr`).
+    pub(crate) fn blocking(&self) -> (usize, usize) {
+        (self.kc, self.mr)
+    }
+
+    /// The register panel of rows `ir..` in the depth block from `pc` (both multiples of the
+    /// blocking): element (i, p) at `p·mr + i`.
+    pub(crate) fn panel_at(&self, ir: usize, pc: usize) -> &[T] {
+        let kb = self.kc.min(self.k - pc);
+        &self.data[pc * self.m.next_multiple_of(self.mr) + ir * kb..][..kb * self.mr]
+    }
+}
+
 impl<T: GemmElem> PackA<T> for PackedA<T> {
     const PACKS_INTO_SCRATCH: bool = false;
 
