@@ -228,6 +228,19 @@ fn conv_errors() -> Result<()> {
     Ok(())
 }
 
+/// An empty batch convolves to an empty output on every path (the unpacked f32 tile's among
+/// them: 32-wide output rows at unit stride).
+#[test]
+fn empty_batches_convolve_to_empty_outputs() -> Result<()> {
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        let x = Tensor::zeros((0, 2, 3, 32), dtype, Device::Cpu)?;
+        let w = Tensor::zeros((4, 2, 3, 3), dtype, Device::Cpu)?;
+        let y = x.conv2d(&w, None, Conv2dOptions { padding: (1, 1), ..Default::default() })?;
+        assert_eq!(y.dims(), &[0, 4, 3, 32], "{dtype:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn pooling_backward_routes_gradients() -> Result<()> {
     // Overlapping max windows (stride < kernel): a pixel that wins two windows gets both.

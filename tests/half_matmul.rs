@@ -45,6 +45,8 @@ fn half_products_match_f64_on_every_view() -> Result<()> {
         check(&a.narrow(0, 5, 20)?.narrow(1, 3, 20)?, &r(&[20, 17])?, dt, "offset view")?;
         check(&r(&[3, 2, 9, 11])?, &r(&[3, 2, 11, 7])?, dt, "batches")?;
         check(&r(&[3, 30, 20])?.transpose(1, 2)?, &r(&[3, 30, 7])?, dt, "batches of transposed storage")?;
+        // An empty depth through a transposed view (the weight gradient of an empty batch).
+        check(&r(&[0, 7])?.t()?, &r(&[0, 5])?, dt, "empty depth, transposed storage")?;
         check(&r(&[4, 9, 11])?, &r(&[11, 7])?.unsqueeze(0)?.broadcast_as((4, 11, 7))?, dt, "broadcast batch")?;
     }
     Ok(())

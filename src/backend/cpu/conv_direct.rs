@@ -16,11 +16,14 @@ use crate::backend::Window2d;
 
 /// Whether [`conv2d`] computes this convolution (`dims` as `conv2d_dims` gives them).
 pub(super) fn applies(dims: [usize; 7], window: &Window2d) -> bool {
-    let [_, c, _, _, cout, oh, ow] = dims;
+    let [n, c, _, _, cout, oh, ow] = dims;
     let (kh, kw) = window.kernel;
     super::simd::supported() == super::simd::Isa::Avx512
         && window.stride.1 == 1
+        // Every padded input row between two windows is read (the task copies them all).
+        && window.stride.0 <= (kh.max(1) - 1) * window.dilation.0 + 1
         && ow.is_multiple_of(32)
+        && n > 0
         && ow > 0
         && oh > 0
         && cout > 0
@@ -37,6 +40,14 @@ pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) 
     let (kh, kw) = window.kernel;
     let (k, l) = (c * kh * kw, oh * ow);
     assert!(x.len() >= n * c * h * wd && w.len() >= cout * k, "conv_direct::conv2d: slices shorter than the shapes");
+    // The tile's unchecked reads rely on the output size being the window's.
+    let ((sh, _), (ph, pw), (dh, dw)) = (window.stride, window.padding, window.dilation);
+    let reach = |len: usize, pad: usize, d: usize, k: usize| (len + 2 * pad).checked_sub(d * (k - 1) + 1);
+    assert_eq!(
+        (reach(h, ph, dh, kh).map(|r| r / sh + 1), reach(wd, pw, dw, kw).map(|r| r + 1)),
+        (Some(oh), Some(ow)),
+        "conv_direct::conv2d: output size differs from the window's"
+    );
     let a = PackedA::new(cout, k, MatRef { data: w, offset: 0, row_stride: k, col_stride: 1 });
     // Tasks are output rows of one image: whole images when there are enough of them, else
     // a few blocks of rows per thread (each pads the input rows its block reads).
@@ -44,7 +55,8 @@ pub(super) fn conv2d(x: &[f32], w: &[f32], dims: [usize; 7], window: &Window2d) 
     let per_image = if n >= 2 * threads { 1 } else { (4 * threads).div_ceil(n).min(oh) };
     let rows = oh.div_ceil(per_image);
     let per_image = oh.div_ceil(rows);
-    let split = super::splitting_bar(1 << 18).is_some_and(|bar| n * cout * l * k >= bar);
+    let macs = n.saturating_mul(cout).saturating_mul(l).saturating_mul(k);
+    let split = super::splitting_bar(1 << 18).is_some_and(|bar| macs >= bar);
     super::fill_new(n * cout * l, |out| {
         let y = SendPtr(out.as_mut_ptr().cast::<f32>());
         let task = |t: usize| {
@@ -236,6 +248,11 @@ mod tests {
             (5, 2, 96, (4, 1), (1, 1), (4, 0), (1, 1)),
             (130, 3, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
         ];
+        if super::super::simd::supported() != super::super::simd::Isa::Avx512 {
+            eprintln!("no AVX-512 here: the packed path serves every convolution");
+            return;
+        }
+        let mut tested = 0;
         for (s, &(c, h, wd, kernel, stride, padding, dilation)) in shapes.iter().enumerate() {
             let window = Window2d { kernel, stride, padding, dilation };
             let oh = (h + 2 * padding.0 - dilation.0 * (kernel.0 - 1) - 1) / stride.0 + 1;
@@ -243,9 +260,11 @@ mod tests {
             for (n, cout) in [(1, 1), (1, 13), (3, 12), (5, 5), (2, 64)] {
                 let dims = [n, c, h, wd, cout, oh, ow];
                 if !applies(dims, &window) {
-                    eprintln!("no AVX-512 here: the packed path serves every convolution");
-                    return;
+                    // A vertical stride past the kernel's reach (rows no window reads).
+                    assert!(stride.0 > (kernel.0 - 1) * dilation.0 + 1, "shape {s} should qualify");
+                    continue;
                 }
+                tested += 1;
                 let x = values(n * c * h * wd, 2 * s as u64);
                 let w = values(cout * c * kernel.0 * kernel.1, 2 * s as u64 + 1);
                 let (got, want) = (conv2d(&x, &w, dims, &window), conv2d_gemm(&x, &w, dims, &window));
@@ -255,5 +274,6 @@ mod tests {
                 }
             }
         }
+        assert_eq!(tested, 5 * 5, "five of the six shapes qualify");
     }
 }

@@ -101,6 +101,9 @@ pub(crate) trait ToBf16: Copy + Send + Sync + 'static {
 /// [`ToBf16::transposed`] one element at a time, columns of 16 rows at a time so that each
 /// line read is used 16 times while it is in L1.
 fn transposed_by_elements<T: ToBf16>(v: &[T], rows: usize, cols: usize) -> Vec<bf16> {
+    if rows * cols == 0 {
+        return Vec::new();
+    }
     super::fill_new(v.len(), |out| {
         for (src, dst) in v.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
             for i0 in (0..rows).step_by(16) {
@@ -137,12 +140,25 @@ impl ToBf16 for f32 {
         super::map(v, &Layout::contiguous(v.len()), f32::to_bf16)
     }
     fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<bf16> {
-        if !super::conv_bf16::available() {
+        if !super::conv_bf16::available() || rows * cols == 0 {
             return transposed_by_elements(v, rows, cols);
         }
+        // Chunks of whole output rows (16 at a time where there are enough) across threads
+        // for a large view, as the element map it replaced.
+        let rows16 = cols.min(16);
+        let chunk = rows * rows16;
         super::fill_new(v.len(), |out| {
-            for (src, dst) in v.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
-                transposed_rounded(src, rows, cols, dst);
+            let part = |i: usize, dst: &mut [MaybeUninit<bf16>]| {
+                let (b, j0) = (i * chunk / (rows * cols), i * chunk % (rows * cols) / rows);
+                let src = &v[b * rows * cols..(b + 1) * rows * cols];
+                transposed_rounded(src, rows, cols, (j0, j0 + dst.len() / rows), dst);
+            };
+            if cols.is_multiple_of(rows16) && worth_splitting(v.len()) {
+                super::parallel::for_each_chunk(out, chunk, part);
+            } else {
+                for (b, dst) in out.chunks_mut(rows * cols).enumerate() {
+                    transposed_rounded(&v[b * rows * cols..(b + 1) * rows * cols], rows, cols, (0, cols), dst);
+                }
             }
         })
     }

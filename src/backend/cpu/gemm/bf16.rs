@@ -162,23 +162,27 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         if b_transposed { pack_transposed(q0, panels) } else { pack(q0, panels) }
     };
     // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let split = parallel && super::super::splitting_bar(PAR_MIN_MNK).is_some_and(|bar| m * n * k >= bar);
+    let threads = if split { rayon::current_num_threads() } else { 1 };
     let mut mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
+    let mut tasks = m.div_ceil(mc);
     // Too few row blocks for the threads (a product with few rows: a small layer's or a
-    // convolution's): tasks over all rows and a group of panels each, which packs its own
-    // panels, so that no panel packed on one core is read on another.
-    let own_panels = threads > 1 && m.div_ceil(mc) < 2 * threads;
-    let groups = if own_panels { (2 * threads).min(panels) } else { 1 };
+    // convolution's): each block's panels are split into groups as well. With one block of
+    // rows at most MC_MAX high and one depth block, the tasks cover all rows and a group of
+    // panels each, which packs its own panels, so that no panel packed on one core is read
+    // on another.
+    let groups = if threads > 1 && tasks < 2 * threads { (2 * threads).div_ceil(tasks).min(panels) } else { 1 };
+    let own_panels = groups > 1 && m <= MC_MAX && kp <= KCP;
+    let groups = if own_panels { (2 * threads).min(panels) } else { groups };
     if own_panels {
-        mc = m;
+        (mc, tasks) = (m, 1);
     }
-    let tasks = m.div_ceil(mc);
     let per_group = panels.div_ceil(groups);
     let words = super::super::parallel::SendPtr(bp.spare_capacity_mut().as_mut_ptr());
     if !own_panels {
         // SAFETY: the buffer has room for every panel; nothing else addresses it meanwhile.
         let words = unsafe { std::slice::from_raw_parts_mut(words.get(), panels * kp * NR) };
-        if parallel && super::super::worth_splitting(k * n) {
+        if split && super::super::worth_splitting(k * n) {
             super::super::parallel::for_each_chunk(words, GROUP * kp * NR, |g, chunk| pack(g * GROUP, chunk));
         } else {
             words.chunks_mut(GROUP * kp * NR).enumerate().for_each(|(g, chunk)| pack(g * GROUP, chunk));
@@ -239,8 +243,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         });
         crate::backend::cpu::pool::recycle_vec(part);
     };
-    let split = super::super::splitting_bar(PAR_MIN_MNK).is_some_and(|bar| m * n * k >= bar);
-    if parallel && tasks * groups > 1 && split {
+    if split && tasks * groups > 1 {
         super::super::parallel::for_each_task(tasks * groups, task);
     } else {
         (0..tasks * groups).for_each(task);
@@ -336,48 +339,60 @@ unsafe fn transpose_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
     }
 }
 
-/// `dst[j·rows + i] = bf16(src[i·cols + j])`: the transpose of a row-major `rows × cols` f32
-/// matrix, rounded as `vcvtneps2bf16` does, in 16 × 16 blocks transposed in registers (a
-/// strided copy element by element cost more than the product it fed).
+/// `dst[(j - j0)·rows + i] = bf16(src[i·cols + j])` for columns `j` in `j0..j1`: that part of
+/// the transpose of a row-major `rows × cols` f32 matrix, rounded as `vcvtneps2bf16` does, in
+/// 16 × 16 blocks transposed in registers (a strided copy element by element cost more than
+/// the product it fed).
 ///
 /// # Panics
-/// If [`available`] is false, or a slice is shorter than `rows · cols`.
-pub(crate) fn transposed_rounded(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<bf16>]) {
-    assert!(available(), "transposed_rounded needs AVX512_BF16");
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols, "transposed_rounded: slices shorter than the matrix");
+/// If [`available`] is false or the CPU lacks AVX-512BW/VL, `j0..j1` is not inside `0..cols`,
+/// or a slice is shorter than its part.
+pub(crate) fn transposed_rounded(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    (j0, j1): (usize, usize),
+    dst: &mut [MaybeUninit<bf16>],
+) {
+    assert!(super::super::conv_bf16::available(), "transposed_rounded needs AVX512_BF16, BW and VL");
+    assert!(j0 <= j1 && j1 <= cols, "transposed_rounded: columns {j0}..{j1} of {cols}");
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * (j1 - j0),
+        "transposed_rounded: slices shorter than the matrix"
+    );
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
     #[allow(clippy::incompatible_msrv)]
-    unsafe fn run(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<bf16>]) {
+    unsafe fn run(src: &[f32], rows: usize, cols: usize, (j0, j1): (usize, usize), dst: &mut [MaybeUninit<bf16>]) {
         use std::arch::x86_64::*;
         let d = dst.as_mut_ptr().cast::<u16>();
         for i0 in (0..rows).step_by(16) {
             let h = (rows - i0).min(16);
             let store = ((1u32 << h) - 1) as u16;
-            for j0 in (0..cols).step_by(16) {
-                let w = (cols - j0).min(16);
+            for jb in (j0..j1).step_by(16) {
+                let w = (j1 - jb).min(16);
                 let load = ((1u32 << w) - 1) as u16;
                 let mut r = [_mm512_setzero_si512(); 16];
                 for (i, r) in r.iter_mut().enumerate().take(h) {
-                    // SAFETY: row i0 + i < rows; the mask keeps to its columns j0..j0 + w.
-                    *r = unsafe { _mm512_maskz_loadu_epi32(load, src.as_ptr().add((i0 + i) * cols + j0).cast()) };
+                    // SAFETY: row i0 + i < rows; the mask keeps to its columns jb..jb + w.
+                    *r = unsafe { _mm512_maskz_loadu_epi32(load, src.as_ptr().add((i0 + i) * cols + jb).cast()) };
                 }
                 for (j, col) in transpose16(r).iter().enumerate().take(w) {
-                    // SAFETY: column j0 + j < cols; the mask keeps to its rows i0..i0 + h.
+                    // SAFETY: column jb + j < j1; the mask keeps to its rows i0..i0 + h.
                     unsafe {
                         let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_castsi512_ps(*col)));
-                        _mm256_mask_storeu_epi16(d.add((j0 + j) * rows + i0).cast(), store, b);
+                        _mm256_mask_storeu_epi16(d.add((jb + j - j0) * rows + i0).cast(), store, b);
                     }
                 }
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn run(_: &[f32], _: usize, _: usize, _: &mut [MaybeUninit<bf16>]) {
+    unsafe fn run(_: &[f32], _: usize, _: usize, _: (usize, usize), _: &mut [MaybeUninit<bf16>]) {
         unreachable!("available() is false off x86_64")
     }
-    // SAFETY: `available()` holds and both slices hold the matrix.
-    unsafe { run(src, rows, cols, dst) }
+    // SAFETY: the features were detected and both slices hold the part.
+    unsafe { run(src, rows, cols, (j0, j1), dst) }
 }
 
 /// The 16 × 16 transpose of 32-bit words: `out[j]` lane `i` is `r[i]` lane `j`.
@@ -689,7 +704,7 @@ mod tests {
         for (rows, cols) in [(1, 1), (1, 17), (17, 1), (16, 16), (15, 33), (40, 23), (64, 32)] {
             let src: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin() * 3.0 + 0.001).collect();
             let mut dst = vec![MaybeUninit::new(bf16::NAN); rows * cols];
-            transposed_rounded(&src, rows, cols, &mut dst);
+            transposed_rounded(&src, rows, cols, (0, cols), &mut dst);
             for i in 0..rows {
                 for j in 0..cols {
                     // SAFETY: every element was written (they started as NaN anyway).
