@@ -633,11 +633,11 @@ pub(super) mod tests {
             .collect()
     }
 
+    pub(in crate::backend::cpu) type Pair = (usize, usize);
     /// (c, h, w, kernel, stride, padding, dilation) with output rows a multiple of 32 wide and
     /// unit stride along them: padding wider than the kernel, dilation, vertical stride, and a
     /// depth that spans several channels per block.
-    type Pair = (usize, usize);
-    const SHAPES: [(usize, usize, usize, Pair, Pair, Pair, Pair); 5] = [
+    pub(in crate::backend::cpu) const SHAPES: [(usize, usize, usize, Pair, Pair, Pair, Pair); 5] = [
         (3, 5, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
         (2, 4, 30, (3, 3), (2, 1), (3, 2), (2, 1)),
         (4, 6, 64, (2, 5), (1, 1), (1, 4), (3, 2)),

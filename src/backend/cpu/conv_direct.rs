@@ -231,7 +231,10 @@ unsafe fn tile_rows<const R: usize>(_: &[f32], _: usize, _: &[usize], _: *const 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::conv::{conv2d_gemm, tests::values};
+    use crate::backend::cpu::conv::{
+        conv2d_gemm,
+        tests::{SHAPES, values},
+    };
 
     /// The same bits as the packed path: unit and vertical stride, padding wider than the
     /// kernel, dilation, several output row widths, depths of one and two blocks, output
@@ -239,15 +242,10 @@ mod tests {
     /// and several images.
     #[test]
     fn matches_the_packed_path_bit_for_bit() {
-        type Pair = (usize, usize);
-        let shapes: [(usize, usize, usize, Pair, Pair, Pair, Pair); 6] = [
-            (3, 5, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
-            (2, 4, 30, (3, 3), (2, 1), (3, 2), (2, 1)),
-            (4, 6, 64, (2, 5), (1, 1), (1, 4), (3, 2)),
-            (1, 3, 64, (1, 1), (3, 1), (2, 0), (1, 1)),
-            (5, 2, 96, (4, 1), (1, 1), (4, 0), (1, 1)),
-            (130, 3, 32, (3, 3), (1, 1), (1, 1), (1, 1)),
-        ];
+        // The packing tests' shapes (32-wide output rows at unit stride along them), and a
+        // depth of two blocks.
+        let mut shapes = SHAPES.to_vec();
+        shapes.push((130, 3, 32, (3, 3), (1, 1), (1, 1), (1, 1)));
         if super::super::simd::supported() != super::super::simd::Isa::Avx512 {
             eprintln!("no AVX-512 here: the packed path serves every convolution");
             return;

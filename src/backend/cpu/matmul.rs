@@ -143,22 +143,19 @@ impl ToBf16 for f32 {
         if !super::conv_bf16::available() || rows * cols == 0 {
             return transposed_by_elements(v, rows, cols);
         }
-        // Chunks of whole output rows (16 at a time where there are enough) across threads
-        // for a large view, as the element map it replaced.
-        let rows16 = cols.min(16);
-        let chunk = rows * rows16;
+        // Chunks of 16 whole output rows (or whole matrices, where 16 does not divide them),
+        // across threads for a large view, as the element map it replaced.
+        let span = if cols.is_multiple_of(16) { 16 } else { cols };
+        let chunk = rows * span;
         super::fill_new(v.len(), |out| {
             let part = |i: usize, dst: &mut [MaybeUninit<bf16>]| {
                 let (b, j0) = (i * chunk / (rows * cols), i * chunk % (rows * cols) / rows);
-                let src = &v[b * rows * cols..(b + 1) * rows * cols];
-                transposed_rounded(src, rows, cols, (j0, j0 + dst.len() / rows), dst);
+                transposed_rounded(&v[b * rows * cols..(b + 1) * rows * cols], rows, cols, (j0, j0 + span), dst);
             };
-            if cols.is_multiple_of(rows16) && worth_splitting(v.len()) {
+            if worth_splitting(v.len()) {
                 super::parallel::for_each_chunk(out, chunk, part);
             } else {
-                for (b, dst) in out.chunks_mut(rows * cols).enumerate() {
-                    transposed_rounded(&v[b * rows * cols..(b + 1) * rows * cols], rows, cols, (0, cols), dst);
-                }
+                out.chunks_mut(chunk).enumerate().for_each(|(i, dst)| part(i, dst));
             }
         })
     }
