@@ -105,12 +105,14 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     };
     let panels = n.div_ceil(NR);
     // B as pair words: panel q, pair p, column j at `(q * kp + p) * NR + j`; every word is
-    // written (columns past n as zeros), so the buffer starts uninitialized.
-    let mut bp = crate::backend::cpu::pool::alloc::<u32>(panels * kp * NR);
+    // written (columns past n as zeros), so the buffer starts uninitialized. It starts on a
+    // cache line (16 words of slack), since whole lines may be streamed to it.
+    let mut bp = crate::backend::cpu::pool::alloc::<u32>(panels * kp * NR + 16);
+    let line = bp.spare_capacity_mut().as_ptr().align_offset(64).min(16);
     // Packed a group of panels at a time, pair by pair: each pass reads `GROUP · NR` columns
     // of two rows (whole cache lines, in order) instead of one panel's 64 bytes per row.
     const GROUP: usize = 4;
-    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
+    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>], stream: bool| {
         let count = panels.len() / (kp * NR);
         for p in 0..kp {
             let (lo, hi) = (&b[2 * p * n..], if 2 * p + 1 < k { Some(&b[(2 * p + 1) * n..]) } else { None });
@@ -121,8 +123,9 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
                     && let Some(hi) = hi
                 {
                     // SAFETY: `available()` holds, both rows hold NR columns from j0, and
-                    // `row` holds NR words.
-                    unsafe { pack_pairs(&lo[j0..j0 + NR], &hi[j0..j0 + NR], row.as_mut_ptr().cast()) };
+                    // `row` holds NR words, from a line boundary (the buffer's start and
+                    // the panel rows' 128 bytes).
+                    unsafe { pack_pairs(&lo[j0..j0 + NR], &hi[j0..j0 + NR], row.as_mut_ptr().cast(), stream) };
                     continue;
                 }
                 for (jj, w) in row.iter_mut().enumerate() {
@@ -136,13 +139,15 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     };
     // Bᵀ row-major: a pair is two neighbours in a row of Bᵀ, so each column of a panel is
     // one row read in order.
-    let pack_transposed = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
+    let pack_transposed = |q0: usize, panels: &mut [MaybeUninit<u32>], stream: bool| {
         for (dq, panel) in panels.chunks_mut(kp * NR).enumerate() {
             let j0 = (q0 + dq) * NR;
             if k.is_multiple_of(2) {
                 // Whole pairs: word p of row j is `b`'s bytes as they lie, transposed NR rows
-                // at a time. SAFETY: `available()` holds; rows j0.. below n hold k elements.
-                unsafe { transpose_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), panel.as_mut_ptr().cast()) };
+                // at a time. SAFETY: `available()` holds; rows j0.. below n hold k elements;
+                // the panel starts on a line boundary.
+                let out = panel.as_mut_ptr().cast();
+                unsafe { transpose_pairs(&b[j0 * k..n * k], kp, (n - j0).min(NR), out, stream) };
                 continue;
             }
             for jj in 0..NR {
@@ -158,14 +163,26 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
             }
         }
     };
-    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>]| {
-        if b_transposed { pack_transposed(q0, panels) } else { pack(q0, panels) }
+    let pack = |q0: usize, panels: &mut [MaybeUninit<u32>], stream: bool| {
+        if b_transposed {
+            pack_transposed(q0, panels, stream)
+        } else {
+            pack(q0, panels, stream)
+        }
+        if stream {
+            // Streamed lines are weakly ordered: they must be out before the join that lets
+            // other threads read them.
+            fence();
+        }
     };
-    // Row blocks: a few per thread (whole register tiles), so a slow thread holds up little.
+    // Row blocks: a few per thread, of whole register tiles, so a slow thread holds up
+    // little. Their sizes differ by at most one tile, the larger first: threads that claim
+    // them in turn then finish together (a short last block left one thread idle while the
+    // other ran a whole one).
     let split = parallel && super::super::splitting_bar(PAR_MIN_MNK).is_some_and(|bar| m * n * k >= bar);
     let threads = if split { rayon::current_num_threads() } else { 1 };
-    let mut mc = m.div_ceil(4 * threads).next_multiple_of(MR).clamp(MR, MC_MAX);
-    let mut tasks = m.div_ceil(mc);
+    let tiles = m.div_ceil(MR);
+    let mut tasks = (4 * threads).min(tiles).max(tiles.div_ceil(MC_MAX / MR));
     // Too few row blocks for the threads (a product with few rows: a small layer's or a
     // convolution's): each block's panels are split into groups as well. With one block of
     // rows at most MC_MAX high and one depth block, the tasks cover all rows and a group of
@@ -175,31 +192,42 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     let own_panels = groups > 1 && m <= MC_MAX && kp <= KCP;
     let groups = if own_panels { (2 * threads).min(panels) } else { groups };
     if own_panels {
-        (mc, tasks) = (m, 1);
+        tasks = 1;
     }
+    // Row block t: its first row and its number of rows.
+    let block = |t: usize| {
+        let (base, extra) = (tiles / tasks, tiles % tasks);
+        let r0 = (t * base + t.min(extra)) * MR;
+        (r0, ((base + usize::from(t < extra)) * MR).min(m - r0))
+    };
     let per_group = panels.div_ceil(groups);
-    let words = super::super::parallel::SendPtr(bp.spare_capacity_mut().as_mut_ptr());
+    let words = super::super::parallel::SendPtr(bp.spare_capacity_mut()[line..].as_mut_ptr());
     if !own_panels {
         // SAFETY: the buffer has room for every panel; nothing else addresses it meanwhile.
         let words = unsafe { std::slice::from_raw_parts_mut(words.get(), panels * kp * NR) };
+        // B shared by several cores is streamed to memory: the cores that read the buffer
+        // in the previous product still hold its lines, and a plain store waits until each
+        // is taken from them (six times the packing's time alone: docs/PERFORMANCE.md,
+        // twentieth session).
+        let stream = split && tasks * groups > 1;
         if split && super::super::worth_splitting(k * n) {
-            super::super::parallel::for_each_chunk(words, GROUP * kp * NR, |g, chunk| pack(g * GROUP, chunk));
+            super::super::parallel::for_each_chunk(words, GROUP * kp * NR, |g, chunk| pack(g * GROUP, chunk, stream));
         } else {
-            words.chunks_mut(GROUP * kp * NR).enumerate().for_each(|(g, chunk)| pack(g * GROUP, chunk));
+            words.chunks_mut(GROUP * kp * NR).enumerate().for_each(|(g, chunk)| pack(g * GROUP, chunk, stream));
         }
     }
     let base = super::super::parallel::SendPtr(c.as_mut_ptr());
     let task = |i: usize| {
         let (t, g) = (i / groups, i % groups);
-        let (r0, q0) = (t * mc, g * per_group);
-        let (rows, q1) = (mc.min(m - r0), (q0 + per_group).min(panels));
+        let ((r0, rows), q0) = (block(t), g * per_group);
+        let q1 = (q0 + per_group).min(panels);
         if q0 >= q1 {
             return;
         }
         if own_panels {
             // SAFETY: panels q0..q1 are this task's alone (one row task), inside the buffer.
             let mine = unsafe { std::slice::from_raw_parts_mut(words.get().add(q0 * kp * NR), (q1 - q0) * kp * NR) };
-            pack(q0, mine);
+            pack(q0, mine, false);
         }
         // SAFETY: panels q0..q1 were packed, above or before the tasks started.
         let packed: &[u32] =
@@ -289,21 +317,50 @@ struct Stage {
     last: bool,
 }
 
-/// `out[j] = lo[j] | hi[j] << 16` for NR columns: the bf16 pairs of two rows of B, widened
-/// and merged sixteen at a time.
+/// Stores a packed line: streamed past the caches (`stream`), or plainly.
 ///
 /// # Safety
-/// AVX-512F is available; `lo` and `hi` hold NR elements, `out` has room for NR words.
+/// AVX-512F is available; `out` has room for 16 words and, when `stream`, is 64-byte aligned.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32) {
+#[inline]
+unsafe fn store_line(out: *mut u32, v: std::arch::x86_64::__m512i, stream: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: as the caller promises.
+    unsafe {
+        if stream {
+            _mm512_stream_si512(out.cast(), v);
+        } else {
+            _mm512_storeu_si512(out.cast(), v);
+        }
+    }
+}
+
+/// Orders streamed stores before the stores that follow (the join that publishes them).
+fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// `out[j] = lo[j] | hi[j] << 16` for NR columns: the bf16 pairs of two rows of B, widened
+/// and merged sixteen at a time, streamed past the caches when `stream`.
+///
+/// # Safety
+/// AVX-512F is available; `lo` and `hi` hold NR elements, `out` has room for NR words and,
+/// when `stream`, is 64-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32, stream: bool) {
     use std::arch::x86_64::*;
     for h in 0..NR / 16 {
-        // SAFETY: 16 elements from 16·h lie inside each slice.
+        // SAFETY: 16 elements from 16·h lie inside each slice; line h of `out` is inside it.
         unsafe {
             let l = _mm512_cvtepu16_epi32(_mm256_loadu_si256(lo.as_ptr().add(16 * h).cast()));
             let u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(hi.as_ptr().add(16 * h).cast()));
-            _mm512_storeu_si512(out.add(16 * h).cast(), _mm512_or_si512(l, _mm512_slli_epi32(u, 16)));
+            store_line(out.add(16 * h), _mm512_or_si512(l, _mm512_slli_epi32(u, 16)), stream);
         }
     }
 }
@@ -312,11 +369,14 @@ unsafe fn pack_pairs(lo: &[bf16], hi: &[bf16], out: *mut u32) {
 /// B's pairs), columns from `rows` on as zeros: 16 × 16 blocks of words loaded row by row and
 /// transposed in registers, four times cheaper than gathering each panel row's words.
 ///
+/// Streamed past the caches when `stream`.
+///
 /// # Safety
-/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words.
+/// AVX-512F is available; `b` holds `rows · 2kp` elements and `out` room for `kp · NR` words,
+/// from a 64-byte boundary when `stream`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
+unsafe fn transpose_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32, stream: bool) {
     use std::arch::x86_64::*;
     debug_assert!(b.len() >= rows * 2 * kp);
     let words = b.as_ptr().cast::<u32>();
@@ -332,8 +392,9 @@ unsafe fn transpose_pairs(b: &[bf16], kp: usize, rows: usize, out: *mut u32) {
             }
             let cols = transpose16(r);
             for (c, col) in cols.iter().enumerate().take(w) {
-                // SAFETY: pair p0 + c < kp, so the 16 words lie inside `out`'s kp · NR.
-                unsafe { _mm512_storeu_si512(out.add((p0 + c) * NR + 16 * h).cast(), *col) };
+                // SAFETY: pair p0 + c < kp, so the 16 words lie inside `out`'s kp · NR, on a
+                // line of their own.
+                unsafe { store_line(out.add((p0 + c) * NR + 16 * h), *col, stream) };
             }
         }
     }
@@ -431,12 +492,12 @@ fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m51
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose_pairs(_: &[bf16], _: usize, _: usize, _: *mut u32) {
+unsafe fn transpose_pairs(_: &[bf16], _: usize, _: usize, _: *mut u32, _: bool) {
     unreachable!("available() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_pairs(_: &[bf16], _: &[bf16], _: *mut u32) {
+unsafe fn pack_pairs(_: &[bf16], _: &[bf16], _: *mut u32, _: bool) {
     unreachable!("available() is false off x86_64")
 }
 
@@ -615,6 +676,10 @@ mod tests {
             // Whole and partial 16 × 16 word blocks of Bᵀ, live rows on both halves of a panel.
             (5, 17, 32),
             (4, 50, 40),
+            // Split across threads (when the pool has several): B streamed to memory, row
+            // blocks of unequal tile counts, an odd depth.
+            (300, 260, 262),
+            (290, 250, 129),
         ];
         for &(m, n, k) in &shapes {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
