@@ -108,7 +108,8 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     // written (columns past n as zeros), so the buffer starts uninitialized. It starts on a
     // cache line (16 words of slack), since whole lines may be streamed to it.
     let mut bp = crate::backend::cpu::pool::alloc::<u32>(panels * kp * NR + 16);
-    let line = bp.spare_capacity_mut().as_ptr().align_offset(64).min(16);
+    let line = bp.spare_capacity_mut().as_ptr().align_offset(64);
+    assert!(line < 16, "a buffer of u32 reaches a cache line within 16 words");
     // Packed a group of panels at a time, pair by pair: each pass reads `GROUP · NR` columns
     // of two rows (whole cache lines, in order) instead of one panel's 64 bytes per row.
     const GROUP: usize = 4;
@@ -176,9 +177,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         }
     };
     // Row blocks: a few per thread, of whole register tiles, so a slow thread holds up
-    // little. Their sizes differ by at most one tile, the larger first: threads that claim
-    // them in turn then finish together (a short last block left one thread idle while the
-    // other ran a whole one).
+    // little (see `row_blocks`).
     let split = parallel && super::super::splitting_bar(PAR_MIN_MNK).is_some_and(|bar| m * n * k >= bar);
     let threads = if split { rayon::current_num_threads() } else { 1 };
     let tiles = m.div_ceil(MR);
@@ -194,12 +193,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     if own_panels {
         tasks = 1;
     }
-    // Row block t: its first row and its number of rows.
-    let block = |t: usize| {
-        let (base, extra) = (tiles / tasks, tiles % tasks);
-        let r0 = (t * base + t.min(extra)) * MR;
-        (r0, ((base + usize::from(t < extra)) * MR).min(m - r0))
-    };
+    let blocks = row_blocks(m, tasks, groups, if split { threads.min(tasks * groups) } else { 1 });
     let per_group = panels.div_ceil(groups);
     let words = super::super::parallel::SendPtr(bp.spare_capacity_mut()[line..].as_mut_ptr());
     if !own_panels {
@@ -219,7 +213,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     let base = super::super::parallel::SendPtr(c.as_mut_ptr());
     let task = |i: usize| {
         let (t, g) = (i / groups, i % groups);
-        let ((r0, rows), q0) = (block(t), g * per_group);
+        let ((r0, rows), q0) = (blocks[t], g * per_group);
         let q1 = (q0 + per_group).min(panels);
         if q0 >= q1 {
             return;
@@ -280,6 +274,37 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     crate::backend::cpu::pool::recycle_vec(bp);
 }
 
+/// The row blocks of a product of `m` rows as `(first row, rows)`: `tasks` blocks of whole
+/// register tiles whose counts differ by at most one, for tasks `t · groups + g` run by
+/// `parallel::for_each_task` on `threads` threads. That hands each thread a contiguous share
+/// of the tasks first, so the larger blocks are spread over the shares (the j-th block of
+/// every share before the (j+1)-th of any): the threads' rows then differ by at most a tile,
+/// where larger blocks first had put them all in the first share (1024 rows: 528 and 496).
+fn row_blocks(m: usize, tasks: usize, groups: usize, threads: usize) -> Vec<(usize, usize)> {
+    let tiles = m.div_ceil(MR);
+    let (base, extra) = (tiles / tasks, tiles % tasks);
+    let all = tasks * groups;
+    // Block t's share (as for_each_task cuts them: `s·all/threads..`) and place in it.
+    let rank = |t: usize| {
+        let s = (0..threads).rev().find(|&s| s * all / threads <= t * groups).unwrap_or(0);
+        let first_block = (s * all / threads).div_ceil(groups);
+        (t - first_block.min(t)) * threads + s
+    };
+    let mut by_rank: Vec<usize> = (0..tasks).collect();
+    by_rank.sort_by_key(|&t| rank(t));
+    let mut large = vec![false; tasks];
+    by_rank.iter().take(extra).for_each(|&t| large[t] = true);
+    let mut r0 = 0;
+    large
+        .iter()
+        .map(|&l| {
+            let rows = ((base + usize::from(l)) * MR).min(m - r0);
+            r0 += rows;
+            (r0 - rows, rows)
+        })
+        .collect()
+}
+
 /// Rows `0..rows` of `a` (`2 * kp` elements each), pairs `p0..p0 + kb`, as pair words
 /// `AP_PITCH` apart (a pair's two bf16 are one little-endian word as they lie), rows up to
 /// the next multiple of `MR` as zeros.
@@ -320,7 +345,8 @@ struct Stage {
 /// Stores a packed line: streamed past the caches (`stream`), or plainly.
 ///
 /// # Safety
-/// AVX-512F is available; `out` has room for 16 words and, when `stream`, is 64-byte aligned.
+/// AVX-512F is available; `out` has room for 16 words and, when `stream`, is 64-byte aligned,
+/// and [`fence`] runs before any other thread reads the line.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -677,9 +703,12 @@ mod tests {
             (5, 17, 32),
             (4, 50, 40),
             // Split across threads (when the pool has several): B streamed to memory, row
-            // blocks of unequal tile counts, an odd depth.
+            // blocks of unequal tile counts, an odd depth; the last two large enough for B to
+            // be packed by several threads (k · n past the elementwise splitting bar).
             (300, 260, 262),
             (290, 250, 129),
+            (64, 520, 514),
+            (40, 530, 301),
         ];
         for &(m, n, k) in &shapes {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
@@ -710,6 +739,38 @@ mod tests {
                     let got = x.to_f64();
                     let tol = 1e-5 * mag + want.abs() / 256.0 + 1e-30;
                     assert!((got - want).abs() <= tol, "({m},{n},{k}) [{i},{j}]: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// Row blocks cover every row once, each at most `MC_MAX` rows of whole tiles (the last
+    /// may end early), and the threads' shares of them differ by at most one tile.
+    #[test]
+    fn row_blocks_cover_the_rows_in_even_shares() {
+        for m in (1..3000usize).step_by(7) {
+            let tiles = m.div_ceil(MR);
+            for threads in 1..6 {
+                for groups in [1, 3] {
+                    let tasks = (4 * threads).min(tiles).max(tiles.div_ceil(MC_MAX / MR));
+                    let p = threads.min(tasks * groups);
+                    let blocks = row_blocks(m, tasks, groups, p);
+                    let mut next = 0;
+                    for &(r0, rows) in &blocks {
+                        assert_eq!(r0, next, "m {m}: blocks must follow one another");
+                        assert!(rows > 0 && rows <= MC_MAX, "m {m}: block of {rows} rows");
+                        assert!(r0 + rows == m || rows % MR == 0, "m {m}: a block inside C is whole tiles");
+                        next = r0 + rows;
+                    }
+                    assert_eq!(next, m);
+                    if groups == 1 && tasks % p == 0 {
+                        let share = |s: usize| -> usize {
+                            blocks[s * tasks / p..(s + 1) * tasks / p].iter().map(|b| b.1.div_ceil(MR)).sum()
+                        };
+                        let sums: Vec<usize> = (0..p).map(share).collect();
+                        let (lo, hi) = (sums.iter().min().unwrap(), sums.iter().max().unwrap());
+                        assert!(hi - lo <= 1, "m {m}, {p} threads: tiles per share {sums:?}");
+                    }
                 }
             }
         }
