@@ -194,7 +194,9 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         tasks = 1;
     }
     let blocks = row_blocks(m, tasks, groups, if split { threads.min(tasks * groups) } else { 1 });
-    let per_group = panels.div_ceil(groups);
+    // Group g's panels: counts that differ by at most one (9 panels in 4 groups: 2 2 2 3, where
+    // groups of 3 left the last one empty and one thread's share twice the other's).
+    let group = |g: usize| (g * panels / groups, (g + 1) * panels / groups);
     let words = super::super::parallel::SendPtr(bp.spare_capacity_mut()[line..].as_mut_ptr());
     if !own_panels {
         // SAFETY: the buffer has room for every panel; nothing else addresses it meanwhile.
@@ -213,8 +215,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
     let base = super::super::parallel::SendPtr(c.as_mut_ptr());
     let task = |i: usize| {
         let (t, g) = (i / groups, i % groups);
-        let ((r0, rows), q0) = (blocks[t], g * per_group);
-        let q1 = (q0 + per_group).min(panels);
+        let ((r0, rows), (q0, q1)) = (blocks[t], group(g));
         if q0 >= q1 {
             return;
         }
@@ -709,6 +710,8 @@ mod tests {
             (290, 250, 129),
             (64, 520, 514),
             (40, 530, 301),
+            // Few rows, split: tasks over groups of panels that pack their own (10 in 4).
+            (20, 290, 800),
         ];
         for &(m, n, k) in &shapes {
             let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
