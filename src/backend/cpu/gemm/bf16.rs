@@ -203,8 +203,7 @@ pub(crate) fn gemm_bf16<O: ProductOut>(
         let words = unsafe { std::slice::from_raw_parts_mut(words.get(), panels * kp * NR) };
         // B shared by several cores is streamed to memory: the cores that read the buffer
         // in the previous product still hold its lines, and a plain store waits until each
-        // is taken from them (six times the packing's time alone: docs/PERFORMANCE.md,
-        // twentieth session).
+        // is taken from them (docs/PERFORMANCE.md, twentieth session).
         let stream = split && tasks * groups > 1;
         if split && super::super::worth_splitting(k * n) {
             super::super::parallel::for_each_chunk(words, GROUP * kp * NR, |g, chunk| pack(g * GROUP, chunk, stream));
